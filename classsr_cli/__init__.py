@@ -1,0 +1,3 @@
+"""classsr: x4 super-resolution of large images with ClassSR (Kong et al., CVPR 2021)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from classsr_cli.cli import main
+
+main()

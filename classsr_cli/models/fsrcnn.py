@@ -1,0 +1,29 @@
+"""FSRCNN (Dong et al., ECCV 2016) as in the official ClassSR code: a ClassSR branch changes d only."""
+
+from torch import nn
+
+
+class FSRCNN(nn.Module):
+    """x4 FSRCNN with d feature channels, s shrinking channels and m mapping layers; input [0, 1]."""
+
+    def __init__(self, d: int = 56, s: int = 12, m: int = 4, scale: int = 4, channels: int = 3):
+        super().__init__()
+        self.width = d
+        self.scale = scale
+        self.head_conv = nn.Sequential(nn.Conv2d(channels, d, 5, padding=2), nn.PReLU())
+        layers = [nn.Sequential(nn.Conv2d(d, s, 1), nn.PReLU())]
+        layers += [nn.Conv2d(s, s, 3, padding=1) for _ in range(m)]
+        # one PReLU after the whole mapping stack, not between its layers: the official layout
+        layers += [nn.PReLU(), nn.Sequential(nn.Conv2d(s, d, 1), nn.PReLU())]
+        self.body_conv = nn.Sequential(*layers)
+        # kernel 9, padding 3, output padding 1: exactly scale x the input size for scale 4
+        self.tail_conv = nn.ConvTranspose2d(d, channels, 9, stride=scale, padding=3, output_padding=1)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, a=0.25, nonlinearity="leaky_relu")
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.tail_conv.weight, std=0.001)
+        nn.init.zeros_(self.tail_conv.bias)
+
+    def forward(self, x):
+        return self.tail_conv(self.body_conv(self.head_conv(x)))
