@@ -1,0 +1,89 @@
+"""Device, precision and batched execution, with out-of-memory recovery."""
+
+import torch
+from torch import nn
+
+from classsr_cli.errors import ModelError
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def pick_device(spec: str = "auto") -> torch.device:
+    """auto: CUDA, then Apple MPS, then CPU. Explicit devices must exist."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ModelError(f"unknown device '{spec}': use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelError("--device cuda was asked for but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ModelError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("--device mps was asked for but MPS is not available")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ModelError(f"unsupported device '{spec}'")
+    return device
+
+
+def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
+    """auto: fp16 on a GPU (11 mantissa bits keep outputs within a grey level; bf16's 8 do not), fp32 on CPU."""
+    spec = (spec or "auto").lower()
+    if spec == "auto":
+        return torch.float16 if device.type in ("cuda", "mps") else torch.float32
+    if spec not in PRECISIONS:
+        raise ModelError(f"unknown precision '{spec}': use auto, fp32, fp16 or bf16")
+    if device.type == "cpu" and spec == "fp16":
+        raise ModelError("fp16 is not supported on the CPU: use fp32 or bf16")
+    return PRECISIONS[spec]
+
+
+def default_batch_size(device: torch.device) -> int:
+    return 256 if device.type != "cpu" else 64
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+class BatchRunner:
+    """Runs a module over many tiles in batches on one device; halves the batch on out-of-memory."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, batch_size: int | None = None):
+        if batch_size is not None and batch_size < 1:
+            raise ModelError(f"--batch-size must be at least 1, got {batch_size}")
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size or default_batch_size(device)
+
+    def prepare(self, module: nn.Module) -> nn.Module:
+        return module.eval().to(device=self.device, dtype=self.dtype)
+
+    def __call__(self, module: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
+        """module(tiles) in float32 on the CPU, computed batch by batch on the device."""
+        outputs = []
+        start = 0
+        while start < tiles.shape[0]:
+            chunk = tiles[start : start + self.batch_size]
+            try:
+                with torch.inference_mode():
+                    result = module(chunk.to(self.device, self.dtype, non_blocking=True))
+                    outputs.append(result.float().cpu())
+            except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
+                if not _is_out_of_memory(error) or self.batch_size == 1:
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                self.batch_size = max(1, self.batch_size // 2)
+                continue
+            start += chunk.shape[0]
+        return torch.cat(outputs) if outputs else tiles.new_empty(0)

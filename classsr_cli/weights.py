@@ -1,0 +1,305 @@
+"""Weights: our safetensors format with a manifest, and import of official-layout .pth checkpoints.
+
+A weights file holds a state dict whose keys are the official ClassSR names (`classifier.*`, `net1.*`, ...
+for a ClassSR model; bare names for a single network), so official checkpoints load without renaming.
+Its safetensors metadata says what to build: family, kind (classsr or base) and branch widths.
+`weights/manifest.json` lists the shipped files with their sha256, checked on every load, and how they
+were trained. A .pth file is only ever read with `torch.load(weights_only=True)`: a pickle that would run
+code is refused.
+"""
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from classsr_cli.errors import WeightsError
+from classsr_cli.models import ClassSR, create, create_base, get_family
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+MANIFEST_NAME = "manifest.json"
+KINDS = ("classsr", "base")
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    family: str
+    kind: str  # "classsr" or "base"
+    source: Path
+    entry: dict | None  # the manifest entry when the file is a listed one
+
+
+def weights_dir() -> Path:
+    """Where shipped weights live; CLASSSR_WEIGHTS overrides it (tests, custom installs)."""
+    return Path(os.environ.get("CLASSSR_WEIGHTS", WEIGHTS_DIR))
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- manifest -------------------------------------------------------------------------------------
+
+
+def read_manifest(folder: Path | None = None) -> dict:
+    path = (folder or weights_dir()) / MANIFEST_NAME
+    if not path.exists():
+        return {"format": 1, "models": []}
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest.get("models"), list):
+            raise ValueError("no models list")
+        return manifest
+    except (ValueError, OSError) as error:
+        raise WeightsError(f"weights manifest {path} is unreadable: {error}") from None
+
+
+def _write_json_atomically(path: Path, document: dict) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as out:
+        json.dump(document, out, indent=2)
+        out.write("\n")
+    os.replace(temp, path)
+
+
+def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None) -> dict | None:
+    """The manifest entry of the shipped weights of a family and kind (the last listed wins)."""
+    family = get_family(family).name
+    matches = [m for m in read_manifest(folder)["models"] if m.get("family") == family and m.get("kind") == kind]
+    return matches[-1] if matches else None
+
+
+def shipped_families(kind: str = "classsr") -> list[str]:
+    return sorted({m["family"] for m in read_manifest()["models"] if m.get("kind") == kind})
+
+
+def add_to_manifest(path: Path, provenance: dict | None = None, folder: Path | None = None) -> dict:
+    """List a weights file (which must lie in the weights folder) with its sha256 and provenance."""
+    folder = folder or weights_dir()
+    path = Path(path)
+    if path.resolve().parent != folder.resolve():
+        raise WeightsError(f"{path} is not in the weights folder {folder}")
+    meta = read_metadata(path)
+    entry = {
+        "file": path.name,
+        "family": meta["family"],
+        "kind": meta["kind"],
+        "widths": json.loads(meta["widths"]),
+        "scale": int(meta.get("scale", 4)),
+        "dtype": meta.get("dtype", "float32"),
+        "bytes": path.stat().st_size,
+        "sha256": sha256_of(path),
+        **(provenance or {}),
+    }
+    manifest = read_manifest(folder)
+    manifest["models"] = [m for m in manifest["models"] if m.get("file") != path.name] + [entry]
+    _write_json_atomically(folder / MANIFEST_NAME, manifest)
+    return entry
+
+
+# -- our format -----------------------------------------------------------------------------------
+
+
+def describe(model: nn.Module) -> tuple[str, list[int]]:
+    """(kind, widths) of a model: a ClassSR container or a single branch network."""
+    if isinstance(model, ClassSR):
+        return "classsr", model.widths
+    return "base", [model.width]
+
+
+def save_model(model: nn.Module, path: Path, family: str, dtype: torch.dtype = torch.float32, **extra: str) -> Path:
+    """Write `model` as safetensors (atomically) with the metadata needed to rebuild it."""
+    path = Path(path)
+    kind, widths = describe(model)
+    tensors = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu()
+        if tensor.is_floating_point():
+            tensor = tensor.to(dtype)
+        tensors[key] = tensor.contiguous()
+    metadata = {
+        "format": "classsr-1",
+        "family": get_family(family).name,
+        "kind": kind,
+        "widths": json.dumps(widths),
+        "scale": str(model.scale),
+        "dtype": str(dtype).removeprefix("torch."),
+        **{k: str(v) for k, v in extra.items()},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        save_file(tensors, temp, metadata=metadata)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{path} is not a valid safetensors file: {error}") from None
+    missing = [key for key in ("family", "kind", "widths") if key not in meta]
+    if missing:
+        raise WeightsError(f"{path} lacks classsr metadata ({', '.join(missing)}); is it a classsr weights file?")
+    return meta
+
+
+def _build(family: str, kind: str, widths: list[int]) -> nn.Module:
+    if kind == "classsr":
+        return create(family, widths)
+    if kind == "base" and len(widths) == 1:
+        return create_base(family, widths[0])
+    raise WeightsError(f"unknown weights kind '{kind}' with widths {widths}")
+
+
+def _load_strict(model: nn.Module, state: dict, source: Path) -> nn.Module:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {keys[0]})")
+        raise WeightsError(f"{source} does not fit the model: " + ", ".join(parts))
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+    return model.eval()
+
+
+def _load_safetensors(path: Path, entry: dict | None) -> Loaded:
+    meta = read_metadata(path)
+    try:
+        widths = [int(w) for w in json.loads(meta["widths"])]
+        family, kind = get_family(meta["family"]).name, meta["kind"]
+    except (ValueError, TypeError) as error:
+        raise WeightsError(f"{path} has malformed metadata: {error}") from None
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise WeightsError(f"{path} is corrupt: {error}") from None
+    model = _load_strict(_build(family, kind, widths), state, path)
+    return Loaded(model, family, kind, path, entry)
+
+
+# -- official checkpoints -------------------------------------------------------------------------
+
+# A key that only one family's networks have, and the tensor whose first dimension is the width.
+_FAMILY_SIGNATURES = {
+    "fsrcnn": "head_conv.0.weight",
+    "carn": "entry.weight",
+    "srresnet": "conv_first.weight",
+    "rcan": "head.0.weight",
+}
+
+
+def _unwrap_checkpoint(obj) -> dict:
+    for key in ("params_ema", "params", "state_dict", "model"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError("the checkpoint holds no state dict of tensors")
+    return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
+
+
+def _detect(state: dict, family_hint: str | None) -> tuple[str, str, list[int]]:
+    """(family, kind, widths) of an official-layout state dict."""
+    classsr = any(k.startswith("classifier.") for k in state)
+    prefixes = sorted({int(m.group(1)) for k in state if (m := re.match(r"net(\d+)\.", k))}) if classsr else [None]
+    found = []
+    for family, signature in _FAMILY_SIGNATURES.items():
+        key = f"net{prefixes[0]}.{signature}" if classsr else signature
+        if key in state:
+            found.append(family)
+    if family_hint:
+        family_hint = get_family(family_hint).name
+        if found and family_hint not in found:
+            raise WeightsError(f"the checkpoint is a {found[0]} model, not {family_hint}")
+        found = [family_hint]
+    if not found:
+        raise WeightsError("cannot tell which family this checkpoint is (no known layout matched)")
+    family = found[0]
+    signature = _FAMILY_SIGNATURES[family]
+    try:
+        if classsr:
+            widths = [int(state[f"net{i}.{signature}"].shape[0]) for i in prefixes]
+        else:
+            widths = [int(state[signature].shape[0])]
+    except KeyError as error:
+        raise WeightsError(f"the checkpoint lacks {error}") from None
+    return family, "classsr" if classsr else "base", widths
+
+
+def _load_official(path: Path, family_hint: str | None) -> Loaded:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle.UnpicklingError for hostile pickles, others for corrupt files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise WeightsError(f"refused to load {path}: {reason}") from None
+    state = _unwrap_checkpoint(obj)
+    family, kind, widths = _detect(state, family_hint)
+    model = _load_strict(_build(family, kind, widths), state, path)
+    return Loaded(model, family, kind, path, None)
+
+
+# -- loading --------------------------------------------------------------------------------------
+
+
+def load_weights(source: str | Path, kind: str | None = None, family: str | None = None) -> Loaded:
+    """Load a model from a family name (its shipped weights), our .safetensors, or an official .pth."""
+    text = str(source)
+    if "/" not in text and "." not in text:  # a family name: its shipped weights
+        name = get_family(text).name
+        kind = kind or "classsr"
+        entry = shipped_entry(name, kind)
+        if entry is None:
+            raise WeightsError(f"no shipped {kind} weights for {name}: train them or pass --weights FILE")
+        path = weights_dir() / entry["file"]
+        if not path.exists():
+            raise WeightsError(f"shipped weights {path} are missing from the installation")
+        if sha256_of(path) != entry.get("sha256"):
+            raise WeightsError(f"{path} does not match its sha256 in the manifest: corrupt or altered")
+        loaded = _load_safetensors(path, entry)
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {path}")
+        if path.suffix == ".safetensors":
+            entry = next((m for m in read_manifest(path.parent)["models"] if m.get("file") == path.name), None)
+            if entry and sha256_of(path) != entry.get("sha256"):
+                raise WeightsError(f"{path} does not match its sha256 in the manifest: corrupt or altered")
+            loaded = _load_safetensors(path, entry)
+        elif path.suffix in (".pth", ".pt", ".ckpt"):
+            loaded = _load_official(path, family)
+        else:
+            raise WeightsError(f"unknown weights type '{path.suffix}': expected .safetensors or .pth")
+    if family and get_family(family).name != loaded.family:
+        raise WeightsError(f"{loaded.source} holds {loaded.family} weights, not {get_family(family).name}")
+    if kind and loaded.kind != kind:
+        raise WeightsError(f"{loaded.source} holds a {loaded.kind} model, not {kind}")
+    return loaded
+
+
+def load_model(source: str | Path, kind: str | None = None, family: str | None = None) -> nn.Module:
+    return load_weights(source, kind, family).model
