@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+import torch
+
+from classsr_cli.engine import Layout, Upscaler, upscale_array
+from classsr_cli.engine.routing import apply_budget, plan_for
+from classsr_cli.engine.runner import BatchRunner
+from classsr_cli.engine.tiling import coverage, tile_starts
+from classsr_cli.errors import ModelError
+from classsr_cli.models import create, create_base
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create("fsrcnn", widths=[4, 8, 12]).eval()
+
+
+def official_loop(model, lr: np.ndarray) -> np.ndarray:
+    """The official code's way: one tile at a time on the 32/28 grid, overlaps averaged (grid-aligned input)."""
+    image = torch.from_numpy(lr).permute(2, 0, 1)[None]
+    height, width = lr.shape[:2]
+    acc = torch.zeros(1, 3, height * 4, width * 4)
+    count = torch.zeros_like(acc)
+    with torch.no_grad():
+        for y in range(0, height - 31, 28):
+            for x in range(0, width - 31, 28):
+                tile = image[:, :, y : y + 32, x : x + 32]
+                out = model.branches[int(model.route(tile))](tile)
+                acc[:, :, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += out
+                count[:, :, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += 1
+    return (acc / count).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+
+
+def test_tile_grid_covers_the_whole_axis():
+    assert tile_starts(32) == [0]
+    assert tile_starts(20) == [0]
+    assert tile_starts(88) == [0, 28, 56]  # grid-aligned: 2 * 28 + 32
+    assert tile_starts(100) == [0, 28, 56, 68]  # the last tile is aligned to the edge
+    for length in range(32, 300):
+        starts = tile_starts(length)
+        assert coverage(length, starts, 32).min() >= 1
+        assert starts[-1] + 32 == length
+
+
+def test_matches_the_official_tile_loop_on_a_grid_aligned_image(model):
+    lr = np.random.default_rng(0).random((88, 116, 3), dtype=np.float32)
+    expected = official_loop(model, lr)
+    for batch_size in (1, 7, 64):
+        sr, _ = upscale_array(model, lr, device="cpu", batch_size=batch_size)
+        assert np.abs(sr - expected).max() < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(100, 90, 3), (20, 13, 3), (1, 1, 3), (33, 200, 3), (300, 40, 3)])
+def test_any_size_is_covered_including_the_remainder(model, shape):
+    lr = np.random.default_rng(1).random(shape, dtype=np.float32)
+    sr, summary = upscale_array(model, lr, device="cpu", batch_size=4)
+    assert sr.shape == (shape[0] * 4, shape[1] * 4, 3)
+    assert np.isfinite(sr).all() and sr.min() >= 0 and sr.max() <= 1
+    assert summary["tiles"] == len(tile_starts(max(shape[0], 32))) * len(tile_starts(max(shape[1], 32)))
+
+
+def test_strips_of_any_height_give_the_same_result(model):
+    lr = np.random.default_rng(2).random((150, 70, 3), dtype=np.float32)
+    whole, _ = Upscaler(model, "cpu", batch_size=8).upscale_array(lr)
+    engine = Upscaler(model, "cpu", batch_size=8)
+    for rows in (1, 17, 64):
+        strips = [(y, lr[y : y + rows]) for y in range(0, 150, rows)]
+        streamed = np.concatenate(list(engine.stream(150, 70, strips)), axis=0)
+        assert np.array_equal(streamed, whole)
+
+
+def test_grey_and_alpha():
+    torch.manual_seed(0)
+    model = create("fsrcnn", widths=[4, 8, 12]).eval()
+    for branch in model.branches:  # mid-grey outputs, so that clipping rarely hides a difference
+        branch.tail_conv.bias.data.fill_(0.5)
+    rng = np.random.default_rng(3)
+    grey_alpha = rng.random((40, 50, 2), dtype=np.float32) * 0.5 + 0.25
+    grey_alpha[:, :, 1] = 0.5
+    sr, _ = Upscaler(model, "cpu").upscale_array(grey_alpha, Layout(color_channels=1, has_alpha=True))
+    assert sr.shape == (160, 200, 2)
+    assert np.allclose(sr[:, :, 1], 0.5, atol=1e-5)  # a flat alpha stays flat through bicubic and stitching
+    rgb, _ = Upscaler(model, "cpu").upscale_array(np.repeat(grey_alpha[:, :, :1], 3, axis=2))
+    inside = ((rgb > 0) & (rgb < 1)).all(axis=2)  # grey is the mean before clipping, so compare unclipped pixels
+    assert inside.mean() > 0.2
+    assert np.allclose(sr[:, :, 0][inside], rgb.mean(axis=2)[inside], atol=1e-5)
+
+
+def test_fixed_branch_and_flops_ratio(model):
+    lr = np.random.default_rng(4).random((60, 60, 3), dtype=np.float32)
+    _, base = upscale_array(model, lr, device="cpu", branch=3)
+    assert base["flops_ratio"] == pytest.approx(1.0) and base["class_counts"] == [0, 0, base["tiles"]]
+    _, small = upscale_array(model, lr, device="cpu", branch=1)
+    plan = plan_for(model)
+    assert small["flops_ratio"] == pytest.approx(plan.branch_flops[0] / plan.branch_flops[2])
+    with pytest.raises(ModelError):
+        upscale_array(model, lr, branch=4)
+
+
+def test_flops_budget_is_kept_and_demotes_the_least_sure_first(model):
+    plan = plan_for(model, flops_budget=0.5)
+    probs = np.array([[0.1, 0.1, 0.8], [0.1, 0.3, 0.6], [0.2, 0.2, 0.6], [0.05, 0.05, 0.9]])
+    flops = plan.branch_flops
+    classes = apply_budget(probs.copy(), plan, allowance=3 * flops[2] + flops[1])
+    assert list(classes) == [2, 1, 2, 2]  # row 1 is the least sure of 'hard' (0.6, ties broken by index)
+    lr = np.random.default_rng(5).random((120, 120, 3), dtype=np.float32)
+    for budget in (0.2, 0.5, 0.9):
+        _, summary = upscale_array(model, lr, device="cpu", flops_budget=budget, batch_size=8)
+        assert summary["flops_ratio"] <= budget + 1e-9 or summary["class_counts"][0] == summary["tiles"]
+    with pytest.raises(ModelError):
+        plan_for(model, flops_budget=1.5)
+
+
+def test_a_single_network_runs_without_classifier():
+    net = create_base("fsrcnn", 8).eval()
+    sr, summary = upscale_array(net, np.zeros((40, 40, 3), np.float32), device="cpu")
+    assert summary["class_counts"] == [summary["tiles"]] and summary["flops_ratio"] == pytest.approx(1.0)
+
+
+def test_out_of_memory_halves_the_batch_and_retries():
+    class FailsOnBigBatches(torch.nn.Module):
+        def forward(self, x):
+            if x.shape[0] > 3:
+                raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+            return x * 2
+
+    runner = BatchRunner(torch.device("cpu"), torch.float32, batch_size=16)
+    x = torch.rand(10, 3, 4, 4)
+    assert torch.equal(runner(FailsOnBigBatches(), x), x * 2)
+    assert runner.batch_size == 2
+
+    class AlwaysFails(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("something else")
+
+    with pytest.raises(RuntimeError, match="something else"):
+        BatchRunner(torch.device("cpu"), torch.float32, 4)(AlwaysFails(), x)

@@ -1,0 +1,127 @@
+import json
+import pickle
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from classsr_cli.errors import WeightsError
+from classsr_cli.models import create, create_base
+from classsr_cli.weights import add_to_manifest, load_weights, save_model, shipped_entry
+
+LAYOUTS = Path(__file__).parent / "data" / "official"
+
+
+def official_state_dict(family: str) -> dict:
+    """Random tensors in exactly the official checkpoint's layout (keys and shapes)."""
+    state = {}
+    generator = torch.Generator().manual_seed(0)
+    for line in (LAYOUTS / f"official-{family}-state-dict.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, shape_text = line.split("\t")
+        shape = tuple(int(n) for n in re.findall(r"\d+", shape_text))
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(100)
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=generator) * 0.01
+    return state
+
+
+@pytest.mark.parametrize("family", ["fsrcnn", "carn", "srresnet", "rcan"])
+def test_official_layout_loads_strictly(tmp_path, family):
+    state = official_state_dict(family)
+    path = tmp_path / "official.pth"
+    torch.save(state, path)
+    loaded = load_weights(path)
+    assert (loaded.family, loaded.kind) == (family, "classsr")
+    model_state = loaded.model.state_dict()
+    assert set(model_state) == set(state)
+    for key, tensor in state.items():
+        assert torch.equal(model_state[key].to(tensor.dtype), tensor), key
+
+
+def test_official_single_network_and_wrapped_checkpoints(tmp_path):
+    state = {k[len("net3.") :]: v for k, v in official_state_dict("srresnet").items() if k.startswith("net3.")}
+    torch.save({"params": state}, tmp_path / "msrresnet.pth")
+    loaded = load_weights(tmp_path / "msrresnet.pth")
+    assert (loaded.family, loaded.kind, loaded.model.width) == ("srresnet", "base", 64)
+    with pytest.raises(WeightsError, match="not carn"):
+        load_weights(tmp_path / "msrresnet.pth", family="carn")
+
+
+def test_layout_mismatch_is_refused(tmp_path):
+    state = official_state_dict("fsrcnn")
+    del state["net2.tail_conv.bias"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(WeightsError, match="missing"):
+        load_weights(tmp_path / "broken.pth")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_malicious_pickle_is_refused_not_executed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as handle:
+        pickle.dump({"net1.head_conv.0.weight": _RunsCode()}, handle)
+    with pytest.raises(WeightsError, match="refused"):
+        load_weights(path)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_safetensors_round_trip_and_fp16(tmp_path):
+    torch.manual_seed(0)
+    model = create("carn").eval()
+    path = save_model(model, tmp_path / "carn.safetensors", "carn")
+    loaded = load_weights(path)
+    assert loaded.model.widths == [36, 52, 64]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.net2(x), loaded.model.net2(x))
+    half = save_model(create_base("fsrcnn"), tmp_path / "base.safetensors", "fsrcnn", dtype=torch.float16)
+    loaded = load_weights(half)
+    assert loaded.kind == "base" and next(loaded.model.parameters()).dtype == torch.float32
+
+
+def test_manifest_sha256_is_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLASSSR_WEIGHTS", str(tmp_path))
+    path = save_model(create("fsrcnn"), tmp_path / "classsr-fsrcnn.safetensors", "fsrcnn")
+    entry = add_to_manifest(path, {"iterations": 10})
+    assert entry["sha256"] and entry["widths"] == [16, 36, 56]
+    assert shipped_entry("fsrcnn")["file"] == "classsr-fsrcnn.safetensors"
+    assert load_weights("fsrcnn").entry["iterations"] == 10
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # flip one bit of the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="sha256"):
+        load_weights("fsrcnn")
+    with pytest.raises(WeightsError, match="no shipped"):
+        load_weights("rcan")
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["models"][0]["family"] == "fsrcnn"
+
+
+@pytest.mark.parametrize("content", [b"", b"not a weights file at all", b"\xff" * 64])
+def test_corrupt_files_are_refused(tmp_path, content):
+    for suffix in (".safetensors", ".pth"):
+        path = tmp_path / f"bad{suffix}"
+        path.write_bytes(content)
+        with pytest.raises(WeightsError):
+            load_weights(path)
+
+
+def test_missing_and_unknown_files(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        load_weights(tmp_path / "nothing.safetensors")
+    (tmp_path / "w.onnx").write_bytes(b"x")
+    with pytest.raises(WeightsError, match="unknown weights type"):
+        load_weights(tmp_path / "w.onnx")
