@@ -17,8 +17,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
+SAMPLE := classsr_cli/samples/picos-de-europa.png
+
 demo: $(STAMP)
-	$(BIN)/python -m classsr_cli demo
+	mkdir -p out
+	$(BIN)/classsr upscale $(SAMPLE) out/picos-de-europa-x4.png --model fsrcnn \
+		--class-map out/picos-de-europa-classes.png --overwrite
+	@echo "wrote out/picos-de-europa-x4.png and its class map out/picos-de-europa-classes.png"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -1,5 +1,7 @@
 """Device, precision and batched execution, with out-of-memory recovery."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -66,7 +68,10 @@ class BatchRunner:
         self.batch_size = batch_size or default_batch_size(device)
 
     def prepare(self, module: nn.Module) -> nn.Module:
-        return module.eval().to(device=self.device, dtype=self.dtype)
+        # channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their fast kernels: about 2x for the
+        # narrow branches on a CPU. A copy, so that the caller's model (e.g. one being trained) is untouched.
+        module = copy.deepcopy(module)
+        return module.eval().to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
 
     def __call__(self, module: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
         """module(tiles) in float32 on the CPU, computed batch by batch on the device."""
@@ -76,7 +81,8 @@ class BatchRunner:
             chunk = tiles[start : start + self.batch_size]
             try:
                 with torch.inference_mode():
-                    result = module(chunk.to(self.device, self.dtype, non_blocking=True))
+                    batch = chunk.to(self.device, self.dtype, non_blocking=True)
+                    result = module(batch.contiguous(memory_format=torch.channels_last))
                     outputs.append(result.float().cpu())
             except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
                 if not _is_out_of_memory(error) or self.batch_size == 1:

@@ -1,0 +1,164 @@
+"""Files in, files out: read in strips, upscale through the engine, write in strips, report."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from classsr_cli.engine.upscaler import Layout, Upscaler
+from classsr_cli.errors import InputError, OutputError
+from classsr_cli.imaging import DEFAULT_MAX_PIXELS, ImageWriter, open_image, output_format
+
+# How many LR rows are read at a time: small enough to keep memory flat, large enough to amortise decoding.
+READ_ROWS = 128
+INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".avif", ".gif", ".bmp"}
+WRITABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
+
+
+@dataclass
+class ImageReport:
+    input: str
+    output: str
+    width: int
+    height: int
+    out_width: int
+    out_height: int
+    tiles: int
+    class_counts: list[int]
+    flops_ratio: float
+    seconds: float
+    device: str
+    class_map: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def as_json(self) -> dict:
+        document = {
+            "input": self.input,
+            "output": self.output,
+            "width": self.width,
+            "height": self.height,
+            "out_width": self.out_width,
+            "out_height": self.out_height,
+            "tiles": self.tiles,
+            "class_counts": self.class_counts,
+            "flops_ratio": round(self.flops_ratio, 6),
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+        }
+        if self.class_map:
+            document["class_map"] = self.class_map
+        return document
+
+
+@dataclass
+class ClassGrid:
+    """The class of every tile of one image, filled band by band, for the class map."""
+
+    rows: list[int] = field(default_factory=list)
+    cols: list[int] = field(default_factory=list)
+    classes: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, count: int, classes: np.ndarray, band_rows: list[int], cols: list[int]) -> None:
+        self.rows.extend(band_rows)
+        self.cols = cols
+        self.classes.append(np.asarray(classes).reshape(len(band_rows), len(cols)))
+
+    def as_array(self) -> np.ndarray:
+        return np.concatenate(self.classes, axis=0)
+
+
+def upscale_file(
+    engine: Upscaler,
+    source: Path,
+    target: Path,
+    *,
+    overwrite: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    class_map: Path | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> ImageReport:
+    """Upscale one image file x4 into `target` (written atomically); returns what happened."""
+    started = time.perf_counter()
+    source, target = Path(source), Path(target)
+    output_format(target)  # an unknown output type fails before any work
+    if class_map is not None:
+        output_format(class_map)
+        _check_free(class_map, overwrite, protect=[source, target])
+    reader = open_image(source, max_pixels=max_pixels)
+    info = reader.info
+    layout = Layout(color_channels=info.color_channels, has_alpha=info.has_alpha)
+    tally = engine.new_tally()
+    total_tiles = _tile_count(info.height, info.width)
+    grid = ClassGrid()
+
+    def on_tiles(count, classes, band_rows, cols):
+        grid.add(count, classes, band_rows, cols)
+        if on_progress is not None:
+            on_progress(tally.tiles, total_tiles)
+
+    scale = engine.scale
+    with ImageWriter(
+        target,
+        info.width * scale,
+        info.height * scale,
+        channels=layout.channels,
+        bit_depth=info.bit_depth,
+        has_alpha=info.has_alpha,
+        icc=info.icc,
+        exif=info.exif,
+        xmp=info.xmp,
+        overwrite=overwrite,
+        protect=[source],
+    ) as writer:
+        writer.write(engine.stream(info.height, info.width, reader.strips(rows=READ_ROWS), layout, tally, on_tiles))
+    written_map = None
+    if class_map is not None:
+        from classsr_cli.imaging.classmap import write_class_map
+
+        write_class_map(source, class_map, grid.as_array(), grid.rows, grid.cols, engine.num_classes, overwrite)
+        written_map = str(class_map)
+    return ImageReport(
+        input=str(source),
+        output=str(target),
+        width=info.width,
+        height=info.height,
+        out_width=info.width * scale,
+        out_height=info.height * scale,
+        tiles=tally.tiles,
+        class_counts=tally.class_counts,
+        flops_ratio=tally.flops_ratio(engine.plan),
+        seconds=time.perf_counter() - started,
+        device=str(engine.device),
+        class_map=written_map,
+    )
+
+
+def _tile_count(height: int, width: int) -> int:
+    from classsr_cli.engine.tiling import padded_size, tile_starts
+
+    return len(tile_starts(padded_size(height))) * len(tile_starts(padded_size(width)))
+
+
+def _check_free(path: Path, overwrite: bool, protect: list[Path]) -> None:
+    if any(path.resolve() == p.resolve() for p in protect):
+        raise OutputError(f"{path} is also an input or output of this run")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path} already exists: pass --overwrite to replace it")
+    if not path.parent.is_dir():
+        raise OutputError(f"output folder {path.parent} does not exist")
+
+
+def folder_jobs(source: Path, target: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for every image in a folder; outputs keep the name and, if writable, the type."""
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{target} is a file, but the input is a folder: give an output folder")
+    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
+    if not images:
+        raise InputError(f"no images found in {source} (looked for {', '.join(sorted(INPUT_SUFFIXES))})")
+    jobs = []
+    for image in images:
+        suffix = image.suffix if image.suffix.lower() in WRITABLE_SUFFIXES else ".png"
+        jobs.append((image, target / f"{image.stem}{suffix}"))
+    return jobs
