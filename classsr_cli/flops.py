@@ -77,7 +77,12 @@ def classsr_costs(model) -> dict:
     for branch in model.branches:
         cost = measure(branch)
         branches.append(
-            {"width": branch.width, "params": cost.params, "flops": cost.flops, "executed_flops": cost.executed_flops}
+            {
+                "width": branch.width,
+                "params": cost.params,
+                "flops": cost.flops,
+                "executed_flops": cost.executed_flops,
+            }
         )
     return {
         "scale": model.scale,

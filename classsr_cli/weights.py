@@ -78,7 +78,9 @@ def _write_json_atomically(path: Path, document: dict) -> None:
 def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None) -> dict | None:
     """The manifest entry of the shipped weights of a family and kind (the last listed wins)."""
     family = get_family(family).name
-    matches = [m for m in read_manifest(folder)["models"] if m.get("family") == family and m.get("kind") == kind]
+    matches = [
+        m for m in read_manifest(folder)["models"] if m.get("family") == family and m.get("kind") == kind
+    ]
     return matches[-1] if matches else None
 
 
@@ -120,7 +122,9 @@ def describe(model: nn.Module) -> tuple[str, list[int]]:
     return "base", [model.width]
 
 
-def save_model(model: nn.Module, path: Path, family: str, dtype: torch.dtype = torch.float32, **extra: str) -> Path:
+def save_model(
+    model: nn.Module, path: Path, family: str, dtype: torch.dtype = torch.float32, **extra: str
+) -> Path:
     """Write `model` as safetensors (atomically) with the metadata needed to rebuild it."""
     path = Path(path)
     kind, widths = describe(model)
@@ -161,7 +165,9 @@ def read_metadata(path: Path) -> dict:
         raise WeightsError(f"{path} is not a valid safetensors file: {error}") from None
     missing = [key for key in ("family", "kind", "widths") if key not in meta]
     if missing:
-        raise WeightsError(f"{path} lacks classsr metadata ({', '.join(missing)}); is it a classsr weights file?")
+        raise WeightsError(
+            f"{path} lacks classsr metadata ({', '.join(missing)}); is it a classsr weights file?"
+        )
     return meta
 
 
@@ -226,7 +232,9 @@ def _unwrap_checkpoint(obj) -> dict:
 def _detect(state: dict, family_hint: str | None) -> tuple[str, str, list[int]]:
     """(family, kind, widths) of an official-layout state dict."""
     classsr = any(k.startswith("classifier.") for k in state)
-    prefixes = sorted({int(m.group(1)) for k in state if (m := re.match(r"net(\d+)\.", k))}) if classsr else [None]
+    prefixes = (
+        sorted({int(m.group(1)) for k in state if (m := re.match(r"net(\d+)\.", k))}) if classsr else [None]
+    )
     found = []
     for family, signature in _FAMILY_SIGNATURES.items():
         key = f"net{prefixes[0]}.{signature}" if classsr else signature
@@ -286,7 +294,9 @@ def load_weights(source: str | Path, kind: str | None = None, family: str | None
         if not path.is_file():
             raise WeightsError(f"weights file not found: {path}")
         if path.suffix == ".safetensors":
-            entry = next((m for m in read_manifest(path.parent)["models"] if m.get("file") == path.name), None)
+            entry = next(
+                (m for m in read_manifest(path.parent)["models"] if m.get("file") == path.name), None
+            )
             if entry and sha256_of(path) != entry.get("sha256"):
                 raise WeightsError(f"{path} does not match its sha256 in the manifest: corrupt or altered")
             loaded = _load_safetensors(path, entry)

@@ -17,7 +17,7 @@ def model():
 
 
 def official_loop(model, lr: np.ndarray) -> np.ndarray:
-    """The official code's way: one tile at a time on the 32/28 grid, overlaps averaged (grid-aligned input)."""
+    """The official code's way: one tile at a time on the 32/28 grid, overlaps averaged."""
     image = torch.from_numpy(lr).permute(2, 0, 1)[None]
     height, width = lr.shape[:2]
     acc = torch.zeros(1, 3, height * 4, width * 4)
@@ -82,7 +82,9 @@ def test_grey_and_alpha():
     assert sr.shape == (160, 200, 2)
     assert np.allclose(sr[:, :, 1], 0.5, atol=1e-5)  # a flat alpha stays flat through bicubic and stitching
     rgb, _ = Upscaler(model, "cpu").upscale_array(np.repeat(grey_alpha[:, :, :1], 3, axis=2))
-    inside = ((rgb > 0) & (rgb < 1)).all(axis=2)  # grey is the mean before clipping, so compare unclipped pixels
+    inside = ((rgb > 0) & (rgb < 1)).all(
+        axis=2
+    )  # grey is the mean before clipping, so compare unclipped pixels
     assert inside.mean() > 0.2
     assert np.allclose(sr[:, :, 0][inside], rgb.mean(axis=2)[inside], atol=1e-5)
 

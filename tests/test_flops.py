@@ -21,7 +21,7 @@ PAPER = {
 def test_flops_and_params_match_the_paper_within_one_percent(family):
     costs = classsr_costs(create(family))
     flops, params, total = PAPER[family]
-    for branch, want_flops, want_params in zip(costs["branches"], flops, params):
+    for branch, want_flops, want_params in zip(costs["branches"], flops, params, strict=True):
         assert branch["flops"] / 1e6 == pytest.approx(want_flops, rel=0.01)
         assert branch["params"] / 1e3 == pytest.approx(want_params, rel=0.01)
     assert costs["params"] / 1e3 == pytest.approx(total, rel=0.01)

@@ -55,7 +55,7 @@ def test_routed_forward_equals_each_tile_through_its_branch():
 def test_rcan_takes_unit_range_inputs():
     torch.manual_seed(0)
     model = create_base("rcan", 16).eval()
-    # with zero residual body the network is a fixed function: mean shift in and out must cancel the 255 scaling
+    # zeroed convolutions make the network a fixed function: the 255 scaling must cancel out
     for p in model.parameters():
         p.data.zero_()
     model.sub_mean.weight.data.copy_(torch.eye(3).view(3, 3, 1, 1))

@@ -45,7 +45,9 @@ def test_official_layout_loads_strictly(tmp_path, family):
 
 
 def test_official_single_network_and_wrapped_checkpoints(tmp_path):
-    state = {k[len("net3.") :]: v for k, v in official_state_dict("srresnet").items() if k.startswith("net3.")}
+    state = {
+        k[len("net3.") :]: v for k, v in official_state_dict("srresnet").items() if k.startswith("net3.")
+    }
     torch.save({"params": state}, tmp_path / "msrresnet.pth")
     loaded = load_weights(tmp_path / "msrresnet.pth")
     assert (loaded.family, loaded.kind, loaded.model.width) == ("srresnet", "base", 64)

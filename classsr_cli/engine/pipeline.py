@@ -13,7 +13,7 @@ from classsr_cli.imaging import DEFAULT_MAX_PIXELS, ImageWriter, open_image, out
 
 # How many LR rows are read at a time: small enough to keep memory flat, large enough to amortise decoding.
 READ_ROWS = 128
-INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".avif", ".gif", ".bmp"}
+INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".avif", ".gif"}
 WRITABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
 
@@ -112,12 +112,16 @@ def upscale_file(
         overwrite=overwrite,
         protect=[source],
     ) as writer:
-        writer.write(engine.stream(info.height, info.width, reader.strips(rows=READ_ROWS), layout, tally, on_tiles))
+        writer.write(
+            engine.stream(info.height, info.width, reader.strips(rows=READ_ROWS), layout, tally, on_tiles)
+        )
     written_map = None
     if class_map is not None:
         from classsr_cli.imaging.classmap import write_class_map
 
-        write_class_map(source, class_map, grid.as_array(), grid.rows, grid.cols, engine.num_classes, overwrite)
+        write_class_map(
+            source, class_map, grid.as_array(), grid.rows, grid.cols, engine.num_classes, overwrite
+        )
         written_map = str(class_map)
     return ImageReport(
         input=str(source),

@@ -71,8 +71,8 @@ class RoutingTally:
     def add(self, classes: np.ndarray, plan: RoutingPlan) -> None:
         counts = np.bincount(classes, minlength=self.num_classes)
         self.tiles += int(classes.size)
-        self.class_counts = [a + int(b) for a, b in zip(self.class_counts, counts)]
-        self.flops += int(sum(int(c) * f for c, f in zip(counts, plan.branch_flops)))
+        self.class_counts = [a + int(b) for a, b in zip(self.class_counts, counts, strict=True)]
+        self.flops += int(sum(int(c) * f for c, f in zip(counts, plan.branch_flops, strict=True)))
         if plan.classifies:
             self.flops += int(classes.size) * plan.classifier_flops
 

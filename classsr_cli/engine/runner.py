@@ -28,7 +28,9 @@ def pick_device(spec: str = "auto") -> torch.device:
             raise ModelError("--device cuda was asked for but no CUDA GPU is available")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ModelError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) present")
-    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    elif device.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise ModelError("--device mps was asked for but MPS is not available")
     elif device.type not in ("cpu", "cuda", "mps"):
         raise ModelError(f"unsupported device '{spec}'")
@@ -36,7 +38,7 @@ def pick_device(spec: str = "auto") -> torch.device:
 
 
 def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
-    """auto: fp16 on a GPU (11 mantissa bits keep outputs within a grey level; bf16's 8 do not), fp32 on CPU."""
+    """auto: fp16 on a GPU (11 mantissa bits keep outputs within a grey level; bf16 has 8), else fp32."""
     spec = (spec or "auto").lower()
     if spec == "auto":
         return torch.float16 if device.type in ("cuda", "mps") else torch.float32

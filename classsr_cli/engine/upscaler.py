@@ -16,7 +16,7 @@ from torch import nn
 
 from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget, plan_for
 from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype
-from classsr_cli.engine.tiling import PATCH, STRIDE, coverage, pad_to_tile, padded_size, tile_starts
+from classsr_cli.engine.tiling import PATCH, coverage, pad_to_tile, padded_size, tile_starts
 
 # A band holds at least this many batches of tiles, so each branch sees full batches even on narrow images.
 BATCHES_PER_BAND = 4
@@ -72,7 +72,9 @@ class Upscaler:
         # the budget is kept over all tiles so far: easy bands leave room for harder ones later
         total_tiles = tally.tiles + count
         allowance = self.plan.flops_budget * self.plan.base_flops * total_tiles
-        allowance -= self.plan.classifier_flops * total_tiles + (tally.flops - tally.tiles * self.plan.classifier_flops)
+        allowance -= self.plan.classifier_flops * total_tiles + (
+            tally.flops - tally.tiles * self.plan.classifier_flops
+        )
         return apply_budget(torch.softmax(logits, dim=1).numpy(), self.plan, allowance)
 
     def _super_resolve(self, tiles: torch.Tensor, classes: np.ndarray) -> torch.Tensor:
@@ -114,7 +116,9 @@ class Upscaler:
         for first in range(0, len(row_starts), rows_per_band):
             band = row_starts[first : first + rows_per_band]
             lr = torch.from_numpy(lr_rows.rows(band[0], band[-1] + PATCH)).permute(2, 0, 1)  # C, h, padded_w
-            tiles = torch.stack([lr[:, y - band[0] : y - band[0] + PATCH, x : x + PATCH] for y in band for x in col_starts])
+            tiles = torch.stack(
+                [lr[:, y - band[0] : y - band[0] + PATCH, x : x + PATCH] for y in band for x in col_starts]
+            )
             color = tiles[:, : layout.color_channels]
             rgb = color.expand(-1, 3, -1, -1) if layout.color_channels == 1 else color
             classes = self._route(rgb, tally)
@@ -153,9 +157,13 @@ class Upscaler:
         """Whole-array convenience: float32 (H, W, C) in [0, 1] -> (x4 output, routing tally)."""
         if lr.ndim == 2:
             lr = lr[:, :, None]
-        layout = layout or Layout(color_channels=1 if lr.shape[2] in (1, 2) else 3, has_alpha=lr.shape[2] in (2, 4))
+        layout = layout or Layout(
+            color_channels=1 if lr.shape[2] in (1, 2) else 3, has_alpha=lr.shape[2] in (2, 4)
+        )
         tally = self.new_tally()
-        strips = self.stream(lr.shape[0], lr.shape[1], [(0, np.ascontiguousarray(lr, dtype=np.float32))], layout, tally)
+        strips = self.stream(
+            lr.shape[0], lr.shape[1], [(0, np.ascontiguousarray(lr, dtype=np.float32))], layout, tally
+        )
         return np.concatenate(list(strips), axis=0), tally
 
 
@@ -203,5 +211,9 @@ def upscale_array(
     """Upscale one in-memory image (float32 HxWxC in [0, 1]); returns (output, routing summary)."""
     engine = Upscaler(model, device or "auto", "auto", batch_size, branch, flops_budget)
     sr, tally = engine.upscale_array(lr)
-    summary = {"tiles": tally.tiles, "class_counts": tally.class_counts, "flops_ratio": tally.flops_ratio(engine.plan)}
+    summary = {
+        "tiles": tally.tiles,
+        "class_counts": tally.class_counts,
+        "flops_ratio": tally.flops_ratio(engine.plan),
+    }
     return sr, summary

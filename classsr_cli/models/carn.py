@@ -60,7 +60,11 @@ class Upsampler(nn.Module):
             raise ValueError("CARN is built for x4 only")
         stages = []
         for _ in range(2):
-            stages += [nn.Conv2d(nf, 4 * nf, 3, padding=1, groups=group), nn.ReLU(inplace=True), nn.PixelShuffle(2)]
+            stages += [
+                nn.Conv2d(nf, 4 * nf, 3, padding=1, groups=group),
+                nn.ReLU(inplace=True),
+                nn.PixelShuffle(2),
+            ]
         self.body = nn.Sequential(*stages)
 
     def forward(self, x):
@@ -78,7 +82,7 @@ class _UpsampleWrapper(nn.Module):
 
 
 class CARN(nn.Module):
-    """x4 CARN-M: mean shift, entry conv, three cascading blocks with 1x1 fusion, grouped upsampler; input [0, 1]."""
+    """x4 CARN-M: mean shift, entry conv, three cascading blocks with 1x1 fusion, grouped upsampler."""
 
     def __init__(self, nf: int = 64, group: int = 4, scale: int = 4, channels: int = 3):
         super().__init__()

@@ -53,7 +53,13 @@ class RCAN(nn.Module):
     """x4 RCAN: 10 residual groups of 20 RCABs, channel attention with reduction 16; input [0, 1]."""
 
     def __init__(
-        self, n_feats: int = 64, groups: int = 10, blocks: int = 20, reduction: int = 16, scale: int = 4, channels: int = 3
+        self,
+        n_feats: int = 64,
+        groups: int = 10,
+        blocks: int = 20,
+        reduction: int = 16,
+        scale: int = 4,
+        channels: int = 3,
     ):
         super().__init__()
         if scale != 4:

@@ -37,7 +37,10 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "fsrcnn": Family(
-        "fsrcnn", "FSRCNN", lambda w: FSRCNN(d=w), 56,
+        "fsrcnn",
+        "FSRCNN",
+        lambda w: FSRCNN(d=w),
+        56,
         {2: (16, 56), 3: (16, 36, 56), 4: (16, 29, 43, 56), 5: (16, 26, 36, 46, 56)},
     ),
     "carn": Family("carn", "CARN-M", lambda w: CARN(nf=w), 64, {3: (36, 52, 64)}, width_multiple=4),
@@ -57,7 +60,9 @@ def get_family(name: str) -> Family:
         raise ModelError(f"unknown model '{name}': choose one of {', '.join(FAMILIES)}") from None
 
 
-def resolve_widths(family: str, classes: int | None = None, widths: Sequence[int] | None = None) -> tuple[int, ...]:
+def resolve_widths(
+    family: str, classes: int | None = None, widths: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """Check user widths (or pick the preset for `classes`, default 3) and return them simple -> hard."""
     fam = get_family(family)
     if widths:
