@@ -13,6 +13,7 @@ import json
 import os
 import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,7 +262,9 @@ def _detect(state: dict, family_hint: str | None) -> tuple[str, str, list[int]]:
 
 def _load_official(path: Path, family_hint: str | None) -> Loaded:
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the outcome is what matters
+            warnings.simplefilter("ignore")
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle.UnpicklingError for hostile pickles, others for corrupt files
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise WeightsError(f"refused to load {path}: {reason}") from None

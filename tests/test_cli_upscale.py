@@ -1,0 +1,185 @@
+"""`classsr upscale` end to end on tiny images: outputs, metadata, routing options and bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import pyvips
+import torch
+from typer.testing import CliRunner
+
+from classsr_cli.cli import app
+from classsr_cli.imaging import open_image, read_image, write_image
+from classsr_cli.models import create
+from classsr_cli.weights import save_model
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    net = create("fsrcnn", widths=[4, 8, 12]).eval()
+    for branch in net.branches:  # outputs around mid-grey, so that clipping does not hide differences
+        branch.tail_conv.bias.data.fill_(0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def weights(model, tmp_path_factory):
+    return save_model(model, tmp_path_factory.mktemp("w") / "tiny.safetensors", "fsrcnn")
+
+
+def photo(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A smooth random picture: tiny networks on noise would tell us little."""
+    rng = np.random.default_rng(seed)
+    small = rng.random((height // 8 + 2, width // 8 + 2, channels)).astype(np.float32)
+    image = pyvips.Image.new_from_array(small).resize(8, kernel="linear")
+    array = np.ndarray(buffer=image.write_to_memory(), dtype=np.float32, shape=(image.height, image.width, channels))
+    return np.clip(array[:height, :width], 0, 1)
+
+
+def upscale(*args):
+    return runner.invoke(app, ["upscale", *map(str, args)])
+
+
+def only_files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_official_checkpoint_matches_the_official_tile_loop_within_one_grey_level(model, tmp_path):
+    lr_path = tmp_path / "grid.png"
+    write_image(lr_path, photo(88, 116))  # 88 = 2*28+32, 116 = 3*28+32: the official grid covers it exactly
+    checkpoint = tmp_path / "official.pth"
+    torch.save(model.state_dict(), checkpoint)
+    result = upscale(lr_path, tmp_path / "out.png", "--weights", checkpoint)
+    assert result.exit_code == 0, result.output
+    lr = torch.from_numpy(read_image(lr_path)).permute(2, 0, 1)[None]
+    acc, count = torch.zeros(1, 3, 352, 464), torch.zeros(1, 3, 352, 464)
+    with torch.no_grad():
+        for y in range(0, 57, 28):
+            for x in range(0, 85, 28):
+                tile = lr[:, :, y : y + 32, x : x + 32]
+                acc[:, :, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += model.branches[int(model.route(tile))](tile)
+                count[:, :, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += 1
+    official = np.round((acc / count).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255)
+    ours = read_image(tmp_path / "out.png") * 255
+    assert np.abs(ours - official).max() <= 1.0
+
+
+def test_json_report_and_class_map(weights, tmp_path):
+    write_image(tmp_path / "in.png", photo(50, 70))
+    result = upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--json",
+                     "--class-map", tmp_path / "map.png")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"input", "output", "width", "height", "out_width", "out_height", "tiles", "class_counts",
+            "flops_ratio", "seconds", "device"} <= set(report)
+    assert (report["width"], report["height"], report["out_width"], report["out_height"]) == (70, 50, 280, 200)
+    assert report["tiles"] == 2 * 3 and sum(report["class_counts"]) == 6
+    assert 0 < report["flops_ratio"] < 1.1 and report["device"] == "cpu"
+    assert open_image(tmp_path / "out.png").info.width == 280
+    assert read_image(tmp_path / "map.png").shape[:2] == (50, 70)
+
+
+def test_branch_m_is_the_base_network_without_classifier(weights, tmp_path):
+    write_image(tmp_path / "in.png", photo(40, 40))
+    result = upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--branch", "3", "--json")
+    report = json.loads(result.stdout)
+    assert report["flops_ratio"] == pytest.approx(1.0) and report["class_counts"] == [0, 0, report["tiles"]]
+    result = upscale(tmp_path / "in.png", tmp_path / "b.png", "--weights", weights, "--flops-budget", "0.6", "--json")
+    assert json.loads(result.stdout)["flops_ratio"] <= 0.6 + 1e-9
+    # below the smallest branch plus the Class-Module no routing fits: every tile takes branch 1
+    result = upscale(tmp_path / "in.png", tmp_path / "c.png", "--weights", weights, "--flops-budget", "0.2", "--json")
+    report = json.loads(result.stdout)
+    assert report["class_counts"] == [report["tiles"], 0, 0]
+
+
+@pytest.mark.parametrize(
+    "channels, bit_depth, suffix",
+    [(1, 8, ".png"), (2, 8, ".png"), (4, 16, ".png"), (3, 16, ".tif"), (3, 8, ".jpg"), (3, 8, ".webp")],
+)
+def test_depth_grey_and_alpha_are_kept(weights, tmp_path, channels, bit_depth, suffix):
+    image = photo(36, 44, channels)
+    write_image(tmp_path / f"in{suffix if suffix != '.jpg' else '.png'}", image, bit_depth=bit_depth)
+    source = tmp_path / f"in{suffix if suffix != '.jpg' else '.png'}"
+    result = upscale(source, tmp_path / f"out{suffix}", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    info = open_image(tmp_path / f"out{suffix}").info
+    assert (info.width, info.height) == (176, 144)
+    if suffix in (".png", ".tif"):
+        assert info.bit_depth == bit_depth
+        assert info.color_channels == (1 if channels <= 2 else 3)
+        assert info.has_alpha == (channels in (2, 4))
+
+
+def test_icc_and_exif_orientation(weights, tmp_path):
+    image = (photo(40, 60) * 255).astype(np.uint8)
+    vips = pyvips.Image.new_from_array(image).copy(interpretation="srgb")
+    vips.set_type(pyvips.GValue.gint_type, "orientation", 6)
+    vips.jpegsave(str(tmp_path / "rotated.jpg"), Q=95, profile="srgb")
+    result = upscale(tmp_path / "rotated.jpg", tmp_path / "out.jpg", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    info = open_image(tmp_path / "out.jpg").info
+    assert (info.width, info.height) == (160, 240)  # upright: rotated by the EXIF orientation
+    assert info.icc
+    out = pyvips.Image.new_from_file(str(tmp_path / "out.jpg"))
+    assert not out.get_typeof("orientation") or out.get("orientation") == 1
+
+
+def test_folder_in_folder_out(weights, tmp_path):
+    (tmp_path / "in").mkdir()
+    write_image(tmp_path / "in" / "a.png", photo(33, 40))
+    write_image(tmp_path / "in" / "b.jpg", photo(40, 33))
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    result = upscale(tmp_path / "in", tmp_path / "out", "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    reports = json.loads(result.stdout)
+    assert [r["out_width"] for r in reports] == [160, 132]
+    assert only_files(tmp_path / "out") == ["a.png", "b.jpg"]
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_bad_input_gives_one_line_and_leaves_nothing(weights, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "text.png").write_text("hello")
+    write_image(tmp_path / "ok.png", photo(40, 40))
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "evil.pth").write_bytes(b"\x80\x04\x95not a checkpoint")
+    cases = [
+        (tmp_path / "missing.png", out / "a.png", []),
+        (tmp_path / "text.png", out / "a.png", []),
+        (tmp_path / "truncated.png", out / "a.png", []),
+        (tmp_path / "ok.png", out / "a.bmp", []),  # unknown output type
+        (tmp_path / "ok.png", tmp_path / "no-such-folder" / "a.png", []),
+        (tmp_path / "ok.png", out / "a.png", ["--model", "edsr"]),
+        (tmp_path / "ok.png", out / "a.png", ["--branch", "7"]),
+        (tmp_path / "ok.png", out / "a.png", ["--max-pixels", "100"]),
+    ]
+    for source, target, extra in cases:
+        weights_args = [] if "--model" in extra else ["--weights", weights]
+        one_line_error(upscale(source, target, *weights_args, *extra))
+    one_line_error(upscale(tmp_path / "ok.png", out / "a.png", "--weights", tmp_path / "evil.pth"))
+    assert only_files(out) == []
+
+
+def test_existing_output_and_input_are_protected(weights, tmp_path):
+    write_image(tmp_path / "in.png", photo(40, 40))
+    before = (tmp_path / "in.png").read_bytes()
+    assert "never overwritten" in one_line_error(
+        upscale(tmp_path / "in.png", tmp_path / "in.png", "--weights", weights, "--overwrite")
+    )
+    (tmp_path / "out.png").write_bytes(b"mine")
+    assert "--overwrite" in one_line_error(upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights))
+    assert (tmp_path / "out.png").read_bytes() == b"mine"
+    assert (tmp_path / "in.png").read_bytes() == before
+    assert upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--overwrite").exit_code == 0
+    assert only_files(tmp_path) == ["in.png", "out.png"]
