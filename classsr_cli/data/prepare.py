@@ -1,0 +1,756 @@
+"""prepare-data: photos -> scaled HR/LR pairs, a sub-image index ranked by restoration difficulty, M classes.
+
+The paper's recipe (Sec. 3.1, 4.1): every photo is shrunk by 1.0, 0.9, ..., 0.6 (MATLAB bicubic), cropped to
+a multiple of the SR scale and reduced x4 to its LR image; 32x32 LR sub-images at stride 16 are cut from
+every LR image; each is super-resolved by a ranking model and the PSNR against its HR sub-image measures how
+hard it is; the ranked sub-images are cut into M classes of equal size (class 0 = simple = highest PSNR).
+
+On disk (OUT/):
+  images/<key>_s<scale>_hr.npy, _lr.npy   the scaled HR and LR images, uint8 (H, W, 3), memory-mappable
+  parts/<key>.npz                         one photo's sub-image positions and PSNRs (lets a rerun resume)
+  index.npy                               structured array, one row per sub-image: INDEX_DTYPE
+  meta.json                               arguments, photos and their files, split, thresholds, counts
+Sub-images are never written out one by one: the dataset crops them from the memory-mapped images.
+"""
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from classsr_cli.errors import ClasssrError, DataError, InputError, ModelError
+
+FORMAT = "classsr-prepared"
+FORMAT_VERSION = 1
+DEFAULT_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
+SPLIT_TRAIN, SPLIT_VAL = 0, 1
+SPLIT_NAMES = {SPLIT_TRAIN: "train", SPLIT_VAL: "val"}
+INDEX_DTYPE = np.dtype(
+    [
+        ("image", "<i4"),  # position in meta["images"]
+        ("scale", "u1"),  # position in meta["arguments"]["scales"]
+        ("y", "<i4"),  # top-left corner of the LR sub-image; the HR one is at (y, x) * SR scale
+        ("x", "<i4"),
+        ("psnr", "<f4"),  # dB, RGB, of the ranking model's 8-bit output against the HR sub-image
+        ("cls", "i1"),  # 0 = simple (highest PSNR) ... M-1 = hard
+        ("split", "u1"),  # SPLIT_TRAIN or SPLIT_VAL
+    ]
+)
+# an exact reconstruction (flat sub-images) has infinite PSNR; a finite cap keeps sorting and JSON sane
+PSNR_CAP = 100.0
+# the strongest shipped base network ranks best (the paper used MSRResNet); bicubic when none is shipped
+RANK_PREFERENCE = ("rcan", "srresnet", "carn", "fsrcnn")
+BICUBIC = "bicubic"
+
+
+# -- small pure pieces ----------------------------------------------------------------------------------
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """'1.0,0.9,0.8' -> (1.0, 0.9, 0.8); each in (0, 1], no repeats."""
+    try:
+        scales = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise DataError(f"--scales takes numbers separated by commas, got '{text}'") from None
+    check_scales(scales)
+    return scales
+
+
+def check_scales(scales: Sequence[float]) -> None:
+    if not scales:
+        raise DataError("give at least one scale factor")
+    for scale in scales:
+        if not 0 < scale <= 1:
+            raise DataError(f"scale factors must lie in (0, 1] (HR images are never upscaled), got {scale}")
+    if len(set(scales)) != len(scales):
+        raise DataError(f"scale factors repeat: {', '.join(map(str, scales))}")
+
+
+def subimage_positions(length: int, patch: int, stride: int) -> np.ndarray:
+    """Start offsets of windows of `patch` every `stride`, plus one flush with the end if the grid misses."""
+    if length < patch:
+        return np.zeros(0, dtype=np.int64)
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return np.asarray(starts, dtype=np.int64)
+
+
+def assign_classes(psnr: np.ndarray, classes: int) -> tuple[np.ndarray, list[float]]:
+    """Rank by PSNR (highest first) and cut into `classes` groups of equal size (differing by at most one).
+
+    Returns the class of each sub-image (0 = simple) and the classes - 1 thresholds, falling: threshold k lies
+    halfway between the last PSNR of class k and the first of class k + 1. Ties are broken by position, so
+    the sizes are exact even when many sub-images share one PSNR.
+    """
+    count = len(psnr)
+    if count < classes:
+        raise DataError(f"only {count} training sub-images for {classes} classes: add photos or scales")
+    order = np.argsort(-psnr.astype(np.float64), kind="stable")
+    labels = np.empty(count, dtype=np.int8)
+    bounds = [k * count // classes for k in range(classes + 1)]
+    thresholds = []
+    for k in range(classes):
+        labels[order[bounds[k] : bounds[k + 1]]] = k
+        if k < classes - 1:
+            last, first = psnr[order[bounds[k + 1] - 1]], psnr[order[bounds[k + 1]]]
+            thresholds.append((float(last) + float(first)) / 2)
+    return labels, thresholds
+
+
+def classes_from_thresholds(psnr: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """The class of each PSNR given falling thresholds: the number of thresholds it falls below."""
+    if not len(thresholds):
+        return np.zeros(len(psnr), dtype=np.int8)
+    below = psnr.astype(np.float64)[:, None] < np.asarray(thresholds, dtype=np.float64)[None, :]
+    return below.sum(axis=1).astype(np.int8)
+
+
+def choose_val_photos(count: int, fraction: float, seed: int) -> np.ndarray:
+    """A seeded choice of whole photos for validation: a boolean mask over `count` photos (in sorted order).
+
+    At least one photo when the fraction is above 0, and always at least one photo left for training.
+    """
+    mask = np.zeros(count, dtype=bool)
+    if fraction <= 0 or count < 2:
+        return mask
+    wanted = min(count - 1, max(1, round(fraction * count)))
+    mask[np.random.default_rng(seed).choice(count, size=wanted, replace=False)] = True
+    return mask
+
+
+def photo_key(path: Path) -> str:
+    """A file-system-safe, collision-free name for a photo's files: its stem plus a hash of its file name."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)[:60] or "photo"
+    return f"{stem}-{hashlib.sha1(path.name.encode()).hexdigest()[:8]}"
+
+
+def scale_tag(scale: float) -> str:
+    return f"s{scale:.3f}"
+
+
+def psnr_uint8(sr, hr):
+    """PSNR in dB per sub-image of two (N, C, H, W) float tensors holding 8-bit values; capped at PSNR_CAP."""
+    import torch
+
+    # float32 is exact for the squared 8-bit differences; the norm's blocked summation keeps the mean accurate
+    squared_norm = torch.linalg.vector_norm((sr - hr).flatten(1), dim=1).double() ** 2
+    mse = squared_norm / sr[0].numel()
+    psnr = 10 * torch.log10(255.0**2 / mse.clamp_min(1e-300))
+    return psnr.clamp(max=PSNR_CAP).float().numpy()
+
+
+# -- ranking models -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RankModel:
+    """What rates the sub-images: `bicubic`, a family's shipped base network, or a weights file."""
+
+    kind: str  # "bicubic", "family" or "file"
+    name: str  # "bicubic", the family name, or the file path
+    identity: str  # changes whenever its outputs may change (resumed results are reused only if equal)
+
+    @property
+    def label(self) -> str:
+        if self.kind == "family":
+            return f"{self.name} (shipped base network)"
+        return self.name
+
+
+def resolve_rank_model(choice: str | None) -> RankModel:
+    """`bicubic`, a family name, or a weights file; None picks the best shipped base network, else bicubic."""
+    from classsr_cli.models import FAMILIES
+
+    if choice is None:
+        try:
+            from classsr_cli.weights import shipped_families
+
+            shipped = set(shipped_families("base"))
+        except (
+            ImportError,
+            ClasssrError,
+        ):  # no weights module or an unreadable manifest: bicubic needs neither
+            shipped = set()
+        for family in RANK_PREFERENCE:
+            if family in shipped:
+                return _family_rank_model(family)
+        return RankModel(BICUBIC, BICUBIC, BICUBIC)
+    text = choice.strip()
+    if text.lower() == BICUBIC:
+        return RankModel(BICUBIC, BICUBIC, BICUBIC)
+    if text.lower() in FAMILIES:
+        return _family_rank_model(text.lower())
+    path = Path(text).expanduser()
+    if not path.is_file():
+        raise DataError(
+            f"--rank-model '{text}' is neither bicubic, a family ({', '.join(FAMILIES)}) nor a file"
+        )
+    stat = path.stat()
+    return RankModel("file", str(path.resolve()), f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+
+
+def _family_rank_model(family: str) -> RankModel:
+    identity = f"family:{family}"
+    try:
+        from classsr_cli.weights import shipped_entry
+
+        entry = shipped_entry(family, "base")
+        if entry:
+            identity += f":{entry.get('sha256', '')}"
+    except (ImportError, ClasssrError):  # loading reports the real problem; the identity only guards resuming
+        pass
+    return RankModel("family", family, identity)
+
+
+class BicubicRanker:
+    """The MATLAB bicubic x`scale` upscale of each LR sub-image on its own, as a batched matrix product."""
+
+    batch = 64  # small batches reuse the allocator's memory instead of faulting in fresh pages
+
+    def __init__(self, patch: int, scale: int):
+        import torch
+
+        from classsr_cli.imaging.bicubic import resize_matrix
+
+        self.matrix = torch.from_numpy(resize_matrix(patch, patch * scale, float(scale))).float()
+
+    def __call__(self, lr):
+        """(N, 3, p, p) float tensor of 8-bit values -> (N, 3, p*s, p*s) 8-bit values, rounded and clipped."""
+        up = self.matrix @ lr @ self.matrix.T
+        return (up + 0.5).floor_().clamp_(0, 255)
+
+
+class NetworkRanker:
+    """A network's output on batches of LR sub-images, quantised to 8 bits as a stored image would be."""
+
+    def __init__(self, rank: RankModel, scale: int):
+        import torch
+
+        from classsr_cli import weights
+
+        if rank.kind == "family":
+            model = weights.load_model(rank.name, kind="base")
+        else:
+            model = weights.load_model(rank.name)
+        if hasattr(model, "branches"):  # a ClassSR model: its hardest branch is the strongest network
+            model = model.branches[-1]
+        model_scale = getattr(model, "scale", scale)
+        if model_scale != scale:
+            raise ModelError(f"the ranking model {rank.label} upscales x{model_scale}, not x{scale}")
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.eval().to(self.device)
+        self.batch = 256 if self.device.type == "cuda" else 64
+
+    def __call__(self, lr):
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(lr.to(self.device) / 255.0).float()
+            return (out.clamp(0, 1) * 255.0 + 0.5).floor().cpu()
+
+
+def make_ranker(rank: RankModel, patch: int, scale: int):
+    if rank.kind == BICUBIC:
+        return BicubicRanker(patch, scale)
+    return NetworkRanker(rank, scale)
+
+
+def rank_subimages(lr: np.ndarray, hr: np.ndarray, ys, xs, patch: int, scale: int, ranker) -> np.ndarray:
+    """PSNR of the ranker's output for every LR sub-image at (y, x) in ys x xs (row-major), float32."""
+    import torch
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    # views (H', W', C, p, p): fancy indexing copies just the chosen windows, already channels-first
+    lr_windows = sliding_window_view(lr, (patch, patch), axis=(0, 1))
+    hr_windows = sliding_window_view(hr, (patch * scale, patch * scale), axis=(0, 1))
+    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
+    grid_y, grid_x = grid_y.ravel(), grid_x.ravel()
+    psnr = np.empty(len(grid_y), dtype=np.float32)
+    for start in range(0, len(grid_y), ranker.batch):
+        y, x = grid_y[start : start + ranker.batch], grid_x[start : start + ranker.batch]
+        lr_batch = torch.from_numpy(lr_windows[y, x]).float()
+        hr_batch = torch.from_numpy(hr_windows[y * scale, x * scale]).float()
+        psnr[start : start + len(y)] = psnr_uint8(ranker(lr_batch), hr_batch)
+    return psnr
+
+
+# -- one photo (runs in a worker process) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhotoJob:
+    source: str
+    key: str
+    out: str
+    scales: tuple[float, ...]
+    sr_scale: int
+    patch: int
+    stride: int
+    rank: RankModel
+    fingerprint: str
+
+
+_RANKERS: dict = {}  # one ranker per process and model, loaded on first use
+
+
+def _ranker_for(job: PhotoJob):
+    cache_key = (job.rank.identity, job.patch, job.sr_scale)
+    if cache_key not in _RANKERS:
+        _RANKERS[cache_key] = make_ranker(job.rank, job.patch, job.sr_scale)
+    return _RANKERS[cache_key]
+
+
+def _init_worker(threads: int) -> None:
+    import signal
+
+    import torch
+
+    torch.set_num_threads(threads)
+    # Ctrl-C is handled once, by the parent (which cancels the queue); workers finish their photo quietly
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _atomic_save(path: Path, write: Callable) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            write(handle)
+        os.replace(temp, path)
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def process_photo(job: PhotoJob) -> dict:
+    """Scale, reduce and rank one photo; write its images and part file. Returns a status dict."""
+    from classsr_cli.data.photos import read_rgb8
+    from classsr_cli.imaging.bicubic import imresize, to_uint8
+
+    name = Path(job.source).name
+    try:
+        photo = read_rgb8(Path(job.source))
+    except InputError as error:
+        return {"key": job.key, "name": name, "status": "skipped", "reason": str(error)}
+    except MemoryError:
+        return {"key": job.key, "name": name, "status": "skipped", "reason": f"{name}: too large for memory"}
+    ranker = _ranker_for(job)
+    out = Path(job.out)
+    hr_patch = job.patch * job.sr_scale
+    scale_ids, all_y, all_x, all_psnr, shapes = [], [], [], [], []
+    photo_float = None
+    for scale_id, factor in enumerate(job.scales):
+        if factor == 1.0:
+            scaled = photo
+        else:
+            photo_float = photo.astype(np.float32) if photo_float is None else photo_float
+            scaled = to_uint8(imresize(photo_float, factor))
+        height = scaled.shape[0] // job.sr_scale * job.sr_scale
+        width = scaled.shape[1] // job.sr_scale * job.sr_scale
+        if height < hr_patch or width < hr_patch:
+            shapes.append((0, 0))
+            continue
+        hr = np.ascontiguousarray(scaled[:height, :width])
+        lr_shape = (height // job.sr_scale, width // job.sr_scale)
+        lr = to_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
+        ys = subimage_positions(lr.shape[0], job.patch, job.stride)
+        xs = subimage_positions(lr.shape[1], job.patch, job.stride)
+        psnr = rank_subimages(lr, hr, ys, xs, job.patch, job.sr_scale, ranker)
+        tag = scale_tag(factor)
+        _atomic_save(out / "images" / f"{job.key}_{tag}_hr.npy", lambda f, a=hr: np.save(f, a))
+        _atomic_save(out / "images" / f"{job.key}_{tag}_lr.npy", lambda f, a=lr: np.save(f, a))
+        grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
+        scale_ids.append(np.full(grid_y.size, scale_id, dtype=np.uint8))
+        all_y.append(grid_y.ravel().astype(np.int32))
+        all_x.append(grid_x.ravel().astype(np.int32))
+        all_psnr.append(psnr)
+        shapes.append((height, width))
+    if not all_psnr:
+        return {
+            "key": job.key,
+            "name": name,
+            "status": "skipped",
+            "reason": f"{name}: too small ({photo.shape[1]}x{photo.shape[0]}); "
+            f"needs {hr_patch}x{hr_patch} at some scale",
+        }
+    # the part file is written last: its presence means every file of this photo is complete
+    part = {
+        "fingerprint": np.array(job.fingerprint),
+        "photo_shape": np.array(photo.shape[:2], dtype=np.int64),
+        "hr_shapes": np.array(shapes, dtype=np.int64),
+        "scale": np.concatenate(scale_ids),
+        "y": np.concatenate(all_y),
+        "x": np.concatenate(all_x),
+        "psnr": np.concatenate(all_psnr),
+    }
+    _atomic_save(out / "parts" / f"{job.key}.npz", lambda f: np.savez(f, **part))
+    return {"key": job.key, "name": name, "status": "done"}
+
+
+def _load_part(out: Path, job: PhotoJob) -> dict | None:
+    """A finished photo's results if they were made with the same settings and its files are all there."""
+    path = out / "parts" / f"{job.key}.npz"
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            part = {name: data[name] for name in data.files}
+        if str(part["fingerprint"]) != job.fingerprint:
+            return None
+        for factor, (height, width) in zip(job.scales, part["hr_shapes"], strict=True):
+            if height == 0:
+                continue
+            tag = scale_tag(factor)
+            hr = np.load(out / "images" / f"{job.key}_{tag}_hr.npy", mmap_mode="r")
+            lr = np.load(out / "images" / f"{job.key}_{tag}_lr.npy", mmap_mode="r")
+            if hr.shape != (height, width, 3) or lr.shape != (
+                height // job.sr_scale,
+                width // job.sr_scale,
+                3,
+            ):
+                return None
+        return part
+    except (OSError, ValueError, KeyError):  # missing, truncated or foreign: recompute
+        return None
+
+
+# -- the whole run --------------------------------------------------------------------------------------
+
+
+def _fingerprint(source: Path, scales, sr_scale: int, patch: int, stride: int, rank: RankModel) -> str:
+    """Everything a photo's part depends on; a rerun reuses a part only when this is unchanged."""
+    stat = source.stat()
+    return json.dumps(
+        {
+            "format": FORMAT_VERSION,
+            "source": [source.name, stat.st_size, stat.st_mtime_ns],
+            "scales": list(scales),
+            "sr_scale": sr_scale,
+            "patch": patch,
+            "stride": stride,
+            "rank": rank.identity,
+        },
+        sort_keys=True,
+    )
+
+
+def _write_json(path: Path, document: dict) -> None:
+    _atomic_save(path, lambda f: f.write((json.dumps(document, indent=2) + "\n").encode()))
+
+
+def default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def prepare_data(
+    src: Path,
+    out: Path,
+    scales: Sequence[float] = DEFAULT_SCALES,
+    sr_scale: int = 4,
+    patch: int = 32,
+    stride: int = 16,
+    classes: int = 3,
+    rank_model: str | None = None,
+    val_fraction: float = 0.1,
+    workers: int | None = None,
+    seed: int = 0,
+    show_progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Build (or resume) a prepared training folder at `out` from the photos in `src`; return a summary.
+
+    The summary: images, subimages, class_counts (training split), psnr_thresholds, skipped (file names),
+    and more (val_images, train/val sub-images, val_class_counts, rank_model, resumed, seconds, out).
+    """
+    started = time.perf_counter()
+    log = log or (lambda message: None)
+    src, out = Path(src).expanduser(), Path(out).expanduser()
+    scales = tuple(float(s) for s in scales)
+    check_scales(scales)
+    if sr_scale < 2:
+        raise DataError(f"--scale must be at least 2, got {sr_scale}")
+    if patch < 4 or stride < 1:
+        raise DataError(f"--patch must be at least 4 and --stride at least 1, got {patch} and {stride}")
+    if not 1 <= classes <= 5:
+        raise DataError(f"--classes must be 1 to 5, got {classes}")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction must lie in [0, 1), got {val_fraction}")
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise DataError(f"--workers must be at least 1, got {workers}")
+    if not src.is_dir():
+        raise InputError(f"source folder not found: {src}")
+    from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos
+
+    photos = list_photos(src)
+    if not photos:
+        raise InputError(f"no photos in {src} (looked for {', '.join(PHOTO_SUFFIXES)})")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"output {out} exists and is not a folder")
+    rank = resolve_rank_model(rank_model)
+    log(f"ranking sub-images by the PSNR of: {rank.label}")
+    if rank.kind != BICUBIC:
+        _RANKERS[(rank.identity, patch, sr_scale)] = make_ranker(
+            rank, patch, sr_scale
+        )  # fail fast on bad weights
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(exist_ok=True)
+    for leftover in [*(out / "images").glob(".*.tmp"), *(out / "parts").glob(".*.tmp")]:
+        leftover.unlink()  # half-written files of a run that was killed
+
+    jobs = [
+        PhotoJob(
+            str(p),
+            photo_key(p),
+            str(out),
+            scales,
+            sr_scale,
+            patch,
+            stride,
+            rank,
+            _fingerprint(p, scales, sr_scale, patch, stride, rank),
+        )
+        for p in photos
+    ]
+    parts: dict[str, dict] = {}
+    for job in jobs:
+        part = _load_part(out, job)
+        if part is not None:
+            parts[job.key] = part
+    resumed = len(parts)
+    if resumed:
+        log(f"resuming: {resumed} of {len(jobs)} photos already done")
+    pending = [job for job in jobs if job.key not in parts]
+    skipped = _run_jobs(pending, workers, show_progress, resumed, len(jobs))
+    for job in pending:
+        if job.key not in skipped:
+            part = _load_part(out, job)
+            if part is None:
+                raise DataError(
+                    f"the results of {Path(job.source).name} vanished from {out / 'parts'} while running"
+                )
+            parts[job.key] = part
+
+    summary = _finish(
+        out, jobs, parts, skipped, scales, sr_scale, patch, stride, classes, rank, val_fraction, seed
+    )
+    summary["resumed"] = resumed
+    summary["disk_bytes"] = disk_bytes(out)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["seconds"] = summary["seconds"]
+    _write_json(meta_path, meta)
+    return summary
+
+
+def _run_jobs(
+    jobs: list[PhotoJob], workers: int, show_progress: bool, done: int, total: int
+) -> dict[str, dict]:
+    """Process photos (in parallel processes when workers > 1); returns the skipped ones by key."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    skipped: dict[str, dict] = {}
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), disable=not show_progress) as progress:
+        task = progress.add_task("preparing photos", total=total, completed=done)
+
+        def record(result: dict) -> None:
+            if result["status"] == "skipped":
+                skipped[result["key"]] = result
+                progress.console.print(
+                    f"skipped {result['reason']}", style="yellow", markup=False, highlight=False
+                )
+            progress.advance(task)
+
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                record(process_photo(job))
+            return skipped
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures.process import BrokenProcessPool
+
+        workers = min(workers, len(jobs))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # spawn, not fork: torch and libvips keep threads that a forked child must not inherit
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+        ) as pool:
+            futures = [pool.submit(process_photo, job) for job in jobs]
+            try:
+                for future in as_completed(futures):
+                    record(future.result())
+            except BrokenProcessPool:
+                raise DataError(
+                    "a worker died (out of memory?): rerun with fewer --workers (done photos are kept)"
+                ) from None
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return skipped
+
+
+def _finish(
+    out, jobs, parts, skipped, scales, sr_scale, patch, stride, classes, rank, val_fraction, seed
+) -> dict:
+    """Rank all sub-images (from every part, old and new), split, classify; write index.npy and meta.json."""
+    kept = [job for job in jobs if job.key in parts]
+    if not kept:
+        raise DataError("no photo could be used: every one was unreadable or too small")
+    val_mask = choose_val_photos(len(kept), val_fraction, seed)
+    blocks, images = [], []
+    for image_id, job in enumerate(kept):
+        part = parts[job.key]
+        block = np.zeros(len(part["psnr"]), dtype=INDEX_DTYPE)
+        block["image"] = image_id
+        block["scale"] = part["scale"]
+        block["y"], block["x"], block["psnr"] = part["y"], part["x"], part["psnr"]
+        block["split"] = SPLIT_VAL if val_mask[image_id] else SPLIT_TRAIN
+        blocks.append(block)
+        photo_height, photo_width = (int(v) for v in part["photo_shape"])
+        entries = []
+        for scale_id, (factor, (height, width)) in enumerate(zip(scales, part["hr_shapes"], strict=True)):
+            tag, has = scale_tag(factor), height > 0
+            entries.append(
+                {
+                    "scale": factor,
+                    "hr": f"images/{job.key}_{tag}_hr.npy" if has else None,
+                    "lr": f"images/{job.key}_{tag}_lr.npy" if has else None,
+                    "hr_size": [int(width), int(height)],
+                    "lr_size": [int(width) // sr_scale, int(height) // sr_scale],
+                    "subimages": int(np.count_nonzero(part["scale"] == scale_id)),
+                }
+            )
+        images.append(
+            {
+                "id": image_id,
+                "name": Path(job.source).name,
+                "source": str(Path(job.source).resolve()),
+                "key": job.key,
+                "width": photo_width,
+                "height": photo_height,
+                "split": SPLIT_NAMES[SPLIT_VAL if val_mask[image_id] else SPLIT_TRAIN],
+                "scales": entries,
+            }
+        )
+    index = np.concatenate(blocks)
+    train = index["split"] == SPLIT_TRAIN
+    labels, thresholds = assign_classes(index["psnr"][train], classes)
+    index["cls"][train] = labels
+    index["cls"][~train] = classes_from_thresholds(index["psnr"][~train], thresholds)
+    class_counts = np.bincount(index["cls"][train], minlength=classes).tolist()
+    val_class_counts = np.bincount(index["cls"][~train], minlength=classes).tolist()
+    _atomic_save(out / "index.npy", lambda f: np.save(f, index))
+    _remove_stale_files(out, {job.key for job in kept}, images)
+
+    skipped_list = [
+        {"name": Path(job.source).name, "reason": skipped[job.key]["reason"]}
+        for job in jobs
+        if job.key in skipped
+    ]
+    from classsr_cli import __version__
+
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "classsr_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "arguments": {
+            "src": str(Path(jobs[0].source).parent.resolve()),
+            "scales": list(scales),
+            "scale": sr_scale,
+            "patch": patch,
+            "stride": stride,
+            "classes": classes,
+            "rank_model": rank.name,
+            "val_fraction": val_fraction,
+            "seed": seed,
+        },
+        "rank_model": {**asdict(rank), "label": rank.label},
+        "patch_lr": patch,
+        "patch_hr": patch * sr_scale,
+        "psnr_cap": PSNR_CAP,
+        "index": {"file": "index.npy", "fields": list(INDEX_DTYPE.names), "splits": SPLIT_NAMES},
+        "images": images,
+        "skipped": skipped_list,
+        "psnr_thresholds": thresholds,
+        "class_counts": class_counts,
+        "val_class_counts": val_class_counts,
+        "subimages": {"train": int(train.sum()), "val": int((~train).sum())},
+        "seconds": None,
+    }
+    _write_json(out / "meta.json", meta)
+    return {
+        "images": len(kept),
+        "subimages": int(len(index)),
+        "class_counts": class_counts,
+        "psnr_thresholds": [round(t, 4) for t in thresholds],
+        "skipped": [entry["name"] for entry in skipped_list],
+        "skipped_reasons": {entry["name"]: entry["reason"] for entry in skipped_list},
+        "train_images": int((~val_mask).sum()),
+        "val_images": int(val_mask.sum()),
+        "train_subimages": int(train.sum()),
+        "val_subimages": int((~train).sum()),
+        "val_class_counts": val_class_counts,
+        "rank_model": rank.name,
+        "out": str(out),
+    }
+
+
+def _remove_stale_files(out: Path, keys: set[str], images: list[dict]) -> None:
+    """Drop images and parts of photos no longer in the source (or of scales no longer asked for)."""
+    wanted = {
+        Path(entry[kind]).name
+        for image in images
+        for entry in image["scales"]
+        for kind in ("hr", "lr")
+        if entry[kind]
+    }
+    for path in (out / "images").glob("*.npy"):
+        if path.name not in wanted:
+            path.unlink()
+    for path in (out / "parts").glob("*.npz"):
+        if path.stem not in keys:
+            path.unlink()
+
+
+def disk_bytes(out: Path) -> int:
+    return sum(path.stat().st_size for path in Path(out).rglob("*") if path.is_file())
+
+
+__all__ = [
+    "DEFAULT_SCALES",
+    "INDEX_DTYPE",
+    "SPLIT_TRAIN",
+    "SPLIT_VAL",
+    "assign_classes",
+    "choose_val_photos",
+    "classes_from_thresholds",
+    "parse_scales",
+    "prepare_data",
+    "resolve_rank_model",
+    "subimage_positions",
+]
