@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check classsr_cli tests benchmarks
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

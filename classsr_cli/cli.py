@@ -8,6 +8,7 @@ import json
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -90,17 +91,524 @@ def flops(
     if as_json:
         print_json(costs)
         return
-    table = Table(title=f"ClassSR-{family.title}, x{costs['scale']}, per {costs['patch']}x{costs['patch']} sub-image")
+    table = Table(
+        title=f"ClassSR-{family.title}, x{costs['scale']}, per {costs['patch']}x{costs['patch']} sub-image"
+    )
     for column in ("module", "width", "params", "FLOPs (paper)", "FLOPs (executed)", "of base"):
         table.add_column(column, justify="right" if column != "module" else "left")
     base = costs["branches"][-1]["flops"]
-    table.add_row("Class-Module", "-", f"{costs['classifier']['params']:,}", f"{costs['classifier']['flops'] / 1e6:.2f}M",
-                  f"{costs['classifier']['flops'] / 1e6:.2f}M", f"{costs['classifier']['flops'] / base:.1%}")
+    table.add_row(
+        "Class-Module",
+        "-",
+        f"{costs['classifier']['params']:,}",
+        f"{costs['classifier']['flops'] / 1e6:.2f}M",
+        f"{costs['classifier']['flops'] / 1e6:.2f}M",
+        f"{costs['classifier']['flops'] / base:.1%}",
+    )
     for index, branch in enumerate(costs["branches"], start=1):
-        table.add_row(f"branch {index}", str(branch["width"]), f"{branch['params']:,}", f"{branch['flops'] / 1e6:.2f}M",
-                      f"{branch['executed_flops'] / 1e6:.2f}M", f"{branch['flops'] / base:.1%}")
+        table.add_row(
+            f"branch {index}",
+            str(branch["width"]),
+            f"{branch['params']:,}",
+            f"{branch['flops'] / 1e6:.2f}M",
+            f"{branch['executed_flops'] / 1e6:.2f}M",
+            f"{branch['flops'] / base:.1%}",
+        )
     Console().print(table)
     Console().print(f"ClassSR parameters: {costs['params']:,}")
+
+
+def best_shipped_family() -> str:
+    """The most capable family whose ClassSR weights are shipped (what `upscale` uses by default)."""
+    from classsr_cli.errors import WeightsError
+    from classsr_cli.weights import shipped_families
+
+    shipped = shipped_families("classsr")
+    for family in ("rcan", "srresnet", "carn", "fsrcnn"):
+        if family in shipped:
+            return family
+    raise WeightsError("no ClassSR weights are shipped with this installation: pass --weights FILE")
+
+
+def load_for_inference(model: str | None, weights: str | None):
+    """(model, family) from --model/--weights: a file if given, else the family's shipped weights."""
+    from classsr_cli.models import get_family
+    from classsr_cli.weights import load_weights
+
+    family = get_family(model).name if model else None
+    if weights:
+        loaded = load_weights(weights, family=family)
+    else:
+        loaded = load_weights(family or best_shipped_family(), kind="classsr")
+    return loaded.model, loaded.family
+
+
+@app.command()
+@user_errors
+def upscale(
+    input: Path = typer.Argument(..., help="Image file, or a folder of images.", show_default=False),
+    output: Path = typer.Argument(
+        ..., help="Output file (type from its extension), or a folder.", show_default=False
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan [default: best shipped]."
+    ),
+    weights: str = typer.Option(
+        None, "--weights", "-w", help="Weights file (.safetensors, or an official .pth)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16."),
+    batch_size: int = typer.Option(
+        None, "--batch-size", help="Tiles per network call [default: 64 CPU, 256 GPU]."
+    ),
+    branch: int = typer.Option(
+        None, "--branch", help="Send every tile to branch K (1..M); M is the base network."
+    ),
+    flops_budget: float = typer.Option(
+        None, "--flops-budget", help="Keep average FLOPs within F x the base (0<F<=1)."
+    ),
+    class_map: Path = typer.Option(None, "--class-map", help="Also write the image tinted by tile class."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
+    max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse larger inputs [default: 1 gigapixel]."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Upscale an image (or every image in a folder) x4 with ClassSR."""
+    from classsr_cli.engine import Upscaler
+    from classsr_cli.engine.pipeline import folder_jobs, upscale_file
+    from classsr_cli.errors import InputError, OutputError
+    from classsr_cli.imaging import DEFAULT_MAX_PIXELS
+
+    if not input.exists():
+        raise InputError(f"input not found: {input}")
+    if input.is_dir():
+        jobs = folder_jobs(input, output)
+        if class_map is not None and class_map.exists() and not class_map.is_dir():
+            raise OutputError(f"--class-map must name a folder when the input is a folder: {class_map}")
+    else:
+        if output.is_dir():
+            raise OutputError(f"{output} is a folder: give an output file name such as {output / input.name}")
+        jobs = [(input, output)]
+    network, family = load_for_inference(model, weights)
+    engine = Upscaler(network, device, precision, batch_size, branch, flops_budget)
+    limit = max_pixels or DEFAULT_MAX_PIXELS
+    reports, failures = [], []
+    with progress_bars() as progress:
+        overall = progress.add_task("images", total=len(jobs)) if len(jobs) > 1 else None
+        for source, target in jobs:
+            task = progress.add_task(source.name, total=None)
+            if len(jobs) > 1:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            map_path = class_map
+            if class_map is not None and len(jobs) > 1:
+                class_map.mkdir(parents=True, exist_ok=True)
+                map_path = class_map / f"{source.stem}.classes.png"
+            try:
+                report = upscale_file(
+                    engine,
+                    source,
+                    target,
+                    overwrite=overwrite,
+                    max_pixels=limit,
+                    class_map=map_path,
+                    on_progress=lambda done, total, task=task: progress.update(
+                        task, completed=done, total=total
+                    ),
+                )
+                reports.append(report)
+            except (InputError, OutputError) as error:
+                if len(jobs) == 1:
+                    raise
+                failures.append({"input": str(source), "error": str(error)})
+                console.print(f"error: {error}", style="red", markup=False, highlight=False)
+            progress.remove_task(task)
+            if overall is not None:
+                progress.advance(overall)
+    if flops_budget and any(r.flops_ratio > flops_budget + 1e-9 for r in reports):
+        console.print(
+            f"warning: a FLOPs budget of {flops_budget} is below the smallest branch plus the Class-Module; "
+            "every tile went to branch 1",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+    if as_json:
+        documents = [r.as_json() for r in reports] + failures
+        print_json(documents if input.is_dir() else documents[0])
+    else:
+        print_upscale_summary(reports, family, engine)
+    if failures:
+        raise typer.Exit(EXIT_USER_ERROR)
+
+
+def progress_bars():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def print_upscale_summary(reports, family: str, engine) -> None:
+    for report in reports:
+        table = Table(title=f"{Path(report.output).name}: tiles per class", show_header=True)
+        table.add_column("class")
+        table.add_column("width", justify="right")
+        table.add_column("tiles", justify="right")
+        table.add_column("share", justify="right")
+        for index, count in enumerate(report.class_counts):
+            share = count / report.tiles if report.tiles else 0.0
+            width = engine.branches[index].width
+            table.add_row(f"branch {index + 1}", str(width), f"{count:,}", f"{share:.1%}")
+        console.print(table)
+        speed = report.out_width * report.out_height / 1e6 / max(report.seconds, 1e-9)
+        console.print(
+            f"{report.width}x{report.height} -> {report.out_width}x{report.out_height}  "
+            f"FLOPs {report.flops_ratio:.1%} of the base network (saved {1 - report.flops_ratio:.1%})  "
+            f"{report.seconds:.1f} s, {speed:.2f} output MP/s on {report.device}"
+            + (f"  class map: {report.class_map}" if report.class_map else ""),
+            markup=False,
+            highlight=False,
+        )
+
+
+# -- train ------------------------------------------------------------------------------------------
+
+train_app = typer.Typer(
+    help="Train ClassSR in the paper's three stages: branches, classifier, joint.", no_args_is_help=True
+)
+app.add_typer(train_app, name="train")
+
+# unset options (None) come from the checkpoint on --resume, else from the stage's paper defaults
+TRAIN_DATA = typer.Option(..., "--data", help="Folder made by `classsr prepare-data`.", show_default=False)
+TRAIN_OUT = typer.Option(..., "--out", help="Run folder: weights, checkpoints and logs.", show_default=False)
+TRAIN_MODEL = typer.Option(None, "--model", "-m", help="Family: fsrcnn, carn, srresnet or rcan.")
+TRAIN_ITERS = typer.Option(None, "--iters", min=1, help="Iterations (stage 1: 500k, stages 2-3: 200k).")
+TRAIN_BATCH = typer.Option(None, "--batch-size", min=1, help="Batch over all processes (16; stages 2-3: 96).")
+TRAIN_LR = typer.Option(None, "--lr", help="Initial learning rate, cosine to 1e-7 (1e-3; stages 2-3: 2e-4).")
+TRAIN_INIT = typer.Option(None, "--init", help="Starting weights (RUN/stage1, RUN/stage2.safetensors).")
+TRAIN_RESUME = typer.Option(False, "--resume", help="Continue from RUN/<stage>.ckpt and its iteration.")
+TRAIN_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU each).")
+TRAIN_SEED = typer.Option(None, "--seed", help="Seed of weights, data order and augmentation (0).")
+TRAIN_VAL_EVERY = typer.Option(None, "--val-every", min=0, help="Validate every K iterations (5000; 0: end).")
+TRAIN_VAL_CROP = typer.Option(None, "--val-crop", min=0, help="Validate on central NxN LR crops (192).")
+TRAIN_CKPT_MINUTES = typer.Option(None, "--checkpoint-minutes", min=0.0, help="Save every M minutes (5).")
+TRAIN_WIDTHS = typer.Option(None, "--widths", help="Branch widths simple->hard, e.g. 16,36,56 (the paper's).")
+TRAIN_WORKERS = typer.Option(None, "--workers", min=0, help="Data loader processes (by device).")
+TRAIN_LOG_EVERY = typer.Option(None, "--log-every", min=1, help="Log to RUN/<stage>.jsonl every K (100).")
+TRAIN_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC on a GPU (off).")
+TRAIN_W_IMAGE = typer.Option(None, "--w-image", min=0.0, help="Weight w1 of the L1 Image-Loss (2000).")
+TRAIN_W_CLASS = typer.Option(None, "--w-class", min=0.0, help="Weight w2 of the Class-Loss (1).")
+TRAIN_W_AVERAGE = typer.Option(
+    None, "--w-average", min=0.0, help="Weight w3 of the Average-Loss (6): raise it if one branch takes all."
+)
+
+
+def _train_request(data, out, model, init, resume, device, widths, **options):
+    from classsr_cli.train import TrainRequest
+
+    return TrainRequest(
+        data=data,
+        out=out,
+        model=model,
+        init=init,
+        resume=resume,
+        device=device,
+        widths=parse_widths(widths),
+        options=options,
+    )
+
+
+def _report_training(summary: dict, as_json: bool) -> None:
+    import os
+
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
+    if as_json:
+        print_json(summary)
+        return
+    psnr = f"{summary['val_psnr']:.3f} dB" if summary.get("val_psnr") is not None else "not measured"
+    fractions = summary.get("class_fractions")
+    classes = ("  classes " + "/".join(f"{share:.0%}" for share in fractions)) if fractions else ""
+    console.print(
+        f"{summary['stage']}: {summary['iters']} iterations, val PSNR {psnr}{classes}"
+        f" -> {summary['weights']}",
+        markup=False,
+        highlight=False,
+    )
+
+
+@train_app.command("branches")
+@user_errors
+def train_branches_command(
+    data: Path = TRAIN_DATA,
+    out: Path = TRAIN_OUT,
+    model: str = TRAIN_MODEL,
+    branch: int = typer.Option(None, "--branch", help="Only branch K (1 = simple), e.g. one per process."),
+    all_data: bool = typer.Option(False, "--all-data", help="Train the base network on all data: RUN/base."),
+    iters: int = TRAIN_ITERS,
+    batch_size: int = TRAIN_BATCH,
+    lr: float = TRAIN_LR,
+    widths: str = TRAIN_WIDTHS,
+    resume: bool = TRAIN_RESUME,
+    device: str = TRAIN_DEVICE,
+    seed: int = TRAIN_SEED,
+    val_every: int = TRAIN_VAL_EVERY,
+    val_crop: int = TRAIN_VAL_CROP,
+    checkpoint_minutes: float = TRAIN_CKPT_MINUTES,
+    workers: int = TRAIN_WORKERS,
+    log_every: int = TRAIN_LOG_EVERY,
+    channels_last: bool = TRAIN_CHANNELS_LAST,
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Stage 1: each branch on its class of sub-images (L1), then RUN/stage1.safetensors."""
+    from classsr_cli.train import train_branches
+
+    request = _train_request(
+        data,
+        out,
+        model,
+        None,
+        resume,
+        device,
+        widths,
+        iters=iters,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        val_every=val_every,
+        val_crop=val_crop,
+        checkpoint_minutes=checkpoint_minutes,
+        workers=workers,
+        log_every=log_every,
+        channels_last=channels_last,
+    )
+    _report_training(train_branches(request, branch=branch, all_data=all_data, console=console), as_json)
+
+
+def _classsr_stage_command(stage: str):
+    """The `train classifier` and `train joint` commands: the same options, another stage."""
+
+    def command(
+        data: Path = TRAIN_DATA,
+        out: Path = TRAIN_OUT,
+        model: str = TRAIN_MODEL,
+        init: Path = TRAIN_INIT,
+        iters: int = TRAIN_ITERS,
+        batch_size: int = TRAIN_BATCH,
+        lr: float = TRAIN_LR,
+        w_image: float = TRAIN_W_IMAGE,
+        w_class: float = TRAIN_W_CLASS,
+        w_average: float = TRAIN_W_AVERAGE,
+        widths: str = TRAIN_WIDTHS,
+        resume: bool = TRAIN_RESUME,
+        device: str = TRAIN_DEVICE,
+        seed: int = TRAIN_SEED,
+        val_every: int = TRAIN_VAL_EVERY,
+        val_crop: int = TRAIN_VAL_CROP,
+        checkpoint_minutes: float = TRAIN_CKPT_MINUTES,
+        workers: int = TRAIN_WORKERS,
+        log_every: int = TRAIN_LOG_EVERY,
+        channels_last: bool = TRAIN_CHANNELS_LAST,
+        as_json: bool = JSON_OPTION,
+        debug: bool = DEBUG_OPTION,
+    ):
+        from classsr_cli import train
+
+        request = _train_request(
+            data,
+            out,
+            model,
+            init,
+            resume,
+            device,
+            widths,
+            iters=iters,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            val_every=val_every,
+            val_crop=val_crop,
+            checkpoint_minutes=checkpoint_minutes,
+            workers=workers,
+            log_every=log_every,
+            channels_last=channels_last,
+            w_image=w_image,
+            w_classes=w_class,
+            w_average=w_average,
+        )
+        run = train.train_classifier if stage == "classifier" else train.train_joint
+        _report_training(run(request, console=console), as_json)
+
+    return user_errors(command)
+
+
+train_app.command("classifier", help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors.")(
+    _classsr_stage_command("classifier")
+)
+train_app.command("joint", help="Stage 3: everything fine-tuned together -> RUN/final.safetensors.")(
+    _classsr_stage_command("joint")
+)
+
+
+@app.command("prepare-data")
+@user_errors
+def prepare_data_command(
+    src: Path = typer.Argument(..., help="Folder of training photos.", show_default=False),
+    out: Path = typer.Argument(..., help="Output folder (resumes a run there).", show_default=False),
+    scales: str = typer.Option("1.0,0.9,0.8,0.7,0.6", "--scales", help="Factors photos are shrunk by."),
+    scale: int = typer.Option(4, "--scale", help="SR scale: LR = HR reduced by it."),
+    patch: int = typer.Option(32, "--patch", help="LR sub-image size."),
+    stride: int = typer.Option(16, "--stride", help="LR sub-image stride."),
+    classes: int = typer.Option(3, "--classes", help="Number of classes M (equal thirds for 3)."),
+    rank_model: str = typer.Option(
+        None,
+        "--rank-model",
+        help="bicubic, fsrcnn, carn, srresnet, rcan or a weights FILE (default: best shipped, else bicubic).",
+    ),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of photos held out."),
+    workers: int = typer.Option(None, "--workers", help="Processes (default: min(4, CPU cores))."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the validation choice."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Make training data: scaled HR/LR images and sub-images ranked by difficulty into classes."""
+    from classsr_cli.data.prepare import parse_scales, prepare_data
+
+    summary = prepare_data(
+        src,
+        out,
+        parse_scales(scales),
+        scale,
+        patch,
+        stride,
+        classes,
+        rank_model,
+        val_fraction,
+        workers,
+        seed,
+        log=lambda message: console.print(message, markup=False, highlight=False),
+    )
+    if as_json:
+        print_json(summary)
+        return
+    thresholds = ", ".join(f"{t:.2f}" for t in summary["psnr_thresholds"]) or "-"
+    console.print(
+        f"{summary['images']} photos ({summary['val_images']} held out), {summary['subimages']:,} sub-images "
+        f"({summary['train_subimages']:,} train) in {summary['seconds']:.1f} s -> {summary['out']}"
+    )
+    console.print(
+        f"classes (train): {summary['class_counts']}, PSNR thresholds {thresholds} dB, "
+        f"ranked by {summary['rank_model']}"
+    )
+    if summary["skipped"]:
+        console.print(f"skipped {len(summary['skipped'])}: {', '.join(summary['skipped'])}", style="yellow")
+
+
+@app.command("make-testsets")
+@user_errors
+def make_testsets_command(
+    src: Path = typer.Argument(..., help="Folder of photos, or DIV8K.", show_default=False),
+    out: Path = typer.Argument(..., help="Output: <set>/HR, <set>/LR.", show_default=False),
+    sizes: str = typer.Option("2k,4k,full", "--sizes", help="Sets by long side: 2k, 4k, 8k, full or pixels."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Build HR/LR test sets (the paper's Test2K/4K/8K from DIV8K, or sets of given sizes from any photos)."""
+    from classsr_cli.data.testsets import make_testsets, parse_sizes
+
+    summary = make_testsets(
+        src,
+        out,
+        parse_sizes(sizes),
+        log=lambda message: console.print(message, markup=False, highlight=False),
+    )
+    if as_json:
+        print_json(summary)
+        return
+    for name, entry in summary["sets"].items():
+        note = f", {len(entry['too_small'])} too small (left out)" if entry["too_small"] else ""
+        console.print(f"{name}: {entry['images']} images{note} -> {Path(entry['hr']).parent}")
+    if summary["skipped"]:
+        console.print(f"skipped (unreadable): {', '.join(summary['skipped'])}", style="yellow")
+
+
+@app.command("bench")
+@user_errors
+def bench_command(
+    dataset: str = typer.Argument(
+        ...,
+        help="Folder with HR/ (and LR/), a folder of HR photos, or a name such as Test8K.",
+        show_default=False,
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
+    ),
+    weights: str = typer.Option(None, "--weights", "-w", help="ClassSR weights file (default: shipped)."),
+    base_weights: str = typer.Option(
+        None, "--base-weights", help="Base (-O) network weights (default: shipped, else ClassSR's branch M)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per call (default: 64 CPU, 256 GPU)."),
+    flops_budget: float = typer.Option(None, "--flops-budget", help="Add ClassSR within F x base FLOPs."),
+    report: Path = typer.Option(None, "--report", help="Also write CSV, JSON, PSNR-FLOPs plot, class maps."),
+    data_root: Path = typer.Option(
+        None, "--data-root", help="Where named test sets live (default: $CLASSSR_DATA, else ./datasets)."
+    ),
+    limit: int = typer.Option(None, "--limit", help="Only the first N images (by name)."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Compare bicubic, the base network and ClassSR on a test set: PSNR, FLOPs, classes, speed (Table 2)."""
+    from functools import partial
+
+    from classsr_cli import bench as benchmark
+
+    root, pairs = benchmark.find_pairs(dataset, data_root, limit)
+    if report is not None:
+        benchmark.prepare_report_dir(report)
+    network, family = load_for_inference(model, weights)
+    base = benchmark.choose_base(family, base_weights, network)
+    rows = benchmark.build_contenders(
+        network,
+        family,
+        base,
+        device=device,
+        precision=precision,
+        batch_size=batch_size,
+        flops_budget=flops_budget,
+    )
+    with progress_bars() as progress:
+        result = benchmark.run_bench(
+            root,
+            pairs,
+            rows,
+            family,
+            flops_budget=flops_budget,
+            keep_class_grids=report is not None,
+            progress=progress,
+        )
+    if report is not None:
+        benchmark.write_report(result, report, log=partial(console.print, markup=False, highlight=False))
+    if as_json:
+        print_json(result.as_json())
+    else:
+        benchmark.print_tables(result, console)
 
 
 def main() -> None:

@@ -35,7 +35,9 @@ def photo(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarr
     rng = np.random.default_rng(seed)
     small = rng.random((height // 8 + 2, width // 8 + 2, channels)).astype(np.float32)
     image = pyvips.Image.new_from_array(small).resize(8, kernel="linear")
-    array = np.ndarray(buffer=image.write_to_memory(), dtype=np.float32, shape=(image.height, image.width, channels))
+    array = np.ndarray(
+        buffer=image.write_to_memory(), dtype=np.float32, shape=(image.height, image.width, channels)
+    )
     return np.clip(array[:height, :width], 0, 1)
 
 
@@ -60,7 +62,9 @@ def test_official_checkpoint_matches_the_official_tile_loop_within_one_grey_leve
         for y in range(0, 57, 28):
             for x in range(0, 85, 28):
                 tile = lr[:, :, y : y + 32, x : x + 32]
-                acc[:, :, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += model.branches[int(model.route(tile))](tile)
+                acc[:, :, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += model.branches[int(model.route(tile))](
+                    tile
+                )
                 count[:, :, 4 * y : 4 * y + 128, 4 * x : 4 * x + 128] += 1
     official = np.round((acc / count).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255)
     ours = read_image(tmp_path / "out.png") * 255
@@ -69,13 +73,36 @@ def test_official_checkpoint_matches_the_official_tile_loop_within_one_grey_leve
 
 def test_json_report_and_class_map(weights, tmp_path):
     write_image(tmp_path / "in.png", photo(50, 70))
-    result = upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--json",
-                     "--class-map", tmp_path / "map.png")
+    result = upscale(
+        tmp_path / "in.png",
+        tmp_path / "out.png",
+        "--weights",
+        weights,
+        "--json",
+        "--class-map",
+        tmp_path / "map.png",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert {"input", "output", "width", "height", "out_width", "out_height", "tiles", "class_counts",
-            "flops_ratio", "seconds", "device"} <= set(report)
-    assert (report["width"], report["height"], report["out_width"], report["out_height"]) == (70, 50, 280, 200)
+    assert {
+        "input",
+        "output",
+        "width",
+        "height",
+        "out_width",
+        "out_height",
+        "tiles",
+        "class_counts",
+        "flops_ratio",
+        "seconds",
+        "device",
+    } <= set(report)
+    assert (report["width"], report["height"], report["out_width"], report["out_height"]) == (
+        70,
+        50,
+        280,
+        200,
+    )
     assert report["tiles"] == 2 * 3 and sum(report["class_counts"]) == 6
     assert 0 < report["flops_ratio"] < 1.1 and report["device"] == "cpu"
     assert open_image(tmp_path / "out.png").info.width == 280
@@ -84,13 +111,19 @@ def test_json_report_and_class_map(weights, tmp_path):
 
 def test_branch_m_is_the_base_network_without_classifier(weights, tmp_path):
     write_image(tmp_path / "in.png", photo(40, 40))
-    result = upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--branch", "3", "--json")
+    result = upscale(
+        tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--branch", "3", "--json"
+    )
     report = json.loads(result.stdout)
     assert report["flops_ratio"] == pytest.approx(1.0) and report["class_counts"] == [0, 0, report["tiles"]]
-    result = upscale(tmp_path / "in.png", tmp_path / "b.png", "--weights", weights, "--flops-budget", "0.6", "--json")
+    result = upscale(
+        tmp_path / "in.png", tmp_path / "b.png", "--weights", weights, "--flops-budget", "0.6", "--json"
+    )
     assert json.loads(result.stdout)["flops_ratio"] <= 0.6 + 1e-9
     # below the smallest branch plus the Class-Module no routing fits: every tile takes branch 1
-    result = upscale(tmp_path / "in.png", tmp_path / "c.png", "--weights", weights, "--flops-budget", "0.2", "--json")
+    result = upscale(
+        tmp_path / "in.png", tmp_path / "c.png", "--weights", weights, "--flops-budget", "0.2", "--json"
+    )
     report = json.loads(result.stdout)
     assert report["class_counts"] == [report["tiles"], 0, 0]
 
@@ -178,8 +211,12 @@ def test_existing_output_and_input_are_protected(weights, tmp_path):
         upscale(tmp_path / "in.png", tmp_path / "in.png", "--weights", weights, "--overwrite")
     )
     (tmp_path / "out.png").write_bytes(b"mine")
-    assert "--overwrite" in one_line_error(upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights))
+    assert "--overwrite" in one_line_error(
+        upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights)
+    )
     assert (tmp_path / "out.png").read_bytes() == b"mine"
     assert (tmp_path / "in.png").read_bytes() == before
-    assert upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--overwrite").exit_code == 0
+    assert (
+        upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--overwrite").exit_code == 0
+    )
     assert only_files(tmp_path) == ["in.png", "out.png"]

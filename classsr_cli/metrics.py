@@ -1,0 +1,51 @@
+"""Image quality metrics as SR papers compute them: PSNR on RGB or on the Y channel, with a border crop.
+
+Arrays are (H, W, C) RGB. uint8 arrays are read as 0-255; float arrays follow the project's convention
+of [0, 1] and are scaled to 0-255, so the two kinds compare directly.
+"""
+
+import math
+
+import numpy as np
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] rounded to 8 bits, as a saved PNG would hold it."""
+    return np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _as_255(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype == np.uint8:
+        return image.astype(np.float64)
+    return image.astype(np.float64) * 255.0
+
+
+def _crop(image: np.ndarray, border: int) -> np.ndarray:
+    return image[border:-border, border:-border] if border > 0 else image
+
+
+def _psnr_255(a: np.ndarray, b: np.ndarray, border: int, max_value: float) -> float:
+    if a.shape != b.shape:
+        raise ValueError(f"PSNR needs images of one shape, got {a.shape} and {b.shape}")
+    a, b = _crop(a, border), _crop(b, border)
+    if a.size == 0:
+        raise ValueError(f"border {border} leaves nothing of a {a.shape} image")
+    mse = float(np.mean((a - b) ** 2))
+    return math.inf if mse == 0 else 10.0 * math.log10(max_value**2 / mse)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, border: int = 4, max_value: float = 255.0) -> float:
+    """PSNR in dB over all RGB channels, `border` pixels cropped from each side (the scale, for x4 SR)."""
+    return _psnr_255(_as_255(a), _as_255(b), border, max_value)
+
+
+def rgb_to_y(image: np.ndarray) -> np.ndarray:
+    """The Y of YCbCr (BT.601, studio range 16-235) in 0-255, as MATLAB's rgb2ycbcr computes it."""
+    rgb = _as_255(image) / 255.0
+    return 16.0 + rgb @ np.array([65.481, 128.553, 24.966])
+
+
+def psnr_y(a: np.ndarray, b: np.ndarray, border: int = 4, max_value: float = 255.0) -> float:
+    """PSNR in dB on the Y channel (BT.601), `border` pixels cropped from each side."""
+    return _psnr_255(rgb_to_y(a), rgb_to_y(b), border, max_value)

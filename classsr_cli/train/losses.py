@@ -1,0 +1,85 @@
+"""The ClassSR losses (paper section 3.6) for any number of classes M.
+
+`probs` is the (B, M) softmax output of the Class-Module. The normalisations follow the official code,
+which shifts the Class-Loss to be >= 0 and divides the Average-Loss by 4B/M; the weights 2000:1:6 of the
+paper (1000:0.5:3 in the code, the same ratio) then balance the three terms.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    image: float = 2000.0  # w1, L1 Image-Loss
+    classes: float = 1.0  # w2, Class-Loss
+    average: float = 6.0  # w3, Average-Loss: raise it when the classes collapse onto one branch
+
+
+def image_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error (the L1 Image-Loss)."""
+    return F.l1_loss(sr.float(), hr.float())
+
+
+def class_loss(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of (M-1) - sum_{i<j} |P_i - P_j|: 0 for one-hot outputs, M-1 for uniform ones."""
+    m = probs.shape[1]
+    pairs = torch.triu_indices(m, m, offset=1, device=probs.device)
+    spread = (probs[:, pairs[0]] - probs[:, pairs[1]]).abs().sum(dim=1)
+    return ((m - 1) - spread).mean()
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """All-reduce (sum) with a gradient: every process's share of the sum gets the summed gradient.
+
+    DistributedDataParallel then averages the parameter gradients over the N processes, which cancels the
+    factor N, leaving exactly the gradient of the loss of the whole batch.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def average_loss(probs: torch.Tensor, world_size: int = 1) -> torch.Tensor:
+    """sum_i |sum_b P_i(x_b) - B/M| / (4B/M): 0 when every class gets B/M of the batch's probability mass.
+
+    With `world_size` > 1 the per-class sums are added up over all processes first (with gradients), so a
+    batch split across GPUs is balanced as one batch of B = local batch x world_size samples.
+    """
+    sums = probs.float().sum(dim=0)
+    batch = probs.shape[0]
+    if world_size > 1:
+        sums = _SumOverProcesses.apply(sums)
+        batch *= world_size
+    share = batch / probs.shape[1]
+    return (sums - share).abs().sum() / (4.0 * share)
+
+
+def classsr_loss(
+    sr: torch.Tensor, hr: torch.Tensor, probs: torch.Tensor, weights: LossWeights, world_size: int = 1
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """w1 * Image-Loss + w2 * Class-Loss + w3 * Average-Loss, and the unweighted terms for the logs."""
+    terms = {
+        "l1": image_loss(sr, hr),
+        "class": class_loss(probs.float()),
+        "average": average_loss(probs, world_size),
+    }
+    total = (
+        weights.image * terms["l1"] + weights.classes * terms["class"] + weights.average * terms["average"]
+    )
+    return total, terms

@@ -1,0 +1,323 @@
+"""The three training stages of ClassSR (paper 3.7, 4.1.3) and the -O base network.
+
+Files in the run folder RUN/:
+  branch{j}.safetensors   stage 1: branch j (1 = simple) trained on class-j sub-images (kind base)
+  stage1.safetensors      the branches assembled behind a fresh Class-Module, once all exist
+  base.safetensors        --all-data: the base network trained on every class (the paper's "-O" model)
+  stage2.safetensors      stage 2: the Class-Module trained with the branches frozen
+  final.safetensors       stage 3: everything fine-tuned together; `classsr upscale --weights` takes it
+  <stage>.ckpt            the latest checkpoint of a stage; <stage>.jsonl its log of losses and validation
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from classsr_cli.errors import DataError, ModelError, WeightsError
+from classsr_cli.train import distributed
+from classsr_cli.train.data import open_train_set
+from classsr_cli.train.loop import (
+    Stage,
+    StageResult,
+    open_checkpoint,
+    refuse_existing_run,
+    resolve_settings,
+    run_stage,
+    seed_everything,
+)
+
+# The paper's settings. Stages 2 and 3 use the official code's 2e-4 rather than the paper's 1e-3: the
+# published models were trained with it, and it keeps a fresh Class-Module from jumping to one branch in its
+# first steps and the pre-trained branches from being shaken up when the joint stage starts.
+STAGE_DEFAULTS = {
+    "branches": {"iters": 500_000, "batch_size": 16, "lr": 1e-3},
+    "classifier": {"iters": 200_000, "batch_size": 96, "lr": 2e-4},
+    "joint": {"iters": 200_000, "batch_size": 96, "lr": 2e-4},
+}
+STAGE_OUTPUTS = {"classifier": "stage2.safetensors", "joint": "final.safetensors"}
+STAGE_INPUTS = {"classifier": "stage1.safetensors", "joint": "stage2.safetensors"}
+
+
+@dataclass
+class TrainRequest:
+    """What the user asked for; unset options (None) come from a resumed checkpoint or the stage defaults."""
+
+    data: Path
+    out: Path
+    model: str | None = None
+    init: Path | None = None
+    resume: bool = False
+    device: str = "auto"
+    widths: list[int] | None = None
+    options: dict = field(default_factory=dict)  # Settings fields and w_image / w_classes / w_average
+
+
+def _run_in_context(request: TrainRequest, work):
+    context = distributed.setup(request.device)
+    try:
+        return work(context)
+    finally:
+        distributed.teardown(context)
+
+
+def _summary(stage_name: str, results: list[StageResult], weights: Path, **extra) -> dict:
+    last = results[-1]
+    return {
+        "stage": stage_name,
+        "iters": last.iters,
+        "start_iter": results[0].start_iter,
+        "weights": str(weights),
+        "val_psnr": last.validation.get("psnr"),
+        "class_fractions": last.class_fractions,
+        "validation": last.validation,
+        "seconds": round(sum(r.seconds for r in results), 2),
+        **extra,
+    }
+
+
+def _metadata(request: TrainRequest, settings, classify: bool) -> dict:
+    meta = {
+        "data": Path(request.data).name,
+        "seed": str(settings.seed),
+        "batch_size": str(settings.batch_size),
+    }
+    if classify:
+        weights = settings.loss_weights
+        meta["loss_weights"] = f"{weights.image:g}:{weights.classes:g}:{weights.average:g}"
+    return meta
+
+
+def _train_one(
+    request: TrainRequest,
+    context: distributed.Context,
+    name: str,
+    defaults: dict,
+    build,
+    console: Console,
+    on_iteration=None,
+) -> StageResult:
+    """Open (or refuse) the stage's checkpoint, build its model and data, and run it."""
+    checkpoint = open_checkpoint(request.out, name, request.resume, context)
+    if request.resume and checkpoint is None and context.is_main:
+        console.print(f"{name}: no checkpoint in {request.out}, starting from the beginning", style="yellow")
+    settings = resolve_settings(request.options, checkpoint, defaults)
+    seed_everything(settings.seed)  # the same initial weights on every process
+    stage = build(settings, checkpoint)
+    return run_stage(stage, settings, request.out, request.data, context, checkpoint, console, on_iteration)
+
+
+# -- stage 1 ----------------------------------------------------------------------------------------
+
+
+def _network_stage(request: TrainRequest, family: str, name: str, width: int, classes, settings) -> Stage:
+    """One SR network trained with L1 on the sub-images of `classes` (0-based; None: all) -> RUN/<name>."""
+    from classsr_cli.models import create_base
+
+    model = create_base(family, width)
+    metadata = _metadata(request, settings, False)
+    return Stage(
+        name=name,
+        family=family,
+        model=model,
+        trainable=[p for p in model.parameters() if p.requires_grad],
+        dataset=open_train_set(request.data, classes, settings.seed),
+        output=Path(request.out) / f"{name}.safetensors",
+        classify=False,
+        metadata=metadata if classes is None else {**metadata, "classes": ",".join(map(str, classes))},
+    )
+
+
+def train_branches(
+    request: TrainRequest,
+    branch: int | None = None,
+    all_data: bool = False,
+    console: Console | None = None,
+    on_iteration=None,
+) -> dict:
+    """Stage 1: branch j on class-j data (every branch in turn, or only `branch`); or the base on all data."""
+    from classsr_cli.data.dataset import prepared_info
+    from classsr_cli.models import get_family, resolve_widths
+
+    console = console or Console(stderr=True)
+    if not request.model:
+        raise ModelError("--model is required to train branches: fsrcnn, carn, srresnet or rcan")
+    family = get_family(request.model)
+    classes = int(prepared_info(request.data)["arguments"]["classes"])
+    defaults = STAGE_DEFAULTS["branches"]
+
+    if all_data:
+        if request.widths and len(request.widths) != 1:
+            raise ModelError(
+                "--all-data trains one network: give one width with --widths, or none for the base"
+            )
+        width = request.widths[0] if request.widths else family.base_width
+
+        def build_base(settings, checkpoint):
+            return _network_stage(request, family.name, "base", width, None, settings)
+
+        def work(context):
+            result = _train_one(request, context, "base", defaults, build_base, console, on_iteration)
+            return _summary("base", [result], Path(result.weights))
+
+        return _run_in_context(request, work)
+
+    if classes < 2:
+        raise DataError(
+            f"{request.data} was prepared with {classes} class; ClassSR needs 2 to 5 (or use --all-data)"
+        )
+    widths = resolve_widths(family.name, classes, request.widths)
+    if branch is not None and not 1 <= branch <= classes:
+        raise ModelError(f"--branch must be 1 to {classes} (1 = simple), got {branch}")
+    targets = [branch] if branch is not None else list(range(1, classes + 1))
+    if not request.resume:  # refuse before hours of training, not when the second branch starts
+        for index in targets:
+            refuse_existing_run(request.out, f"branch{index}")
+
+    def build_branch(index: int):
+        return lambda settings, checkpoint: _network_stage(
+            request, family.name, f"branch{index}", widths[index - 1], [index - 1], settings
+        )
+
+    def work(context):
+        results = []
+        for index in targets:
+            name = f"branch{index}"
+            results.append(
+                _train_one(request, context, name, defaults, build_branch(index), console, on_iteration)
+            )
+        assembled = None
+        if context.is_main:
+            assembled = assemble_branches(
+                Path(request.out), family.name, widths, seed=request.options.get("seed") or 0
+            )
+            if assembled is None:
+                missing = [
+                    j
+                    for j in range(1, classes + 1)
+                    if not (Path(request.out) / f"branch{j}.safetensors").exists()
+                ]
+                console.print(f"stage 1 is complete once branches {missing} are trained too", style="yellow")
+        distributed.barrier(context)
+        weights = assembled or Path(results[-1].weights)
+        return _summary("branches", results, weights, branches=[_branch_row(r) for r in results])
+
+    return _run_in_context(request, work)
+
+
+def _branch_row(result: StageResult) -> dict:
+    return {
+        "stage": result.stage,
+        "iters": result.iters,
+        "start_iter": result.start_iter,
+        "weights": result.weights,
+        "val_psnr": result.validation.get("psnr"),
+    }
+
+
+def assemble_branches(run_dir: Path, family: str, widths, seed: int = 0) -> Path | None:
+    """RUN/stage1.safetensors: the trained branches behind a fresh Class-Module, once every branch exists."""
+    from classsr_cli.models import create
+    from classsr_cli.weights import load_weights, save_model
+
+    paths = [run_dir / f"branch{j}.safetensors" for j in range(1, len(widths) + 1)]
+    if not all(path.exists() for path in paths):
+        return None
+    seed_everything(seed)  # a reproducible fresh Class-Module
+    model = create(family, widths)
+    for branch, path, width in zip(model.branches, paths, widths, strict=True):
+        loaded = load_weights(path, kind="base", family=family)
+        if loaded.model.width != width:
+            raise WeightsError(
+                f"{path} has width {loaded.model.width}, expected {width}: trained with other --widths?"
+            )
+        branch.load_state_dict(loaded.model.state_dict())
+    return save_model(model, run_dir / "stage1.safetensors", family, stage="stage1")
+
+
+# -- stages 2 and 3 ---------------------------------------------------------------------------------
+
+
+def _initial_classsr(
+    request: TrainRequest, stage: str, checkpoint: dict | None, context
+) -> tuple[nn.Module, str]:
+    """The model a ClassSR stage starts from: rebuilt from the checkpoint when resuming, else --init."""
+    from classsr_cli.models import ClassSR, create, get_family
+    from classsr_cli.weights import load_weights
+
+    if checkpoint is not None:
+        family = checkpoint["family"]
+        if request.model and get_family(request.model).name != family:
+            raise ModelError(f"the checkpoint holds a {family} model, not {get_family(request.model).name}")
+        return create(family, list(checkpoint["widths"])), family
+    init = Path(request.init) if request.init else Path(request.out) / STAGE_INPUTS[stage]
+
+    def read():
+        if not init.exists():
+            hint = "train the branches first" if stage == "classifier" else "train the classifier first"
+            raise WeightsError(f"--init {init} not found: {hint}, or pass --init FILE")
+        loaded = load_weights(init, family=request.model)
+        return loaded.model, loaded.family
+
+    model, family = distributed.from_main(context, read)
+    if not isinstance(model, ClassSR):
+        raise WeightsError(
+            f"{init} holds a single network; {stage} needs a ClassSR model (stage1.safetensors)"
+        )
+    if request.widths and list(request.widths) != list(model.widths):
+        raise ModelError(f"--widths {request.widths} differ from the {model.widths} of {init}")
+    return model, family
+
+
+def _batch_norms(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _train_classsr(request: TrainRequest, stage_name: str, console: Console | None, on_iteration) -> dict:
+    console = console or Console(stderr=True)
+    output = Path(request.out) / STAGE_OUTPUTS[stage_name]
+
+    def work(context):
+        def build(settings, checkpoint):
+            model, family = _initial_classsr(request, stage_name, checkpoint, context)
+            if stage_name == "classifier":
+                for branch in model.branches:
+                    branch.requires_grad_(False)
+                trainable = list(model.classifier.parameters())
+                # eval mode too: frozen BatchNorm layers (CARN) must not drift with the mixed-class batches
+                frozen = list(model.branches)
+            else:
+                trainable = [p for p in model.parameters() if p.requires_grad]  # fixed mean shifts stay fixed
+                # at inference each branch sees only its own class, whose statistics stage 1 measured; batches
+                # of every class would pull them elsewhere: BatchNorm keeps them, trains its affine part only
+                frozen = _batch_norms(model)
+            return Stage(
+                name=stage_name,
+                family=family,
+                model=model,
+                trainable=trainable,
+                dataset=open_train_set(request.data, None, settings.seed),
+                output=output,
+                classify=True,
+                frozen=frozen,
+                metadata=_metadata(request, settings, True),
+            )
+
+        result = _train_one(
+            request, context, stage_name, STAGE_DEFAULTS[stage_name], build, console, on_iteration
+        )
+        return _summary(stage_name, [result], output)
+
+    return _run_in_context(request, work)
+
+
+def train_classifier(request: TrainRequest, console: Console | None = None, on_iteration=None) -> dict:
+    """Stage 2: the Class-Module learns to route, SR branches frozen, Image + Class + Average losses."""
+    return _train_classsr(request, "classifier", console, on_iteration)
+
+
+def train_joint(request: TrainRequest, console: Console | None = None, on_iteration=None) -> dict:
+    """Stage 3: the whole model fine-tuned with the same losses."""
+    return _train_classsr(request, "joint", console, on_iteration)

@@ -1,0 +1,71 @@
+"""Validation during training: held-out photos through the inference engine, PSNR as the paper reports it."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from classsr_cli.metrics import psnr, psnr_y, to_uint8
+
+
+@dataclass
+class ValPhoto:
+    name: str
+    lr: np.ndarray  # float32 (h, w, 3) in [0, 1]
+    hr: np.ndarray  # uint8 (4h, 4w, 3)
+
+
+def central_crop(lr: np.ndarray, hr: np.ndarray, size: int, scale: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """The central size x size LR pixels and the HR pixels they map to (the whole photo if smaller)."""
+    height, width = lr.shape[:2]
+    crop_h, crop_w = min(size, height), min(size, width)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    lr = lr[top : top + crop_h, left : left + crop_w]
+    hr = hr[top * scale : (top + crop_h) * scale, left * scale : (left + crop_w) * scale]
+    return lr, hr
+
+
+def load_val_photos(root: Path, crop: int | None, scale: int = 4) -> list[ValPhoto]:
+    """The prepared held-out photos, cut to their central `crop` LR pixels (None or 0: whole photos)."""
+    from classsr_cli.data.dataset import val_images
+
+    photos = []
+    for name, hr_path, lr_path in val_images(root):
+        lr, hr = np.load(lr_path, mmap_mode="r"), np.load(hr_path, mmap_mode="r")  # only the crop is read
+        if crop:
+            lr, hr = central_crop(lr, hr, crop, scale)
+        hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]  # HR may be a few pixels larger than 4x LR
+        photos.append(
+            ValPhoto(name, np.ascontiguousarray(lr, dtype=np.float32) / 255.0, np.ascontiguousarray(hr))
+        )
+    return photos
+
+
+def validate(
+    model: nn.Module, photos: list[ValPhoto], device: torch.device, batch_size: int | None = None
+) -> dict:
+    """Mean PSNR (RGB and Y, border 4, on 8-bit output), FLOPs ratio and class fractions over the photos."""
+    from classsr_cli.engine import Upscaler
+
+    if not photos:
+        return {}
+    engine = Upscaler(model, device=str(device), batch_size=batch_size)  # it runs a copy: ours keeps training
+    rgb, luma, counts, flops, tiles = [], [], np.zeros(engine.num_classes, dtype=np.int64), 0, 0
+    for photo in photos:
+        sr, tally = engine.upscale_array(photo.lr)
+        sr = to_uint8(sr)
+        border = engine.scale
+        rgb.append(psnr(sr, photo.hr, border=border))
+        luma.append(psnr_y(sr, photo.hr, border=border))
+        counts += np.asarray(tally.class_counts, dtype=np.int64)
+        flops += tally.flops
+        tiles += tally.tiles
+    return {
+        "psnr": float(np.mean(rgb)),
+        "psnr_y": float(np.mean(luma)),
+        "flops_ratio": flops / (tiles * engine.plan.base_flops) if tiles else 0.0,
+        "class_fractions": (counts / max(1, counts.sum())).round(4).tolist(),
+        "photos": len(photos),
+    }

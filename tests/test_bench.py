@@ -1,0 +1,257 @@
+"""`classsr bench` on a tiny synthetic test set with tiny random FSRCNN weights: schema, metrics, report."""
+
+import csv
+import json
+import math
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from classsr_cli.bench import ImagePair, load_pair
+from classsr_cli.engine import Upscaler
+from classsr_cli.flops import measure
+from classsr_cli.imaging import read_image
+from classsr_cli.imaging.bicubic import imresize
+from classsr_cli.imaging.bicubic import to_uint8 as matlab_uint8
+from classsr_cli.models import create, create_base
+from classsr_cli.weights import save_model
+
+runner = CliRunner()
+# (height, width) of the HR images; "c" is not a multiple of 4 and has no LR file: bench makes its LR
+HR_SIZES = {"a": (64, 48), "b": (96, 80), "c": (70, 62)}
+BUDGET = 0.6
+
+
+def synthetic_hr(height: int, width: int, seed: int) -> np.ndarray:
+    """Smooth gradients with a noisy corner: tiles of different difficulty."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) * 127 // (width + height)], -1)
+    image[height // 2 :, width // 2 :] = rng.integers(0, 256, (height - height // 2, width - width // 2, 3))
+    return image.astype(np.uint8)
+
+
+def write_png(path, rgb: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1]))
+
+
+def read_png(path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+
+def bicubic_lr(hr: np.ndarray) -> np.ndarray:
+    height, width = hr.shape[0] // 4 * 4, hr.shape[1] // 4 * 4
+    return matlab_uint8(
+        imresize(hr[:height, :width].astype(np.float32), output_shape=(height // 4, width // 4))
+    )
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    classsr = create("fsrcnn", widths=[4, 8, 12]).eval()
+    base = create_base("fsrcnn", 12).eval()
+    for network in [*classsr.branches, base]:  # outputs near mid-grey, so clipping hides nothing
+        network.tail_conv.bias.data.fill_(0.5)
+    return classsr, base
+
+
+@pytest.fixture(scope="module")
+def weights(models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("weights")
+    classsr, base = models
+    return save_model(classsr, folder / "classsr.safetensors", "fsrcnn"), save_model(
+        base, folder / "base.safetensors", "fsrcnn"
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sets") / "Tiny"
+    for seed, (name, (height, width)) in enumerate(HR_SIZES.items()):
+        hr = synthetic_hr(height, width, seed)
+        write_png(root / "HR" / f"{name}.png", hr)
+        if name != "c":
+            write_png(root / "LR" / f"{name}.png", bicubic_lr(hr))
+    return root
+
+
+def bench(*args, weights=None, env=None):
+    extra = ["--weights", weights[0], "--base-weights", weights[1]] if weights else []
+    return runner.invoke(app(), ["bench", *map(str, args), *map(str, extra)], env=env)
+
+
+def app():
+    from classsr_cli.cli import app as classsr_app
+
+    return classsr_app
+
+
+@pytest.fixture(scope="module")
+def run(dataset, weights, tmp_path_factory):
+    """One full bench (JSON, FLOPs budget row and report), shared by the tests that read its results."""
+    report = tmp_path_factory.mktemp("report") / "out"
+    result = bench(
+        dataset, "--json", "--device", "cpu", "--flops-budget", BUDGET, "--report", report, weights=weights
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), report
+
+
+def row(document, kind):
+    return next(r for r in document["rows"] if r["kind"] == kind)
+
+
+def test_json_schema_and_row_order(run):
+    document, _ = run
+    assert {"dataset", "images", "rows"} <= set(document)
+    assert document["dataset"] == "Tiny" and document["images"] == 3
+    names = [r["name"] for r in document["rows"]]
+    assert names == ["FSRCNN-O", "ClassSR-FSRCNN", f"ClassSR-FSRCNN @{BUDGET:.0%} FLOPs", "Bicubic"]
+    for entry in document["rows"]:
+        assert {"name", "psnr", "psnr_y", "flops", "flops_ratio", "class_fractions", "seconds"} <= set(entry)
+        assert [p["image"] for p in entry["per_image"]] == ["a", "b", "c"]
+        assert 5 < entry["psnr"] < 60 and 5 < entry["psnr_y"] < 60 and entry["seconds"] >= 0
+    classsr = row(document, "classsr")
+    assert len(classsr["class_fractions"]) == 3 and math.isclose(
+        sum(classsr["class_fractions"]), 1, abs_tol=1e-5
+    )
+    assert row(document, "base")["class_fractions"] is None and row(document, "bicubic")["flops"] is None
+    assert row(document, "base")["params"] == sum(p.numel() for p in create_base("fsrcnn", 12).parameters())
+
+
+def test_lr_made_when_missing_equals_bicubic_of_cropped_hr(dataset):
+    hr_path = dataset / "HR" / "c.png"
+    hr, lr = load_pair(ImagePair("c", hr_path, None, 68, 60))
+    original = read_png(hr_path)
+    assert np.array_equal(hr, original[:68, :60])  # cropped to a multiple of 4
+    assert lr.dtype == np.uint8 and np.array_equal(lr, bicubic_lr(original))
+
+
+def independent_psnr(sr: np.ndarray, hr: np.ndarray, luma: bool = False) -> float:
+    sr, hr = sr.astype(np.float64)[4:-4, 4:-4], hr.astype(np.float64)[4:-4, 4:-4]
+    if luma:  # BT.601 Y in 16..235, as MATLAB's rgb2ycbcr
+        weights = np.array([65.481, 128.553, 24.966]) / 255
+        sr, hr = 16 + sr @ weights, 16 + hr @ weights
+    return 10 * math.log10(255**2 / np.mean((sr - hr) ** 2))
+
+
+def test_psnr_equals_an_independent_calculation(run, dataset, models):
+    document, _ = run
+    hr = read_png(dataset / "HR" / "b.png")
+    lr = read_png(dataset / "LR" / "b.png").astype(np.float32) / 255
+    bicubic = np.round(np.clip(imresize(lr, scale=4), 0, 1) * 255).astype(np.uint8)
+    base_out, _ = Upscaler(models[1], device="cpu").upscale_array(lr)
+    base_out = np.round(base_out * 255).astype(np.uint8)
+    for kind, sr in (("bicubic", bicubic), ("base", base_out)):
+        measured = row(document, kind)["per_image"][1]
+        assert measured["image"] == "b"
+        assert measured["psnr"] == pytest.approx(independent_psnr(sr, hr), abs=1e-3)
+        assert measured["psnr_y"] == pytest.approx(independent_psnr(sr, hr, luma=True), abs=1e-3)
+    entries = row(document, "base")["per_image"]
+    assert row(document, "base")["psnr"] == pytest.approx(np.mean([e["psnr"] for e in entries]), abs=1e-3)
+
+
+def test_flops_ratio_is_one_for_the_base_and_follows_the_class_counts(run, models):
+    document, _ = run
+    classsr_model, base_model = models
+    base = row(document, "base")
+    assert base["flops_ratio"] == 1.0 and all(p["flops_ratio"] == 1.0 for p in base["per_image"])
+    assert base["flops"] == measure(base_model).flops
+    branch_flops = [measure(b).flops for b in classsr_model.branches]
+    classifier_flops = measure(classsr_model.classifier).flops
+    for kind in ("classsr", "budget"):
+        entry = row(document, kind)
+        counts = [round(f * entry["tiles"]) for f in entry["class_fractions"]]
+        expected = (np.dot(counts, branch_flops) + classifier_flops * entry["tiles"]) / entry["tiles"]
+        assert entry["flops"] == round(expected)
+        assert entry["flops_ratio"] == pytest.approx(expected / base["flops"], abs=1e-6)
+    assert row(document, "budget")["flops_ratio"] <= BUDGET + 1e-6
+    # the paper's figure pools all sub-images of the set: weighted by tiles, not a mean of image means
+    entry = row(document, "classsr")
+    tiles = [p["tiles"] for p in entry["per_image"]]
+    pooled = np.dot(tiles, [p["flops_ratio"] for p in entry["per_image"]]) / sum(tiles)
+    assert entry["flops_ratio"] == pytest.approx(pooled, abs=1e-5)
+
+
+def test_report_writes_csv_json_plot_and_class_maps(run):
+    document, report = run
+    assert json.loads((report / "bench.json").read_text()) == document
+    with open(report / "per_image.csv", newline="") as handle:
+        lines = list(csv.DictReader(handle))
+    assert len(lines) == 3 * len(document["rows"])
+    assert {"image", "row", "psnr", "psnr_y", "flops_ratio", "class_1", "class_3", "seconds"} <= set(lines[0])
+    first = next(line for line in lines if line["row"] == "ClassSR-FSRCNN" and line["image"] == "a")
+    assert float(first["psnr"]) == pytest.approx(row(document, "classsr")["per_image"][0]["psnr"])
+    assert read_image(report / "psnr_vs_flops.png").shape[2] in (3, 4)
+    for name, (height, width) in HR_SIZES.items():
+        assert read_image(report / "class_maps" / f"{name}.png").shape[:2] == (height, width)
+
+
+def test_report_without_matplotlib_skips_the_plot_in_one_line(dataset, weights, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import now fails
+    result = bench(dataset, "--limit", 1, "--json", "--report", tmp_path / "report", weights=weights)
+    assert result.exit_code == 0, result.output
+    assert "matplotlib is not installed" in result.stderr
+    assert not (tmp_path / "report" / "psnr_vs_flops.png").exists()
+    assert (tmp_path / "report" / "per_image.csv").exists() and (
+        tmp_path / "report" / "class_maps" / "a.png"
+    ).exists()
+
+
+def test_name_is_looked_up_under_the_data_root(dataset, weights, tmp_path):
+    root = tmp_path / "root"
+    (root / "Test8K").mkdir(parents=True)
+    (root / "Test8K" / "HR").symlink_to(dataset / "HR")
+    for name in ("Test8K", "test8k"):
+        result = bench(name, "--data-root", root, "--limit", 1, "--json", weights=weights)
+        assert result.exit_code == 0, result.output
+        document = json.loads(result.stdout)
+        assert document["dataset"] == "Test8K" and document["images"] == 1
+
+
+def test_folder_of_photos_and_the_base_branch_when_no_base_weights(dataset, weights, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.png").write_bytes((dataset / "HR" / "a.png").read_bytes())
+    no_shipped = tmp_path / "no-shipped-weights"
+    no_shipped.mkdir()
+    args = ["bench", str(photos), "--weights", str(weights[0]), "--json"]
+    result = runner.invoke(app(), args, env={"CLASSSR_WEIGHTS": str(no_shipped)})
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    base = document["rows"][0]
+    assert document["images"] == 1 and "branch 3 only" in base["name"] and base["flops_ratio"] == 1.0
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def test_bad_datasets_give_one_line_errors(dataset, weights, tmp_path):
+    (tmp_path / "empty" / "HR").mkdir(parents=True)
+    write_png(tmp_path / "bad" / "HR" / "a.png", synthetic_hr(64, 48, 0))
+    (tmp_path / "bad" / "HR" / "b.png").write_text("not an image")
+    hr = synthetic_hr(64, 48, 0)
+    write_png(tmp_path / "mismatch" / "HR" / "a.png", hr)
+    write_png(tmp_path / "mismatch" / "LR" / "a.png", bicubic_lr(hr)[:, :-1])
+    cases = {
+        tmp_path / "missing": "not found",
+        tmp_path / "empty": "no images",
+        tmp_path / "bad": "b.png",
+        tmp_path / "mismatch": "needs 12x16",
+    }
+    for folder, message in cases.items():
+        assert message in one_line_error(bench(folder, weights=weights))
+    (tmp_path / "report.txt").write_text("a file, not a folder")
+    assert "folder" in one_line_error(bench(dataset, "--report", tmp_path / "report.txt", weights=weights))
+    assert "single network" in one_line_error(bench(dataset, "--weights", weights[1]))
+    assert "--limit" in one_line_error(bench(dataset, "--limit", 0, weights=weights))

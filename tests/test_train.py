@@ -1,0 +1,286 @@
+"""Training on a tiny prepared dataset, on the CPU: the three stages, resume, checkpoints, two-process DDP."""
+
+import io
+import json
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+from typer.testing import CliRunner
+
+from classsr_cli.cli import app
+from classsr_cli.data.prepare import prepare_data
+from classsr_cli.models import create
+from classsr_cli.train import TrainRequest, train_classifier
+from classsr_cli.train.checkpoint import load_checkpoint
+from classsr_cli.train.data import ShardedStream
+from classsr_cli.train.loop import Settings, cosine_lr
+from classsr_cli.weights import load_weights, save_model
+
+WIDTHS = "4,8,12"
+# tiny runs: validation on one 24x24 LR crop, no loader processes, a checkpoint every iteration
+QUICK = ["--val-crop", "24", "--workers", "0", "--checkpoint-minutes", "0"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """Five synthetic 160x192 photos (flat halves, stripes, noise) prepared into 3 classes, one held out."""
+    import cv2
+
+    root = tmp_path_factory.mktemp("train-data")
+    src = root / "photos"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:160, 0:192]
+    for i in range(5):
+        wave = np.sin(x / (3 + i)) * 60 + np.cos(y / (5 + i)) * 60 + 128
+        photo = np.stack([wave, wave * 0.8, 255 - wave], -1)
+        photo[:80] = 100 + 10 * i
+        photo += rng.normal(0, 10 * (i % 3), photo.shape)
+        cv2.imwrite(str(src / f"photo{i}.png"), np.clip(photo, 0, 255).astype(np.uint8))
+    out = root / "prepared"
+    prepare_data(
+        src,
+        out,
+        scales=(1.0,),
+        classes=3,
+        rank_model="bicubic",
+        val_fraction=0.2,
+        workers=1,
+        show_progress=False,
+    )
+    return out
+
+
+def quiet() -> Console:
+    return Console(file=io.StringIO())
+
+
+def run_cli(*args: str) -> dict:
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_three_stages_end_to_end_and_the_result_upscales(data, tmp_path):
+    run = tmp_path / "run"
+    common = ["--data", str(data), "--out", str(run), "--iters", "3", *QUICK]
+    stage1 = run_cli("train", "branches", "-m", "fsrcnn", "--widths", WIDTHS, "--batch-size", "4", *common)
+    assert stage1["stage"] == "branches" and stage1["weights"] == str(run / "stage1.safetensors")
+    assert [b["stage"] for b in stage1["branches"]] == ["branch1", "branch2", "branch3"]
+    for j, width in enumerate((4, 8, 12), start=1):
+        branch = load_weights(run / f"branch{j}.safetensors")
+        assert branch.kind == "base" and branch.model.width == width
+
+    stage2 = run_cli("train", "classifier", "--batch-size", "8", *common)
+    assert stage2["stage"] == "classifier" and stage2["iters"] == 3 and stage2["start_iter"] == 0
+    assert len(stage2["class_fractions"]) == 3 and stage2["val_psnr"] > 0
+    # stage 2 trains the Class-Module only: the branches are bit for bit those of stage 1
+    before, after = (
+        load_weights(run / "stage1.safetensors").model,
+        load_weights(run / "stage2.safetensors").model,
+    )
+    for old, new in zip(before.branches, after.branches, strict=True):
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(old.state_dict().values(), new.state_dict().values(), strict=True)
+        )
+    assert not torch.equal(before.classifier.lastOut.weight, after.classifier.lastOut.weight)
+
+    stage3 = run_cli("train", "joint", "--batch-size", "8", *common)
+    assert stage3["weights"] == str(run / "final.safetensors")
+    final = load_weights(stage3["weights"])
+    assert final.kind == "classsr" and final.family == "fsrcnn" and final.model.widths == [4, 8, 12]
+    assert final.model.branches[2].width == 12
+
+    from classsr_cli.engine import upscale_array
+
+    sr, summary = upscale_array(final.model, np.random.default_rng(1).random((40, 36, 3), dtype=np.float32))
+    assert sr.shape == (160, 144, 3) and sum(summary["class_counts"]) == summary["tiles"]
+
+    log = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]
+    assert {"train", "val"} <= {entry["type"] for entry in log}
+    assert {"l1", "class", "average", "loss", "class_fractions"} <= set(log[0])
+
+    # a finished stage is never overwritten by accident
+    again = CliRunner().invoke(app, ["train", "joint", *common])
+    assert again.exit_code == 2 and "--resume" in again.output
+
+
+def test_base_network_on_all_data(data, tmp_path):
+    result = run_cli(
+        "train",
+        "branches",
+        "-m",
+        "carn",
+        "--all-data",
+        "--widths",
+        "8",
+        "--iters",
+        "2",
+        "--batch-size",
+        "2",
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path),
+        *QUICK,
+    )
+    assert result["stage"] == "base"
+    assert load_weights(result["weights"]).model.width == 8
+
+
+def settings_for(iters: int) -> dict:
+    return {
+        "iters": iters,
+        "batch_size": 8,
+        "val_crop": 16,
+        "workers": 0,
+        "checkpoint_minutes": 0.0,
+        "log_every": 1,
+    }
+
+
+def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
+    """Stop after 3 of 6 iterations, resume: the same weights, schedule and logs as an uninterrupted run."""
+    torch.manual_seed(0)
+    init = save_model(create("carn", [4, 8, 12]), tmp_path / "stage1.safetensors", "carn")
+
+    straight = TrainRequest(data, tmp_path / "straight", init=init, options=settings_for(6))
+    train_classifier(straight, console=quiet())
+
+    def stop_at_three(iteration, model):
+        if iteration == 3:
+            raise KeyboardInterrupt
+
+    stopped = TrainRequest(data, tmp_path / "stopped", init=init, options=settings_for(6))
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(stopped, console=quiet(), on_iteration=stop_at_three)
+    checkpoint_file = tmp_path / "stopped" / "classifier.ckpt"
+    raw = torch.load(checkpoint_file, map_location="cpu", weights_only=True)  # no pickled objects inside
+    assert raw["iteration"] == 3 and raw["iters"] == 6 and raw["data_position"] == 3 * 8
+    assert {"model", "optimizer", "schedule", "rng", "options"} <= set(raw)
+
+    # iterations, batch size and the rest come from the checkpoint
+    resumed = TrainRequest(data, tmp_path / "stopped", resume=True, options={"workers": 0})
+    summary = train_classifier(resumed, console=quiet())
+    assert summary["start_iter"] == 3 and summary["iters"] == 6
+    assert load_checkpoint(checkpoint_file)["iteration"] == 6
+
+    a = load_weights(tmp_path / "straight" / "stage2.safetensors").model.state_dict()
+    b = load_weights(tmp_path / "stopped" / "stage2.safetensors").model.state_dict()
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    # CARN's frozen branches kept their BatchNorm statistics (eval mode), not just their weights
+    start = load_weights(init).model.state_dict()
+    assert all(torch.equal(start[key], b[key]) for key in b if not key.startswith("classifier."))
+    assert any("running_mean" in key for key in b)
+    train_lines = [
+        json.loads(line) for line in (tmp_path / "stopped" / "classifier.jsonl").read_text().splitlines()
+    ]
+    assert [entry["iter"] for entry in train_lines if entry["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_schedule_and_data_order_are_functions_of_the_position():
+    settings = Settings(iters=10, batch_size=4, lr=1e-3, min_lr=1e-7)
+    assert cosine_lr(0, settings) == pytest.approx(1e-3)
+    assert cosine_lr(5, settings) == pytest.approx((1e-3 + 1e-7) / 2)
+    assert cosine_lr(10, settings) == pytest.approx(1e-7)
+    stream = iter(ShardedStream(7, seed=3))
+    first = [next(stream) for _ in range(17)]
+    later = iter(ShardedStream(7, seed=3, start=9))
+    assert [next(later) for _ in range(8)] == first[9:]
+    assert sorted(index for index, _ in first[:7]) == list(range(7))  # one epoch visits each sample once
+    # two processes share an epoch without overlap
+    shards = [iter(ShardedStream(8, seed=3, rank=r, world_size=2)) for r in range(2)]
+    seen = [index for shard in shards for index, _ in (next(shard) for _ in range(4))]
+    assert sorted(seen) == list(range(8))
+
+
+def test_resume_and_missing_inputs_are_user_errors(data, tmp_path):
+    result = CliRunner().invoke(app, ["train", "classifier", "--data", str(data), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "stage1.safetensors" in result.output
+    result = CliRunner().invoke(app, ["train", "branches", "--data", str(data), "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--model" in result.output
+    result = CliRunner().invoke(
+        app,
+        ["train", "branches", "-m", "fsrcnn", "--branch", "4", "--data", str(data), "--out", str(tmp_path)],
+    )
+    assert result.exit_code == 2 and "--branch" in result.output
+
+
+# -- two processes ------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Logits(torch.nn.Module):
+    """Class probabilities of 8 sub-images as parameters: the first half leans to class 0, the rest to 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor([[2.0, 0.0]] * 4 + [[0.0, 2.5]] * 4))
+
+    def forward(self, rows):
+        return torch.softmax(self.logits[rows], dim=1)
+
+
+def _split_batch_gradients_match(rank: int) -> bool:
+    """Under DDP, the Average-Loss of half a batch per process has the gradient of the whole batch.
+
+    Each half alone is unbalanced the other way round from the whole, so a per-process Average-Loss would
+    push the wrong way: this fails unless the class sums are added up over the processes.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    from classsr_cli.train.losses import average_loss
+
+    single = _Logits()
+    average_loss(single(torch.arange(8))).backward()
+    model = _Logits()
+    ddp = DistributedDataParallel(model)  # kept alive: its reducer averages the gradients during backward
+    half = torch.arange(4 * rank, 4 * rank + 4)
+    average_loss(ddp(half), world_size=2).backward()
+    return torch.allclose(model.logits.grad, single.logits.grad, atol=1e-7)
+
+
+def _ddp_worker(rank: int, world: int, port: int, data: str, run: str, init: str):
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(world),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
+
+    def record(iteration, model):
+        if iteration == 3:
+            torch.save(model.state_dict(), Path(run) / f"rank{rank}.pt")
+            torch.save({"split_batch_ok": _split_batch_gradients_match(rank)}, Path(run) / f"check{rank}.pt")
+
+    request = TrainRequest(Path(data), Path(run), init=Path(init), device="cpu", options=settings_for(3))
+    train_classifier(request, console=quiet(), on_iteration=record)
+
+
+def test_two_process_ddp_keeps_ranks_identical(data, tmp_path):
+    torch.manual_seed(0)
+    init = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "stage1.safetensors", "fsrcnn")
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, _free_port(), str(data), str(tmp_path), str(init)), nprocs=2
+    )
+    states = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert torch.load(tmp_path / "check0.pt", weights_only=True)["split_batch_ok"]
+    # rank 0 alone wrote the outputs; they hold the weights both ranks ended with
+    final = load_weights(tmp_path / "stage2.safetensors").model.state_dict()
+    assert all(torch.equal(final[key], states[0][key]) for key in final)
+    assert load_checkpoint(tmp_path / "classifier.ckpt")["iteration"] == 3
