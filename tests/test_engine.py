@@ -138,3 +138,40 @@ def test_out_of_memory_halves_the_batch_and_retries():
 
     with pytest.raises(RuntimeError, match="something else"):
         BatchRunner(torch.device("cpu"), torch.float32, 4)(AlwaysFails(), x)
+
+
+@pytest.mark.parametrize("family", ["fsrcnn", "carn"])
+def test_inference_rewrites_keep_the_outputs(family):
+    import copy
+
+    from classsr_cli.engine.inference_graph import optimize_for_inference
+
+    torch.manual_seed(0)
+    net = create(family).eval()
+    for module in net.modules():  # batch norm with statistics far from the identity
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    fast = optimize_for_inference(copy.deepcopy(net))
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ConvTranspose2d)) for m in fast.modules())
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        for slow_branch, fast_branch in zip(net.branches, fast.branches, strict=True):
+            assert torch.allclose(slow_branch(x), fast_branch(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, padding, output_padding", [(4, 2, 1, 0), (9, 4, 3, 1), (3, 2, 1, 1)]
+)
+def test_transposed_convolution_becomes_subpixel_convolution(kernel, stride, padding, output_padding):
+    from classsr_cli.engine.inference_graph import subpixel_equivalent
+
+    torch.manual_seed(0)
+    deconv = torch.nn.ConvTranspose2d(5, 3, kernel, stride, padding, output_padding)
+    fast = subpixel_equivalent(deconv)
+    x = torch.rand(2, 5, 7, 9)
+    with torch.no_grad():
+        assert torch.allclose(deconv(x), fast(x), atol=1e-5)
+    assert subpixel_equivalent(torch.nn.ConvTranspose2d(5, 3, 5, 2, 1)) is None  # output is not 2x the input

@@ -5,6 +5,7 @@ import copy
 import torch
 from torch import nn
 
+from classsr_cli.engine.inference_graph import optimize_for_inference
 from classsr_cli.errors import ModelError
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -70,10 +71,10 @@ class BatchRunner:
         self.batch_size = batch_size or default_batch_size(device)
 
     def prepare(self, module: nn.Module) -> nn.Module:
-        # channels-last lets oneDNN (CPU) and cuDNN (GPU) pick their fast kernels: about 2x for the
-        # narrow branches on a CPU. A copy, so that the caller's model (e.g. one being trained) is untouched.
-        module = copy.deepcopy(module)
-        return module.eval().to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+        # A copy, so that the caller's model (e.g. one being trained) is untouched. Channels-last lets oneDNN
+        # (CPU) and cuDNN (GPU) pick their fast kernels: about 2x for the narrow branches on a CPU.
+        module = optimize_for_inference(copy.deepcopy(module).eval())
+        return module.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
 
     def __call__(self, module: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
         """module(tiles) in float32 on the CPU, computed batch by batch on the device."""
