@@ -151,7 +151,7 @@ def upscale(
         ..., help="Output file (type from its extension), or a folder.", show_default=False
     ),
     model: str = typer.Option(
-        None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan [default: best shipped]."
+        None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
     ),
     weights: str = typer.Option(
         None, "--weights", "-w", help="Weights file (.safetensors, or an official .pth)."
@@ -159,7 +159,7 @@ def upscale(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16."),
     batch_size: int = typer.Option(
-        None, "--batch-size", help="Tiles per network call [default: 64 CPU, 256 GPU]."
+        None, "--batch-size", help="Tiles per network call (default: 16 CPU, 256 GPU)."
     ),
     branch: int = typer.Option(
         None, "--branch", help="Send every tile to branch K (1..M); M is the base network."
@@ -169,7 +169,7 @@ def upscale(
     ),
     class_map: Path = typer.Option(None, "--class-map", help="Also write the image tinted by tile class."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse larger inputs [default: 1 gigapixel]."),
+    max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse larger inputs (default: 1 gigapixel)."),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -564,7 +564,7 @@ def bench_command(
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16."),
-    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per call (default: 64 CPU, 256 GPU)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Tiles per call (default: 16 CPU, 256 GPU)."),
     flops_budget: float = typer.Option(None, "--flops-budget", help="Add ClassSR within F x base FLOPs."),
     report: Path = typer.Option(None, "--report", help="Also write CSV, JSON, PSNR-FLOPs plot, class maps."),
     data_root: Path = typer.Option(

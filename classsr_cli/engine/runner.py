@@ -51,7 +51,9 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
 
 
 def default_batch_size(device: torch.device) -> int:
-    return 256 if device.type != "cpu" else 64
+    # On a CPU one 32x32 tile nearly fills the cores and larger batches spill out of the caches: 8-16 tiles
+    # ran fastest here (benchmarks/engine_speed.py). A GPU needs hundreds of tiles in flight.
+    return 256 if device.type != "cpu" else 16
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
