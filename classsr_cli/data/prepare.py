@@ -555,25 +555,10 @@ def _run_jobs(
     jobs: list[PhotoJob], workers: int, show_progress: bool, done: int, total: int
 ) -> dict[str, dict]:
     """Process photos (in parallel processes when workers > 1); returns the skipped ones by key."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from classsr_cli.progress import progress_bar
 
     skipped: dict[str, dict] = {}
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), disable=not show_progress) as progress:
+    with progress_bar(disable=not show_progress) as progress:
         task = progress.add_task("preparing photos", total=total, completed=done)
 
         def record(result: dict) -> None:

@@ -130,11 +130,9 @@ def make_testsets(
 
     A pair whose HR and LR files are newer than the source photo is kept from an earlier run.
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos, read_rgb8
     from classsr_cli.imaging.bicubic import imresize, to_uint8
+    from classsr_cli.progress import progress_bar
 
     started = time.perf_counter()
     log = log or (lambda message: None)
@@ -175,8 +173,7 @@ def make_testsets(
     work.sort(key=lambda item: order[item[1]])
 
     skipped_files: dict[str, str] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not show_progress) as progress:
+    with progress_bar(disable=not show_progress) as progress:
         task = progress.add_task("making test sets", total=len(work))
         current: list = [None, None]  # the photo being worked on: [path, pixels or its read error]
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from classsr_cli.engine.runner import pick_device
 from classsr_cli.errors import ModelError
 
 
@@ -39,16 +40,10 @@ def _env_int(name: str, default: int) -> int:
 
 
 def pick_training_device(spec: str, local_rank: int, distributed: bool) -> torch.device:
-    spec = (spec or "auto").lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ModelError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N") from None
+    device = pick_device(spec)
+    if device.type == "mps" and (spec or "auto").lower() == "auto":
+        device = torch.device("cpu")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ModelError("--device cuda was asked for but no CUDA GPU is available")
         # under torchrun each process takes the GPU of its local rank (counted from cuda:N if given)
         index = (device.index or 0) + (local_rank if distributed else 0)
         if index >= torch.cuda.device_count():
