@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from classsr_cli.errors import ClasssrError, DataError, InputError, ModelError
+from classsr_cli.metrics import psnr_per_subimage
 
 FORMAT = "classsr-prepared"
 FORMAT_VERSION = 1
@@ -133,17 +134,6 @@ def photo_key(path: Path) -> str:
 
 def scale_tag(scale: float) -> str:
     return f"s{scale:.3f}"
-
-
-def psnr_uint8(sr, hr):
-    """PSNR in dB per sub-image of two (N, C, H, W) float tensors holding 8-bit values; capped at PSNR_CAP."""
-    import torch
-
-    # float32 is exact for the squared 8-bit differences; the norm's blocked summation keeps the mean accurate
-    squared_norm = torch.linalg.vector_norm((sr - hr).flatten(1), dim=1).double() ** 2
-    mse = squared_norm / sr[0].numel()
-    psnr = 10 * torch.log10(255.0**2 / mse.clamp_min(1e-300))
-    return psnr.clamp(max=PSNR_CAP).float().numpy()
 
 
 # -- ranking models -------------------------------------------------------------------------------------
@@ -277,7 +267,7 @@ def rank_subimages(lr: np.ndarray, hr: np.ndarray, ys, xs, patch: int, scale: in
         y, x = grid_y[start : start + ranker.batch], grid_x[start : start + ranker.batch]
         lr_batch = torch.from_numpy(lr_windows[y, x]).float()
         hr_batch = torch.from_numpy(hr_windows[y * scale, x * scale]).float()
-        psnr[start : start + len(y)] = psnr_uint8(ranker(lr_batch), hr_batch)
+        psnr[start : start + len(y)] = psnr_per_subimage(ranker(lr_batch), hr_batch, cap=PSNR_CAP)
     return psnr
 
 
