@@ -596,5 +596,76 @@ def bench_command(
         benchmark.print_tables(result, console)
 
 
+weights_app = typer.Typer(
+    help="The weights this installation ships: list them, or add your own.", no_args_is_help=True
+)
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+@user_errors
+def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
+    """Shipped weights with their widths, training provenance and validation figures."""
+    from classsr_cli.weights import read_manifest, weights_dir
+
+    manifest = read_manifest()
+    if as_json:
+        print_json({"folder": str(weights_dir()), **manifest})
+        return
+    table = Table(title=f"weights in {weights_dir()}")
+    for column in ("file", "family", "kind", "widths", "iterations", "val PSNR", "FLOPs ratio"):
+        table.add_column(column)
+    for entry in manifest["models"]:
+        table.add_row(
+            entry["file"],
+            entry["family"],
+            entry["kind"],
+            ",".join(map(str, entry["widths"])),
+            str(entry.get("iterations", "-")),
+            str(entry.get("val_psnr", "-")),
+            str(entry.get("flops_ratio", "-")),
+        )
+    Console().print(table)
+
+
+@weights_app.command("add")
+@user_errors
+def weights_add(
+    source: Path = typer.Argument(..., help="A .safetensors file made by `classsr train`."),
+    name: str = typer.Option(None, "--name", help="File name in the weights folder (default: the source's)."),
+    half: bool = typer.Option(False, "--half", help="Store in fp16 (half the size; loads as fp32)."),
+    provenance: Path = typer.Option(None, "--provenance", help="JSON object of training facts to record."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a file of the same name."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Copy trained weights into the weights folder and list them in its manifest (sha256 included)."""
+    import torch
+
+    from classsr_cli.errors import OutputError, WeightsError
+    from classsr_cli.weights import add_to_manifest, load_weights, save_model, weights_dir
+
+    loaded = load_weights(source)
+    target = weights_dir() / (name or source.name)
+    if target.suffix != ".safetensors":
+        raise OutputError(f"{target.name}: weights are stored as .safetensors")
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} already exists: pass --overwrite to replace it")
+    facts = {}
+    if provenance is not None:
+        try:
+            facts = json.loads(provenance.read_text())
+        except (OSError, ValueError) as error:
+            raise WeightsError(f"--provenance {provenance}: not a readable JSON object ({error})") from None
+    save_model(loaded.model, target, loaded.family, dtype=torch.float16 if half else torch.float32)
+    entry = add_to_manifest(target, facts)
+    if as_json:
+        print_json(entry)
+    else:
+        console.print(
+            f"added {target} ({entry['bytes']:,} bytes, sha256 {entry['sha256'][:12]}...)", markup=False
+        )
+
+
 def main() -> None:
     app()

@@ -127,3 +127,25 @@ def test_missing_and_unknown_files(tmp_path):
     (tmp_path / "w.onnx").write_bytes(b"x")
     with pytest.raises(WeightsError, match="unknown weights type"):
         load_weights(tmp_path / "w.onnx")
+
+
+def test_weights_add_and_list_commands(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from classsr_cli.cli import app
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    monkeypatch.setenv("CLASSSR_WEIGHTS", str(folder))
+    trained = save_model(create("fsrcnn"), tmp_path / "final.safetensors", "fsrcnn")
+    (tmp_path / "facts.json").write_text(json.dumps({"iterations": 1234, "val_psnr": 30.5}))
+    runner = CliRunner()
+    args = ["weights", "add", str(trained), "--name", "classsr-fsrcnn.safetensors", "--half", "--json"]
+    result = runner.invoke(app, [*args, "--provenance", str(tmp_path / "facts.json")])
+    assert result.exit_code == 0, result.output
+    entry = json.loads(result.stdout)
+    assert entry["dtype"] == "float16" and entry["iterations"] == 1234
+    assert load_weights("fsrcnn").entry["val_psnr"] == 30.5  # found as the shipped fsrcnn model
+    listed = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
+    assert [m["file"] for m in listed["models"]] == ["classsr-fsrcnn.safetensors"]
+    assert runner.invoke(app, args).exit_code == 2  # exists: needs --overwrite
