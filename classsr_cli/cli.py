@@ -294,7 +294,7 @@ TRAIN_CKPT_MINUTES = typer.Option(None, "--checkpoint-minutes", min=0.0, help="S
 TRAIN_WIDTHS = typer.Option(None, "--widths", help="Branch widths simple->hard, e.g. 16,36,56 (the paper's).")
 TRAIN_WORKERS = typer.Option(None, "--workers", min=0, help="Data loader processes (by device).")
 TRAIN_LOG_EVERY = typer.Option(None, "--log-every", min=1, help="Log to RUN/<stage>.jsonl every K (100).")
-TRAIN_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC on a GPU (off).")
+TRAIN_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC layout (on).")
 TRAIN_W_IMAGE = typer.Option(None, "--w-image", min=0.0, help="Weight w1 of the L1 Image-Loss (2000).")
 TRAIN_W_CLASS = typer.Option(None, "--w-class", min=0.0, help="Weight w2 of the Class-Loss (1).")
 TRAIN_W_AVERAGE = typer.Option(
