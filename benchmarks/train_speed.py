@@ -26,7 +26,8 @@ def seconds_per_iteration(
     net, parameters, batch: int, classify: bool, iters: int, warmup: int, device
 ) -> float:
     optimizer = torch.optim.Adam(parameters, lr=1e-4)
-    low_res = torch.rand(batch, 3, 32, 32, device=device)
+    # the training loop's layout: channels-last model and inputs
+    low_res = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     high_res = torch.rand(batch, 3, 128, 128, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     times = []
@@ -47,7 +48,7 @@ def measure_family(family: str, args, device) -> list[dict]:
     widths = get_family(family).widths_for(3)
     small = max(1, round(args.stage1_batch * args.batch_scale))
     for width in widths if 1 in args.stages else []:
-        net = create_base(family, width).to(device).train()
+        net = create_base(family, width).to(device, memory_format=torch.channels_last).train()
         seconds = seconds_per_iteration(
             net, list(net.parameters()), small, False, args.iters, args.warmup, device
         )
@@ -63,7 +64,7 @@ def measure_family(family: str, args, device) -> list[dict]:
         )
     big = max(1, round(args.stage23_batch * args.batch_scale))
     for stage in [stage for stage in (2, 3) if stage in args.stages]:
-        model = create(family, widths).to(device).train()
+        model = create(family, widths).to(device, memory_format=torch.channels_last).train()
         if stage == 2:
             for branch in model.branches:
                 branch.requires_grad_(False)
