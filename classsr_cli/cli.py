@@ -297,6 +297,9 @@ TRAIN_LOG_EVERY = typer.Option(None, "--log-every", min=1, help="Log to RUN/<sta
 TRAIN_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC layout (on).")
 TRAIN_W_IMAGE = typer.Option(None, "--w-image", min=0.0, help="Weight w1 of the L1 Image-Loss (2000).")
 TRAIN_W_CLASS = typer.Option(None, "--w-class", min=0.0, help="Weight w2 of the Class-Loss (1).")
+TRAIN_W_LABEL = typer.Option(
+    None, "--w-label", min=0.0, help="Cross-entropy towards the data's classes (0; not in the paper)."
+)
 TRAIN_W_AVERAGE = typer.Option(
     None, "--w-average", min=0.0, help="Weight w3 of the Average-Loss (6): raise it if one branch takes all."
 )
@@ -399,6 +402,7 @@ def _classsr_stage_command(stage: str):
         w_image: float = TRAIN_W_IMAGE,
         w_class: float = TRAIN_W_CLASS,
         w_average: float = TRAIN_W_AVERAGE,
+        w_label: float = TRAIN_W_LABEL,
         widths: str = TRAIN_WIDTHS,
         resume: bool = TRAIN_RESUME,
         device: str = TRAIN_DEVICE,
@@ -435,6 +439,7 @@ def _classsr_stage_command(stage: str):
             w_image=w_image,
             w_classes=w_class,
             w_average=w_average,
+            w_labels=w_label,
         )
         run = train.train_classifier if stage == "classifier" else train.train_joint
         _report_training(run(request, console=console), as_json)

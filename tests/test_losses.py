@@ -87,3 +87,20 @@ def test_psnr_y_and_conversion():
     assert rgb_to_y(black)[0, 0] == pytest.approx(16.0)
     assert psnr_y(white, black, border=0) == pytest.approx(20 * math.log10(255 / 219), abs=1e-4)
     assert to_uint8(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 128, 255, 255]
+
+
+def test_label_guidance_is_cross_entropy_and_off_by_default():
+    import math
+
+    from classsr_cli.train.losses import LossWeights, classsr_loss
+
+    sr = torch.zeros(2, 3, 4, 4)
+    hr = torch.zeros(2, 3, 4, 4)
+    probs = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+    labels = torch.tensor([0, 2])
+    plain, terms = classsr_loss(sr, hr, probs, LossWeights(), labels=labels)
+    assert "label" not in terms
+    guided, terms = classsr_loss(sr, hr, probs, LossWeights(labels=3.0), labels=labels)
+    expected = -(math.log(0.5) + math.log(0.8)) / 2
+    assert terms["label"].item() == pytest.approx(expected, rel=1e-6)
+    assert (guided - plain).item() == pytest.approx(3.0 * expected, rel=1e-6)

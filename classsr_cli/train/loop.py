@@ -111,7 +111,7 @@ def open_checkpoint(run_dir: Path, name: str, resume: bool, context: distributed
 def resolve_settings(options: dict, checkpoint: dict | None, defaults: dict) -> Settings:
     """Each setting from the command line when given (not None), else from the checkpoint, else the default.
 
-    Loss weights come as options w_image, w_classes and w_average, each resolved on its own.
+    Loss weights come as options w_image, w_classes, w_average and w_labels, each resolved on its own.
     """
     saved = dict(checkpoint.get("options", {})) if checkpoint else {}
     values = {}
@@ -272,13 +272,14 @@ def training_step(
     loss_weights: LossWeights,
     world_size: int = 1,
     autocast=None,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
     """One step: the ClassSR forward and its three losses (or one network and L1), backward, update."""
     with autocast or nullcontext():
         output = net(low_res)
     if classify:
         sr, probs = output
-        total, terms = classsr_loss(sr, high_res, probs, loss_weights, world_size)
+        total, terms = classsr_loss(sr, high_res, probs, loss_weights, world_size, labels)
     else:
         probs = None
         total = image_loss(output, high_res)
@@ -414,7 +415,7 @@ def run_stage(
                 console.print(text, highlight=False)
         distributed.barrier(context)
 
-    def train_step(low_res: torch.Tensor, high_res: torch.Tensor, _classes) -> tuple:
+    def train_step(low_res: torch.Tensor, high_res: torch.Tensor, classes) -> tuple:
         low_res = low_res.to(device, non_blocking=True)
         high_res = high_res.to(device, non_blocking=True)
         if channels_last:
@@ -428,6 +429,7 @@ def run_stage(
             settings.loss_weights,
             context.world_size,
             autocast,
+            classes.to(device, non_blocking=True) if stage.classify else None,
         )
 
     collapsed = False

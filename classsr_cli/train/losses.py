@@ -16,6 +16,9 @@ class LossWeights:
     image: float = 2000.0  # w1, L1 Image-Loss
     classes: float = 1.0  # w2, Class-Loss
     average: float = 6.0  # w3, Average-Loss: raise it when the classes collapse onto one branch
+    # Not in the paper: cross-entropy towards the difficulty classes of prepare-data, for a Class-Module
+    # whose plain losses collapse onto one branch (they did on our photos); 0 = the paper's losses.
+    labels: float = 0.0
 
 
 def image_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -71,9 +74,15 @@ def average_loss(probs: torch.Tensor, world_size: int = 1) -> torch.Tensor:
 
 
 def classsr_loss(
-    sr: torch.Tensor, hr: torch.Tensor, probs: torch.Tensor, weights: LossWeights, world_size: int = 1
+    sr: torch.Tensor,
+    hr: torch.Tensor,
+    probs: torch.Tensor,
+    weights: LossWeights,
+    world_size: int = 1,
+    labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """w1 * Image-Loss + w2 * Class-Loss + w3 * Average-Loss, and the unweighted terms for the logs."""
+    """w1 * Image-Loss + w2 * Class-Loss + w3 * Average-Loss (+ the optional label guidance), and the
+    unweighted terms for the logs."""
     terms = {
         "l1": image_loss(sr, hr),
         "class": class_loss(probs.float()),
@@ -82,4 +91,7 @@ def classsr_loss(
     total = (
         weights.image * terms["l1"] + weights.classes * terms["class"] + weights.average * terms["average"]
     )
+    if weights.labels and labels is not None:
+        terms["label"] = F.nll_loss(torch.log(probs.float().clamp_min(1e-8)), labels.long())
+        total = total + weights.labels * terms["label"]
     return total, terms

@@ -87,6 +87,8 @@ def _metadata(request: TrainRequest, settings, classify: bool) -> dict:
     if classify:
         weights = settings.loss_weights
         meta["loss_weights"] = f"{weights.image:g}:{weights.classes:g}:{weights.average:g}"
+        if weights.labels:
+            meta["label_weight"] = f"{weights.labels:g}"
     return meta
 
 
