@@ -90,10 +90,6 @@ def test_psnr_y_and_conversion():
 
 
 def test_label_guidance_is_cross_entropy_and_off_by_default():
-    import math
-
-    from classsr_cli.train.losses import LossWeights, classsr_loss
-
     sr = torch.zeros(2, 3, 4, 4)
     hr = torch.zeros(2, 3, 4, 4)
     probs = torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
