@@ -119,27 +119,42 @@ def flops(
 
 
 def best_shipped_family() -> str:
-    """The most capable family whose ClassSR weights are shipped (what `upscale` uses by default)."""
+    """The most capable family with shipped weights (ClassSR first, else a base network)."""
     from classsr_cli.errors import WeightsError
     from classsr_cli.weights import shipped_families
 
-    shipped = shipped_families("classsr")
-    for family in ("rcan", "srresnet", "carn", "fsrcnn"):
-        if family in shipped:
-            return family
-    raise WeightsError("no ClassSR weights are shipped with this installation: pass --weights FILE")
+    for kind in ("classsr", "base"):
+        shipped = shipped_families(kind)
+        for family in ("rcan", "srresnet", "carn", "fsrcnn"):
+            if family in shipped:
+                return family
+    raise WeightsError("no weights are shipped with this installation: pass --weights FILE")
 
 
 def load_for_inference(model: str | None, weights: str | None):
-    """(model, family) from --model/--weights: a file if given, else the family's shipped weights."""
+    """(model, family) from --model/--weights: a file if given, else the family's shipped weights.
+
+    Where a family ships no ClassSR weights yet but its base network, that network runs on every tile
+    (the CLI says so): the output is as good as the base network's, just without the savings.
+    """
     from classsr_cli.models import get_family
-    from classsr_cli.weights import load_weights
+    from classsr_cli.weights import load_weights, shipped_entry
 
     family = get_family(model).name if model else None
     if weights:
         loaded = load_weights(weights, family=family)
     else:
-        loaded = load_weights(family or best_shipped_family(), kind="classsr")
+        family = family or best_shipped_family()
+        if shipped_entry(family, "classsr") is None and shipped_entry(family, "base") is not None:
+            console.print(
+                f"note: no ClassSR weights are shipped for {family} yet: its base network runs on every tile",
+                style="yellow",
+                markup=False,
+                highlight=False,
+            )
+            loaded = load_weights(family, kind="base")
+        else:
+            loaded = load_weights(family, kind="classsr")
     return loaded.model, loaded.family
 
 

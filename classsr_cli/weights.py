@@ -68,12 +68,20 @@ def read_manifest(folder: Path | None = None) -> dict:
         raise WeightsError(f"weights manifest {path} is unreadable: {error}") from None
 
 
+def _publish(temp: str, path: Path) -> None:
+    """Rename a finished temporary file into place, readable as any new file would be (mkstemp makes 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, 0o666 & ~umask)
+    os.replace(temp, path)
+
+
 def _write_json_atomically(path: Path, document: dict) -> None:
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(handle, "w") as out:
         json.dump(document, out, indent=2)
         out.write("\n")
-    os.replace(temp, path)
+    _publish(temp, path)
 
 
 def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None) -> dict | None:
@@ -149,7 +157,7 @@ def save_model(
     os.close(handle)
     try:
         save_file(tensors, temp, metadata=metadata)
-        os.replace(temp, path)
+        _publish(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
