@@ -31,7 +31,6 @@ class ImageReport:
     seconds: float
     device: str
     class_map: str | None = None
-    extra: dict = field(default_factory=dict)
 
     def as_json(self) -> dict:
         document = {
