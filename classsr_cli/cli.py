@@ -320,18 +320,22 @@ TRAIN_W_AVERAGE = typer.Option(
 )
 
 
-def _train_request(data, out, model, init, resume, device, widths, **options):
+def _train_request(arguments: dict):
+    """A TrainRequest from a train command's arguments: besides what names the run, each is a setting."""
     from classsr_cli.train import TrainRequest
 
+    naming = {"data", "out", "model", "init", "resume", "device", "widths"}
+    # not settings: output choices, stage-1 choices, and the stage name a stage command closes over
+    reporting = {"as_json", "debug", "branch", "all_data", "stage"}
     return TrainRequest(
-        data=data,
-        out=out,
-        model=model,
-        init=init,
-        resume=resume,
-        device=device,
-        widths=parse_widths(widths),
-        options=options,
+        data=arguments["data"],
+        out=arguments["out"],
+        model=arguments["model"],
+        init=arguments.get("init"),
+        resume=arguments["resume"],
+        device=arguments["device"],
+        widths=parse_widths(arguments["widths"]),
+        options={k: v for k, v in arguments.items() if k not in naming | reporting},
     )
 
 
@@ -379,27 +383,9 @@ def train_branches_command(
     debug: bool = DEBUG_OPTION,
 ):
     """Stage 1: each branch on its class of sub-images (L1), then RUN/stage1.safetensors."""
+    request = _train_request(dict(locals()))  # first, while the arguments are all the locals there are
     from classsr_cli.train import train_branches
 
-    request = _train_request(
-        data,
-        out,
-        model,
-        None,
-        resume,
-        device,
-        widths,
-        iters=iters,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        val_every=val_every,
-        val_crop=val_crop,
-        checkpoint_minutes=checkpoint_minutes,
-        workers=workers,
-        log_every=log_every,
-        channels_last=channels_last,
-    )
     _report_training(train_branches(request, branch=branch, all_data=all_data, console=console), as_json)
 
 
@@ -415,9 +401,9 @@ def _classsr_stage_command(stage: str):
         batch_size: int = TRAIN_BATCH,
         lr: float = TRAIN_LR,
         w_image: float = TRAIN_W_IMAGE,
-        w_class: float = TRAIN_W_CLASS,
+        w_classes: float = TRAIN_W_CLASS,
         w_average: float = TRAIN_W_AVERAGE,
-        w_label: float = TRAIN_W_LABEL,
+        w_labels: float = TRAIN_W_LABEL,
         widths: str = TRAIN_WIDTHS,
         resume: bool = TRAIN_RESUME,
         device: str = TRAIN_DEVICE,
@@ -431,31 +417,9 @@ def _classsr_stage_command(stage: str):
         as_json: bool = JSON_OPTION,
         debug: bool = DEBUG_OPTION,
     ):
+        request = _train_request(dict(locals()))  # first, while the arguments are all the locals there are
         from classsr_cli import train
 
-        request = _train_request(
-            data,
-            out,
-            model,
-            init,
-            resume,
-            device,
-            widths,
-            iters=iters,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            val_every=val_every,
-            val_crop=val_crop,
-            checkpoint_minutes=checkpoint_minutes,
-            workers=workers,
-            log_every=log_every,
-            channels_last=channels_last,
-            w_image=w_image,
-            w_classes=w_class,
-            w_average=w_average,
-            w_labels=w_label,
-        )
         run = train.train_classifier if stage == "classifier" else train.train_joint
         _report_training(run(request, console=console), as_json)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classsr_cli.engine.tiling import padded_size, tile_starts
 from classsr_cli.engine.upscaler import Layout, Upscaler
 from classsr_cli.errors import InputError, OutputError
 from classsr_cli.imaging import DEFAULT_MAX_PIXELS, ImageWriter, open_image, output_format
@@ -139,8 +140,6 @@ def upscale_file(
 
 
 def _tile_count(height: int, width: int) -> int:
-    from classsr_cli.engine.tiling import padded_size, tile_starts
-
     return len(tile_starts(padded_size(height))) * len(tile_starts(padded_size(width)))
 
 

@@ -153,14 +153,18 @@ class Upscaler:
             acc = acc[:, done_until - acc_top :].clone()
             acc_top = done_until
 
-    def upscale_array(self, lr: np.ndarray, layout: Layout | None = None) -> tuple[np.ndarray, RoutingTally]:
-        """Whole-array convenience: float32 (H, W, C) in [0, 1] -> (x4 output, routing tally)."""
+    def upscale_array(
+        self, lr: np.ndarray, layout: Layout | None = None, tally: RoutingTally | None = None
+    ) -> tuple[np.ndarray, RoutingTally]:
+        """Whole-array convenience: float32 (H, W, C) in [0, 1] -> (x4 output, routing tally).
+
+        Pass the same `tally` for several images to total their routing."""
         if lr.ndim == 2:
             lr = lr[:, :, None]
         layout = layout or Layout(
             color_channels=1 if lr.shape[2] in (1, 2) else 3, has_alpha=lr.shape[2] in (2, 4)
         )
-        tally = self.new_tally()
+        tally = tally if tally is not None else self.new_tally()
         strips = self.stream(
             lr.shape[0], lr.shape[1], [(0, np.ascontiguousarray(lr, dtype=np.float32))], layout, tally
         )

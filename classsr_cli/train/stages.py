@@ -52,7 +52,9 @@ class TrainRequest:
     resume: bool = False
     device: str = "auto"
     widths: list[int] | None = None
-    options: dict = field(default_factory=dict)  # Settings fields and w_image / w_classes / w_average
+    options: dict = field(
+        default_factory=dict
+    )  # Settings fields and w_image / w_classes / w_average / w_labels
 
 
 def _run_in_context(request: TrainRequest, work):

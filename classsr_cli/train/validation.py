@@ -52,20 +52,18 @@ def validate(
     if not photos:
         return {}
     engine = Upscaler(model, device=str(device), batch_size=batch_size)  # it runs a copy: ours keeps training
-    rgb, luma, counts, flops, tiles = [], [], np.zeros(engine.num_classes, dtype=np.int64), 0, 0
+    tally = engine.new_tally()  # routing totalled over all photos
+    rgb, luma = [], []
     for photo in photos:
-        sr, tally = engine.upscale_array(photo.lr)
+        sr, _ = engine.upscale_array(photo.lr, tally=tally)
         sr = to_uint8(sr)
-        border = engine.scale
-        rgb.append(psnr(sr, photo.hr, border=border))
-        luma.append(psnr_y(sr, photo.hr, border=border))
-        counts += np.asarray(tally.class_counts, dtype=np.int64)
-        flops += tally.flops
-        tiles += tally.tiles
+        rgb.append(psnr(sr, photo.hr, border=engine.scale))
+        luma.append(psnr_y(sr, photo.hr, border=engine.scale))
+    counts = np.asarray(tally.class_counts, dtype=np.float64)
     return {
         "psnr": float(np.mean(rgb)),
         "psnr_y": float(np.mean(luma)),
-        "flops_ratio": flops / (tiles * engine.plan.base_flops) if tiles else 0.0,
-        "class_fractions": (counts / max(1, counts.sum())).round(4).tolist(),
+        "flops_ratio": tally.flops_ratio(engine.plan),
+        "class_fractions": (counts / max(1.0, counts.sum())).round(4).tolist(),
         "photos": len(photos),
     }
