@@ -133,6 +133,26 @@ def test_base_network_on_all_data(data, tmp_path):
     assert load_weights(result["weights"]).model.width == 8
 
 
+def test_a_branch_can_start_from_a_trained_base_network(data, tmp_path):
+    """--init: the hard branch fine-tuned from the -O network of its width; other widths are refused."""
+    from classsr_cli.models import create_base
+
+    torch.manual_seed(1)
+    base = save_model(create_base("fsrcnn", 12), tmp_path / "base.safetensors", "fsrcnn")
+    common = ["--data", str(data), "-m", "fsrcnn", "--widths", WIDTHS, "--iters", "1", *QUICK]
+    result = run_cli(
+        "train", "branches", *common, "--branch", "3", "--init", str(base), "--lr", "1e-9",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    start = load_weights(base).model.state_dict()
+    tuned = load_weights(result["weights"]).model.state_dict()
+    assert all(torch.allclose(start[key], tuned[key], atol=1e-6) for key in start)
+
+    narrower = ["--branch", "1", "--init", str(base), "--out", str(tmp_path / "b")]
+    refused = CliRunner().invoke(app, ["train", "branches", *common, *narrower])
+    assert refused.exit_code == 2 and "width 12" in refused.output
+
+
 def settings_for(iters: int) -> dict:
     return {
         "iters": iters,

@@ -116,12 +116,18 @@ def _train_one(
 # -- stage 1 ----------------------------------------------------------------------------------------
 
 
-def _network_stage(request: TrainRequest, family: str, name: str, width: int, classes, settings) -> Stage:
+def _network_stage(
+    request: TrainRequest, family: str, name: str, width: int, classes, settings, checkpoint
+) -> Stage:
     """One SR network trained with L1 on the sub-images of `classes` (0-based; None: all) -> RUN/<name>."""
     from classsr_cli.models import create_base
 
     model = create_base(family, width)
+    if request.init and checkpoint is None:  # a resumed run has its own weights in the checkpoint
+        _load_init_network(model, Path(request.init), family, width)
     metadata = _metadata(request, settings, False)
+    if request.init:
+        metadata["init"] = Path(request.init).name
     return Stage(
         name=name,
         family=family,
@@ -132,6 +138,18 @@ def _network_stage(request: TrainRequest, family: str, name: str, width: int, cl
         classify=False,
         metadata=metadata if classes is None else {**metadata, "classes": ",".join(map(str, classes))},
     )
+
+
+def _load_init_network(model: nn.Module, init: Path, family: str, width: int) -> None:
+    """Fine-tuning: e.g. the hard branch starts as the -O network, which has the hard branch's width."""
+    from classsr_cli.weights import load_weights
+
+    if not init.exists():
+        raise WeightsError(f"--init {init} not found")
+    loaded = load_weights(init, kind="base", family=family)
+    if loaded.model.width != width:
+        raise WeightsError(f"--init {init} has width {loaded.model.width}; this network needs {width}")
+    model.load_state_dict(loaded.model.state_dict())
 
 
 def train_branches(
@@ -160,7 +178,7 @@ def train_branches(
         width = request.widths[0] if request.widths else family.base_width
 
         def build_base(settings, checkpoint):
-            return _network_stage(request, family.name, "base", width, None, settings)
+            return _network_stage(request, family.name, "base", width, None, settings, checkpoint)
 
         def work(context):
             result = _train_one(request, context, "base", defaults, build_base, console, on_iteration)
@@ -176,13 +194,15 @@ def train_branches(
     if branch is not None and not 1 <= branch <= classes:
         raise ModelError(f"--branch must be 1 to {classes} (1 = simple), got {branch}")
     targets = [branch] if branch is not None else list(range(1, classes + 1))
+    if request.init and branch is None:
+        raise ModelError("--init starts one network: pass --branch K too (the branches differ in width)")
     if not request.resume:  # refuse before hours of training, not when the second branch starts
         for index in targets:
             refuse_existing_run(request.out, f"branch{index}")
 
     def build_branch(index: int):
         return lambda settings, checkpoint: _network_stage(
-            request, family.name, f"branch{index}", widths[index - 1], [index - 1], settings
+            request, family.name, f"branch{index}", widths[index - 1], [index - 1], settings, checkpoint
         )
 
     def work(context):
