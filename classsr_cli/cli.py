@@ -429,6 +429,31 @@ def _classsr_stage_command(stage: str):
     return user_errors(command)
 
 
+@train_app.command("assemble")
+@user_errors
+def train_assemble_command(
+    networks: list[Path] = typer.Argument(..., help="Trained single networks, simple -> hard (2 to 5)."),
+    out: Path = TRAIN_OUT,
+    model: str = TRAIN_MODEL,
+    seed: int = typer.Option(0, "--seed", help="Seed of the fresh Class-Module."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing RUN/stage1.safetensors."),
+):
+    """Stage 1 from networks trained elsewhere (e.g. on all data) -> RUN/stage1.safetensors."""
+    from classsr_cli.errors import ModelError, WeightsError
+    from classsr_cli.models import get_family
+    from classsr_cli.train import assemble_networks
+
+    if not model:
+        raise ModelError("--model is required: fsrcnn, carn, srresnet or rcan")
+    target = Path(out) / "stage1.safetensors"
+    if target.exists() and not overwrite:
+        raise WeightsError(f"{target} exists: pass --overwrite to replace it")
+    written = assemble_networks(networks, out, get_family(model).name, seed=seed)
+    console.print(
+        f"stage 1 assembled from {len(networks)} networks -> {written}", markup=False, highlight=False
+    )
+
+
 train_app.command("classifier", help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors.")(
     _classsr_stage_command("classifier")
 )

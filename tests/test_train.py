@@ -153,6 +153,43 @@ def test_a_branch_can_start_from_a_trained_base_network(data, tmp_path):
     assert refused.exit_code == 2 and "width 12" in refused.output
 
 
+def test_stage_one_assembled_from_networks_trained_on_all_data(data, tmp_path):
+    from classsr_cli.models import create_base
+
+    networks = []
+    for width in (4, 8, 12):
+        torch.manual_seed(width)
+        networks.append(
+            str(save_model(create_base("fsrcnn", width), tmp_path / f"o{width}.safetensors", "fsrcnn"))
+        )
+    run = tmp_path / "run"
+    assembled = CliRunner().invoke(app, ["train", "assemble", *networks, "-m", "fsrcnn", "--out", str(run)])
+    assert assembled.exit_code == 0, assembled.output
+    model = load_weights(run / "stage1.safetensors").model
+    assert model.widths == [4, 8, 12]
+    first = load_weights(networks[0]).model.state_dict()
+    assert all(torch.equal(value, model.branches[0].state_dict()[key]) for key, value in first.items())
+    summary = run_cli("train", "classifier", "--data", str(data), "--out", str(run), "--iters", "1", *QUICK)
+    assert summary["stage"] == "classifier"
+
+    again = CliRunner().invoke(app, ["train", "assemble", *networks, "-m", "fsrcnn", "--out", str(run)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    missing = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "assemble",
+            networks[0],
+            str(tmp_path / "none.safetensors"),
+            "-m",
+            "fsrcnn",
+            "--out",
+            str(tmp_path),
+        ],
+    )
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
 def settings_for(iters: int) -> dict:
     return {
         "iters": iters,

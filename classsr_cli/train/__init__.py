@@ -4,6 +4,7 @@ from classsr_cli.train.losses import LossWeights, average_loss, class_loss, clas
 from classsr_cli.train.stages import (
     TrainRequest,
     assemble_branches,
+    assemble_networks,
     train_branches,
     train_classifier,
     train_joint,
@@ -13,6 +14,7 @@ __all__ = [
     "LossWeights",
     "TrainRequest",
     "assemble_branches",
+    "assemble_networks",
     "average_loss",
     "class_loss",
     "classsr_loss",

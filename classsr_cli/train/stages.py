@@ -243,22 +243,39 @@ def _branch_row(result: StageResult) -> dict:
 
 def assemble_branches(run_dir: Path, family: str, widths, seed: int = 0) -> Path | None:
     """RUN/stage1.safetensors: the trained branches behind a fresh Class-Module, once every branch exists."""
-    from classsr_cli.models import create
-    from classsr_cli.weights import load_weights, save_model
-
     paths = [run_dir / f"branch{j}.safetensors" for j in range(1, len(widths) + 1)]
     if not all(path.exists() for path in paths):
         return None
+    return assemble_networks(paths, run_dir, family, widths, seed)
+
+
+def assemble_networks(paths, run_dir: Path, family: str, widths=None, seed: int = 0) -> Path:
+    """RUN/stage1.safetensors from single networks, simple -> hard, behind a fresh Class-Module.
+
+    Stage 1 by other means: e.g. networks of the branch widths trained on all data.
+    """
+    from classsr_cli.models import create
+    from classsr_cli.weights import load_weights, save_model
+
+    loaded = []
+    for path in paths:
+        if not Path(path).exists():
+            raise WeightsError(f"{path} not found")
+        loaded.append(load_weights(path, kind="base", family=family).model)
+    found = [network.width for network in loaded]
+    widths = list(widths) if widths else found
+    if found != widths:
+        raise WeightsError(
+            f"the networks have widths {found}, expected {widths}: trained with other --widths?"
+        )
+    if not 2 <= len(widths) <= 5:
+        raise ModelError(f"ClassSR needs 2 to 5 branches, got {len(widths)}")
     seed_everything(seed)  # a reproducible fresh Class-Module
     model = create(family, widths)
-    for branch, path, width in zip(model.branches, paths, widths, strict=True):
-        loaded = load_weights(path, kind="base", family=family)
-        if loaded.model.width != width:
-            raise WeightsError(
-                f"{path} has width {loaded.model.width}, expected {width}: trained with other --widths?"
-            )
-        branch.load_state_dict(loaded.model.state_dict())
-    return save_model(model, run_dir / "stage1.safetensors", family, stage="stage1")
+    for branch, network in zip(model.branches, loaded, strict=True):
+        branch.load_state_dict(network.state_dict())
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return save_model(model, Path(run_dir) / "stage1.safetensors", family, stage="stage1")
 
 
 # -- stages 2 and 3 ---------------------------------------------------------------------------------
