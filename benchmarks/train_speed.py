@@ -18,18 +18,18 @@ import time
 import torch
 
 from classsr_cli.models import create, create_base, get_family
-from classsr_cli.train.loop import training_step
+from classsr_cli.train.loop import training_autocast, training_step
 from classsr_cli.train.losses import LossWeights
 
 
 def seconds_per_iteration(
-    net, parameters, batch: int, classify: bool, iters: int, warmup: int, device
+    net, parameters, batch: int, classify: bool, iters: int, warmup: int, device, precision: str = "auto"
 ) -> float:
     optimizer = torch.optim.Adam(parameters, lr=1e-4)
     # the training loop's layout: channels-last model and inputs
     low_res = torch.rand(batch, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
     high_res = torch.rand(batch, 3, 128, 128, device=device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    autocast = training_autocast(precision, device)
     times = []
     for step in range(warmup + iters):
         if device.type == "cuda":
@@ -50,7 +50,7 @@ def measure_family(family: str, args, device) -> list[dict]:
     for width in widths if 1 in args.stages else []:
         net = create_base(family, width).to(device, memory_format=torch.channels_last).train()
         seconds = seconds_per_iteration(
-            net, list(net.parameters()), small, False, args.iters, args.warmup, device
+            net, list(net.parameters()), small, False, args.iters, args.warmup, device, args.precision
         )
         rows.append(
             {
@@ -73,7 +73,9 @@ def measure_family(family: str, args, device) -> list[dict]:
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
         parameters = [p for p in model.parameters() if p.requires_grad]
-        seconds = seconds_per_iteration(model, parameters, big, True, args.iters, args.warmup, device)
+        seconds = seconds_per_iteration(
+            model, parameters, big, True, args.iters, args.warmup, device, args.precision
+        )
         rows.append(
             {
                 "family": family,
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--stage23-batch", type=int, default=96)
     parser.add_argument("--batch-scale", type=float, default=1.0, help="measure on batches this much smaller")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", help="auto (bf16 on a GPU), fp32 or bf16")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -105,9 +108,11 @@ def main() -> None:
         row for family in args.families.split(",") for row in measure_family(family.strip(), args, device)
     ]
     if args.json:
-        print(json.dumps({"device": str(device), "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+        document = {"device": str(device), "threads": torch.get_num_threads(), "precision": args.precision}
+        print(json.dumps({**document, "rows": rows}, indent=2))
         return
-    print(f"device {device}, {torch.get_num_threads()} threads, median of {args.iters} iterations")
+    print(f"device {device}, {torch.get_num_threads()} threads, precision {args.precision},", end=" ")
+    print(f"median of {args.iters} iterations")
     print(f"{'family':<9} {'stage':>5} {'width':>10} {'batch':>5} {'s/iter':>9} {'iter/s':>8}  measured at")
     for row in rows:
         note = "" if row["measured_batch"] == row["batch"] else f"batch {row['measured_batch']}, scaled"

@@ -310,6 +310,9 @@ TRAIN_WIDTHS = typer.Option(None, "--widths", help="Branch widths simple->hard, 
 TRAIN_WORKERS = typer.Option(None, "--workers", min=0, help="Data loader processes (by device).")
 TRAIN_LOG_EVERY = typer.Option(None, "--log-every", min=1, help="Log to RUN/<stage>.jsonl every K (100).")
 TRAIN_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC layout (on).")
+TRAIN_PRECISION = typer.Option(
+    None, "--precision", help="Forward pass: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16."
+)
 TRAIN_W_IMAGE = typer.Option(None, "--w-image", min=0.0, help="Weight w1 of the L1 Image-Loss (2000).")
 TRAIN_W_CLASS = typer.Option(None, "--w-class", min=0.0, help="Weight w2 of the Class-Loss (1).")
 TRAIN_W_LABEL = typer.Option(
@@ -382,6 +385,7 @@ def train_branches_command(
     workers: int = TRAIN_WORKERS,
     log_every: int = TRAIN_LOG_EVERY,
     channels_last: bool = TRAIN_CHANNELS_LAST,
+    precision: str = TRAIN_PRECISION,
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -417,6 +421,7 @@ def _classsr_stage_command(stage: str):
         workers: int = TRAIN_WORKERS,
         log_every: int = TRAIN_LOG_EVERY,
         channels_last: bool = TRAIN_CHANNELS_LAST,
+        precision: str = TRAIN_PRECISION,
         as_json: bool = JSON_OPTION,
         debug: bool = DEBUG_OPTION,
     ):

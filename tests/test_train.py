@@ -17,7 +17,7 @@ from classsr_cli.models import create
 from classsr_cli.train import TrainRequest, train_classifier
 from classsr_cli.train.checkpoint import load_checkpoint
 from classsr_cli.train.data import ShardedStream
-from classsr_cli.train.loop import Settings, cosine_lr
+from classsr_cli.train.loop import Settings, cosine_lr, training_autocast
 from classsr_cli.weights import load_weights, save_model
 
 WIDTHS = "4,8,12"
@@ -254,6 +254,21 @@ def test_schedule_and_data_order_are_functions_of_the_position():
     shards = [iter(ShardedStream(8, seed=3, rank=r, world_size=2)) for r in range(2)]
     seen = [index for shard in shards for index, _ in (next(shard) for _ in range(4))]
     assert sorted(seen) == list(range(8))
+
+
+def test_bf16_training_on_the_cpu_on_request(data, tmp_path):
+    with training_autocast("auto", torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+    with training_autocast("bf16", torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    args = ["train", "branches", "-m", "fsrcnn", "--all-data", "--widths", "8", "--iters", "2"]
+    args += ["--batch-size", "2", "--data", str(data), "--out", str(tmp_path), *QUICK]
+    result = run_cli(*args, "--precision", "bf16")
+    assert load_checkpoint(tmp_path / "base.ckpt")["options"]["precision"] == "bf16"
+    assert load_weights(result["weights"]).model.width == 8
+    bad = CliRunner().invoke(app, [*args, "--precision", "fp8", "--out", str(tmp_path / "other")])
+    assert bad.exit_code == 2 and "--precision" in bad.output
+    assert not (tmp_path / "other").exists()
 
 
 def test_resume_and_missing_inputs_are_user_errors(data, tmp_path):
