@@ -642,6 +642,18 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
+# a y axis spans at least this many dB: hundredths of a dB drawn across a whole axis look like a gulf
+MIN_PSNR_SPAN = 0.2
+
+
+def _widen(axes, values: list[float], span: float) -> None:
+    """Plain dB tick labels (no offset) over at least `span` dB around `values`."""
+    axes.ticklabel_format(axis="y", useOffset=False)
+    if values and max(values) - min(values) < span:
+        middle = (max(values) + min(values)) / 2
+        axes.set_ylim(middle - span / 2, middle + span / 2)
+
+
 def _write_plot(document: dict, path: Path) -> bool:
     """Fig. 2 of the paper for this set (PSNR against FLOPs per sub-image) and ClassSR's gain per image."""
     try:
@@ -672,6 +684,7 @@ def _write_plot(document: dict, path: Path) -> bool:
     overview.set_ylabel("PSNR (dB)")
     overview.set_title(f"{document['dataset']} ({_count(document['images'], 'image')}{reference})")
     overview.set_xlim(left=0)
+    _widen(overview, [row["psnr"] for row in networks], MIN_PSNR_SPAN)
     overview.grid(alpha=0.3)
 
     points = [
@@ -683,6 +696,7 @@ def _write_plot(document: dict, path: Path) -> bool:
         ratios, deltas = zip(*points, strict=True)
         gains.scatter([r * 100 for r in ratios], deltas, s=18)
     gains.axhline(0, color="grey", linewidth=1)
+    _widen(gains, [0.0, *(delta for _, delta in points)], MIN_PSNR_SPAN)
     gains.set_xlabel(f"{classsr['name']} FLOPs (% of {base['name']})")
     gains.set_ylabel("PSNR gain over the base network (dB)")
     gains.set_title("image by image")

@@ -619,6 +619,13 @@ weights_app = typer.Typer(
 app.add_typer(weights_app, name="weights")
 
 
+def _compact(value) -> str:
+    """A manifest value for a table cell: a mapping (e.g. iterations per stage) as `key value, ...`."""
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {item}" for key, item in value.items())
+    return str(value)
+
+
 @weights_app.command("list")
 @user_errors
 def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
@@ -638,7 +645,7 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
             entry["family"],
             entry["kind"],
             ",".join(map(str, entry["widths"])),
-            str(entry.get("iterations", "-")),
+            _compact(entry.get("iterations", "-")),
             str(entry.get("val_psnr", "-")),
             str(entry.get("flops_ratio", "-")),
         )

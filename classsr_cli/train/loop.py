@@ -138,7 +138,7 @@ def resolve_settings(options: dict, checkpoint: dict | None, defaults: dict) -> 
 
 def training_autocast(precision: str, device: torch.device):
     """The forward pass's autocast: bf16 keeps fp32's range, so no loss scaling is needed. A CPU gets bf16
-    only on request: it halved CARN's step time on a CPU with bf16 instructions; CPUs without emulate it."""
+    only on request: it nearly halved CARN's step time on a CPU with bf16 instructions, untried elsewhere."""
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
