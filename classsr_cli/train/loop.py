@@ -29,8 +29,8 @@ from classsr_cli.train.validation import load_val_photos, validate
 
 # a class taking more than this share of a window's sub-images means the Class-Module is collapsing
 COLLAPSE_SHARE = 0.9
-PRECISIONS = ("auto", "fp32", "bf16")
 DISPLAY_SECONDS = 0.5
+PRECISIONS = ("auto", "fp32", "bf16")  # of the forward pass (training_autocast)
 
 
 @dataclass
