@@ -23,7 +23,15 @@ from classsr_cli.train.losses import LossWeights
 
 
 def seconds_per_iteration(
-    net, parameters, batch: int, classify: bool, iters: int, warmup: int, device, precision: str = "auto"
+    net,
+    parameters,
+    batch: int,
+    classify: bool,
+    iters: int,
+    warmup: int,
+    device,
+    precision: str = "auto",
+    weights: LossWeights = LossWeights(),
 ) -> float:
     optimizer = torch.optim.Adam(parameters, lr=1e-4)
     # the training loop's layout: channels-last model and inputs
@@ -35,7 +43,7 @@ def seconds_per_iteration(
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        training_step(net, optimizer, low_res, high_res, classify, LossWeights(), autocast=autocast)
+        training_step(net, optimizer, low_res, high_res, classify, weights, autocast=autocast)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if step >= warmup:
@@ -73,8 +81,10 @@ def measure_family(family: str, args, device) -> list[dict]:
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
                 module.eval()
         parameters = [p for p in model.parameters() if p.requires_grad]
+        # stage 2 with --w-image 0 (the Class-Module on the prepared classes alone) runs no branches
+        weights = LossWeights(image=args.w_image) if stage == 2 else LossWeights()
         seconds = seconds_per_iteration(
-            model, parameters, big, True, args.iters, args.warmup, device, args.precision
+            model, parameters, big, True, args.iters, args.warmup, device, args.precision, weights
         )
         rows.append(
             {
@@ -100,6 +110,7 @@ def main() -> None:
     parser.add_argument("--batch-scale", type=float, default=1.0, help="measure on batches this much smaller")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto", help="auto (bf16 on a GPU), fp32 or bf16")
+    parser.add_argument("--w-image", type=float, default=2000.0, help="stage 2's Image-Loss weight")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)

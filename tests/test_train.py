@@ -17,7 +17,8 @@ from classsr_cli.models import create
 from classsr_cli.train import TrainRequest, train_classifier
 from classsr_cli.train.checkpoint import load_checkpoint
 from classsr_cli.train.data import ShardedStream
-from classsr_cli.train.loop import Settings, cosine_lr, training_autocast
+from classsr_cli.train.loop import Settings, cosine_lr, training_autocast, training_step
+from classsr_cli.train.losses import LossWeights
 from classsr_cli.weights import load_weights, save_model
 
 WIDTHS = "4,8,12"
@@ -254,6 +255,24 @@ def test_schedule_and_data_order_are_functions_of_the_position():
     shards = [iter(ShardedStream(8, seed=3, rank=r, world_size=2)) for r in range(2)]
     seen = [index for shard in shards for index, _ in (next(shard) for _ in range(4))]
     assert sorted(seen) == list(range(8))
+
+
+def test_a_zero_image_loss_weight_leaves_the_branches_unrun():
+    torch.manual_seed(0)
+    model = create("fsrcnn", [4, 8, 12])
+    calls = []
+    for branch in model.branches:
+        branch.register_forward_hook(lambda *_: calls.append(1))
+    optimizer = torch.optim.Adam(model.classifier.parameters(), lr=1e-2)
+    before = [p.clone() for p in model.classifier.parameters()]
+    low_res, high_res = torch.rand(6, 3, 32, 32), torch.rand(6, 3, 128, 128)
+    labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    weights = LossWeights(image=0.0, classes=0.0, average=0.0, labels=1.0)
+    _, terms, probs = training_step(model, optimizer, low_res, high_res, True, weights, labels=labels)
+    assert not calls and "l1" not in terms and probs.shape == (6, 3)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.classifier.parameters(), strict=True))
+    training_step(model, optimizer, low_res, high_res, True, LossWeights(labels=1.0), labels=labels)
+    assert len(calls) == 3  # with an Image-Loss every branch runs, as the paper's mixture needs
 
 
 def test_bf16_training_on_the_cpu_on_request(data, tmp_path):

@@ -34,9 +34,14 @@ class ClassSR(nn.Module):
     def widths(self) -> list[int]:
         return [branch.width for branch in self.branches]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training forward: (sum_i P_i(x) * branch_i(x), class probabilities)."""
+    def forward(self, x: torch.Tensor, mix: bool = True) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Training forward: (sum_i P_i(x) * branch_i(x), class probabilities).
+
+        mix=False returns (None, probabilities) without running the branches: for losses that need no image.
+        """
         probs = torch.softmax(self.classifier(x), dim=1)
+        if not mix:
+            return None, probs
         out = sum(probs[:, i, None, None, None] * branch(x) for i, branch in enumerate(self.branches))
         return out, probs
 

@@ -74,7 +74,7 @@ def average_loss(probs: torch.Tensor, world_size: int = 1) -> torch.Tensor:
 
 
 def classsr_loss(
-    sr: torch.Tensor,
+    sr: torch.Tensor | None,
     hr: torch.Tensor,
     probs: torch.Tensor,
     weights: LossWeights,
@@ -82,15 +82,12 @@ def classsr_loss(
     labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """w1 * Image-Loss + w2 * Class-Loss + w3 * Average-Loss (+ the optional label guidance), and the
-    unweighted terms for the logs."""
-    terms = {
-        "l1": image_loss(sr, hr),
-        "class": class_loss(probs.float()),
-        "average": average_loss(probs, world_size),
-    }
-    total = (
-        weights.image * terms["l1"] + weights.classes * terms["class"] + weights.average * terms["average"]
-    )
+    unweighted terms for the logs. `sr` may be None when w1 is 0 (the branches need not run)."""
+    terms = {"class": class_loss(probs.float()), "average": average_loss(probs, world_size)}
+    total = weights.classes * terms["class"] + weights.average * terms["average"]
+    if sr is not None:
+        terms["l1"] = image_loss(sr, hr)
+        total = total + weights.image * terms["l1"]
     if weights.labels and labels is not None:
         terms["label"] = F.nll_loss(torch.log(probs.float().clamp_min(1e-8)), labels.long())
         total = total + weights.labels * terms["label"]
