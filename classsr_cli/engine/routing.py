@@ -79,6 +79,10 @@ class RoutingTally:
     def flops_ratio(self, plan: RoutingPlan) -> float:
         return self.flops / (self.tiles * plan.base_flops) if self.tiles else 0.0
 
+    def fractions(self) -> list[float]:
+        """The share of the tiles each class got (zeros before any tile)."""
+        return [count / self.tiles if self.tiles else 0.0 for count in self.class_counts]
+
 
 def apply_budget(probs: np.ndarray, plan: RoutingPlan, allowance: float) -> np.ndarray:
     """Argmax classes, then demote tiles one class at a time until their FLOPs fit `allowance`.

@@ -52,9 +52,8 @@ class TrainRequest:
     resume: bool = False
     device: str = "auto"
     widths: list[int] | None = None
-    options: dict = field(
-        default_factory=dict
-    )  # Settings fields and w_image / w_classes / w_average / w_labels
+    # Settings fields and w_image / w_classes / w_average / w_labels
+    options: dict = field(default_factory=dict)
 
 
 def _run_in_context(request: TrainRequest, work):
@@ -257,11 +256,7 @@ def assemble_networks(paths, run_dir: Path, family: str, widths=None, seed: int 
     from classsr_cli.models import create
     from classsr_cli.weights import load_weights, save_model
 
-    loaded = []
-    for path in paths:
-        if not Path(path).exists():
-            raise WeightsError(f"{path} not found")
-        loaded.append(load_weights(path, kind="base", family=family).model)
+    loaded = [load_weights(path, kind="base", family=family).model for path in paths]  # one-line errors
     found = [network.width for network in loaded]
     widths = list(widths) if widths else found
     if found != widths:

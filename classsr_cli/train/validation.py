@@ -59,11 +59,10 @@ def validate(
         sr = to_uint8(sr)
         rgb.append(psnr(sr, photo.hr, border=engine.scale))
         luma.append(psnr_y(sr, photo.hr, border=engine.scale))
-    counts = np.asarray(tally.class_counts, dtype=np.float64)
     return {
         "psnr": float(np.mean(rgb)),
         "psnr_y": float(np.mean(luma)),
         "flops_ratio": tally.flops_ratio(engine.plan),
-        "class_fractions": (counts / max(1.0, counts.sum())).round(4).tolist(),
+        "class_fractions": [round(share, 4) for share in tally.fractions()],
         "photos": len(photos),
     }
