@@ -104,7 +104,8 @@ def test_three_stages_end_to_end_and_the_result_upscales(data, tmp_path):
 
     log = [json.loads(line) for line in (run / "joint.jsonl").read_text().splitlines()]
     assert {"train", "val"} <= {entry["type"] for entry in log}
-    assert {"l1", "class", "average", "loss", "class_fractions"} <= set(log[0])
+    assert {"l1", "class", "average", "loss", "class_fractions", "seconds"} <= set(log[0])
+    assert all(entry["seconds"] >= 0 for entry in log)
 
     # a finished stage is never overwritten by accident
     again = CliRunner().invoke(app, ["train", "joint", *common])
@@ -239,6 +240,9 @@ def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
         json.loads(line) for line in (tmp_path / "stopped" / "classifier.jsonl").read_text().splitlines()
     ]
     assert [entry["iter"] for entry in train_lines if entry["type"] == "train"] == [1, 2, 3, 4, 5, 6]
+    # training seconds carry over a resume instead of starting again from zero
+    seconds = [entry["seconds"] for entry in train_lines if entry["type"] == "train"]
+    assert seconds == sorted(seconds)
 
 
 def test_schedule_and_data_order_are_functions_of_the_position():

@@ -406,9 +406,13 @@ def run_stage(
                 "schedule": {"lr": settings.lr, "min_lr": settings.min_lr, "total": settings.iters},
                 "rng": rng_state(),
                 "options": settings.to_record(),
-                "history": {"seconds": elapsed + (time.monotonic() - session_start), "validation": last_val},
+                "history": {"seconds": training_seconds(), "validation": last_val},
             },
         )
+
+    def training_seconds() -> float:
+        """Wall seconds spent on this stage so far, over every resumed session."""
+        return round(elapsed + (time.monotonic() - session_start), 1)
 
     def run_validation(iteration: int) -> None:
         nonlocal photos, last_val
@@ -419,7 +423,7 @@ def run_stage(
             _set_modes(model, stage.frozen)
             if result:
                 last_val = {"iter": iteration, **result}
-                log.write({"type": "val", **last_val})
+                log.write({"type": "val", **last_val, "seconds": training_seconds()})
                 text = f"{stage.name} iter {iteration}: val PSNR {result['psnr']:.3f} dB"
                 text += f" (Y {result['psnr_y']:.3f})"
                 if stage.classify:
@@ -453,7 +457,8 @@ def run_stage(
         nonlocal collapsed, train_fractions
         means, fractions = window.means(), window.fractions()
         train_fractions = fractions
-        log.write({"type": "train", "iter": iteration, "lr": lr_now, **means, "class_fractions": fractions})
+        record = {"type": "train", "iter": iteration, "lr": lr_now, **means, "class_fractions": fractions}
+        log.write({**record, "seconds": training_seconds()})
         share = max(fractions) if fractions else 0.0
         if share >= COLLAPSE_SHARE and not collapsed:
             console.print(
