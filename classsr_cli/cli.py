@@ -131,11 +131,11 @@ def best_shipped_family() -> str:
     raise WeightsError("no weights are shipped with this installation: pass --weights FILE")
 
 
-def load_for_inference(model: str | None, weights: str | None):
+def load_for_inference(model: str | None, weights: str | None, base_fallback: bool = True):
     """(model, family) from --model/--weights: a file if given, else the family's shipped weights.
 
     Where a family ships no ClassSR weights yet but its base network, that network runs on every tile
-    (the CLI says so): the output is as good as the base network's, just without the savings.
+    (the CLI says so; not with base_fallback off): as good as the base network, just without the savings.
     """
     from classsr_cli.models import get_family
     from classsr_cli.weights import load_weights, shipped_entry
@@ -145,7 +145,11 @@ def load_for_inference(model: str | None, weights: str | None):
         loaded = load_weights(weights, family=family)
     else:
         family = family or best_shipped_family()
-        if shipped_entry(family, "classsr") is None and shipped_entry(family, "base") is not None:
+        if (
+            base_fallback
+            and shipped_entry(family, "classsr") is None
+            and shipped_entry(family, "base") is not None
+        ):
             console.print(
                 f"note: no ClassSR weights are shipped for {family} yet: its base network runs on every tile",
                 style="yellow",
@@ -584,7 +588,7 @@ def bench_command(
     root, pairs = benchmark.find_pairs(dataset, data_root, limit)
     if report is not None:
         benchmark.prepare_report_dir(report)
-    network, family = load_for_inference(model, weights)
+    network, family = load_for_inference(model, weights, base_fallback=False)  # a comparison needs ClassSR
     base = benchmark.choose_base(family, base_weights, network)
     rows = benchmark.build_contenders(
         network,
