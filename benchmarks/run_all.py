@@ -24,7 +24,9 @@ def main() -> None:
     run("benchmarks/train_speed.py", "--families", "fsrcnn,carn")
     val = Path(os.environ.get("CLASSSR_VAL", ROOT / "datasets" / "val"))
     if val.is_dir():
-        for family in ("fsrcnn", "carn"):
+        from classsr_cli.weights import shipped_families
+
+        for family in shipped_families("classsr"):  # bench compares a ClassSR model with its base network
             run("-m", "classsr_cli", "bench", str(val), "--model", family, "--json")
     else:
         print(f"\n(skipped bench: no validation photos at {val}; set CLASSSR_VAL)")
