@@ -214,10 +214,7 @@ def require_classsr(model: nn.Module) -> None:
     from classsr_cli.models import ClassSR
 
     if not isinstance(model, ClassSR):
-        raise ModelError(
-            "no ClassSR model to compare: its base network alone was given or shipped"
-            " (pass a ClassSR model with --weights, and a base network with --base-weights)"
-        )
+        raise ModelError("--weights holds a single network, not a ClassSR model: pass it with --base-weights")
 
 
 def choose_base(family: str, base_weights: str | None, classsr: nn.Module) -> BaseChoice:

@@ -253,5 +253,5 @@ def test_bad_datasets_give_one_line_errors(dataset, weights, tmp_path):
         assert message in one_line_error(bench(folder, weights=weights))
     (tmp_path / "report.txt").write_text("a file, not a folder")
     assert "folder" in one_line_error(bench(dataset, "--report", tmp_path / "report.txt", weights=weights))
-    assert "no ClassSR model" in one_line_error(bench(dataset, "--weights", weights[1]))
+    assert "single network" in one_line_error(bench(dataset, "--weights", weights[1]))
     assert "--limit" in one_line_error(bench(dataset, "--limit", 0, weights=weights))
