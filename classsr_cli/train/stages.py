@@ -59,7 +59,10 @@ class TrainRequest:
 def _run_in_context(request: TrainRequest, work):
     context = distributed.setup(request.device)
     try:
-        return work(context)
+        result = work(context)
+        # no process may leave while another still talks to it: a rank tearing down early can abort the other
+        distributed.barrier(context)
+        return result
     finally:
         distributed.teardown(context)
 
