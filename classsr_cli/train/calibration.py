@@ -1,4 +1,4 @@
-"""After stage 2: shift the Class-Module's logits towards harder classes until routing spends a chosen
+"""After stage 2 or 3: shift the Class-Module's logits towards harder classes until routing spends a chosen
 share of the base network's FLOPs on the held-out photos.
 
 A Class-Module trained on the prepared classes routes by how hard a sub-image is for bicubic, whatever the
