@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from classsr_cli.engine.routing import plan_for
-from classsr_cli.engine.tiling import PATCH, STRIDE, tile_starts
+from classsr_cli.engine.tiling import PATCH, pad_to_tile, tile_starts
 from classsr_cli.errors import ModelError
 from classsr_cli.models import ClassSR
 
@@ -31,8 +31,9 @@ def held_out_tiles(lr_images: list[np.ndarray]) -> torch.Tensor:
     """Every 32x32 tile of the grid the engine cuts (stride 28), from float (h, w, 3) LR images in [0, 1]."""
     tiles = []
     for lr in lr_images:
-        for top in tile_starts(lr.shape[0], PATCH, STRIDE):
-            for left in tile_starts(lr.shape[1], PATCH, STRIDE):
+        lr = pad_to_tile(lr)  # as the engine does: an image smaller than a tile still gives one
+        for top in tile_starts(lr.shape[0]):
+            for left in tile_starts(lr.shape[1]):
                 tiles.append(lr[top : top + PATCH, left : left + PATCH])
     return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
 
