@@ -3,11 +3,16 @@
 The protocol of the paper (Sec. 4.1.2, Table 2):
 - LR = HR (cropped to a multiple of 4) reduced x4 with MATLAB bicubic, stored as 8-bit; a test set's own LR
   files are used when it has them.
-- Every network runs through the one inference engine (32x32 tiles at stride 28, overlaps averaged), and its
-  output is rounded to 8 bits as a saved image would be.
+- Every network runs through the one inference engine, in the tiling `upscale` uses (regions with context
+  and back-projection by default; `--tiling paper`: 32x32 tiles at stride 28, overlaps averaged, as the
+  paper), and its output is rounded to 8 bits as a saved image would be.
 - PSNR on RGB with 4 pixels (the scale) cropped from each side, averaged over images; PSNR on Y likewise.
 - FLOPs: the average over all 32x32 sub-images of the test set (not a mean of per-image means) of the chosen
   branch's paper-convention FLOPs, the Class-Module's included for ClassSR rows; the ratio is to the base.
+  `executed_ratio` is what ran (pieces with their context, or overlapping tiles) against the base network
+  run once over every LR pixel, the plain way.
+- Against bicubic: each row's mean gain in PSNR and its lowest gain on any one image (the quality gate: no
+  shipped model may fall below bicubic on a validation photo).
 
 Time is engine time only (no file reading or metric computation), after one warm-up call per engine:
 `seconds` is the mean per image, `mp_per_s` the output megapixels per second over the whole set.
@@ -154,6 +159,8 @@ class ImageResult:
     megapixels: float  # of the output
     tiles: int = 0
     flops: int = 0  # paper-convention FLOPs over all tiles of the image
+    executed_flops: int = 0  # what ran, context and overlaps included
+    plain_flops: float = 0.0  # the base network run once over every LR pixel
     class_counts: list[int] | None = None  # only where a Class-Module chose the branches
 
 
@@ -193,6 +200,13 @@ class Contender:
     @property
     def seconds_total(self) -> float:
         return sum(r.seconds for r in self.results)
+
+    @property
+    def executed_ratio(self) -> float | None:
+        plain = sum(r.plain_flops for r in self.results)
+        return (
+            sum(r.executed_flops for r in self.results) / plain if self.engine is not None and plain else None
+        )
 
 
 @dataclass
@@ -246,8 +260,13 @@ def build_contenders(
     precision: str = "auto",
     batch_size: int | None = None,
     flops_budget: float | None = None,
+    tiling: str = "region",
+    back_projection: bool | None = None,
 ) -> list[Contender]:
-    """Rows in report order: the base network, ClassSR, ClassSR under the FLOPs budget, bicubic."""
+    """Rows in report order: the base network, ClassSR, ClassSR under the FLOPs budget, bicubic.
+
+    Every network row runs in the same `tiling` (and back-projection), so the rows differ only in routing.
+    """
     from classsr_cli.engine import Upscaler
     from classsr_cli.flops import count_params
 
@@ -256,7 +275,7 @@ def build_contenders(
     params = count_params(classsr)
 
     def engine(model, branch=None, budget=None):
-        return Upscaler(model, device, precision, batch_size, branch, budget)
+        return Upscaler(model, device, precision, batch_size, branch, budget, tiling, back_projection)
 
     rows = [
         Contender(base.name, "base", base.params, engine(base.network, branch=base.branch), note=base.note),
@@ -323,6 +342,8 @@ class BenchResult:
     rows: list[Contender]
     pairs: list[ImagePair]
     flops_budget: float | None = None
+    tiling: str = "region"
+    back_projection: bool = True
     class_grids: dict[str, object] = field(default_factory=dict)  # image -> ClassGrid of the ClassSR row
 
     @property
@@ -334,8 +355,14 @@ class BenchResult:
         return flops_per_tile / base if flops_per_tile is not None and base else None
 
     def as_json(self) -> dict:
+        bicubic = next((row for row in self.rows if row.kind == "bicubic"), None)
         rows = []
         for row in self.rows:
+            gains = (
+                [ours.psnr - theirs.psnr for ours, theirs in zip(row.results, bicubic.results, strict=True)]
+                if bicubic is not None and row is not bicubic
+                else []
+            )
             megapixels = sum(r.megapixels for r in row.results)
             per_image = []
             for result in row.results:
@@ -362,6 +389,9 @@ class BenchResult:
                     "psnr_y": _number(_mean(r.psnr_y for r in row.results)),
                     "flops": _number(row.flops_per_tile, 0),
                     "flops_ratio": _number(self.flops_ratio(row.flops_per_tile), 6),
+                    "executed_ratio": _number(row.executed_ratio, 6),
+                    "gain_over_bicubic": _number(_mean(gains)),
+                    "min_gain_over_bicubic": _number(min(gains) if gains else None),
                     "class_fractions": _rounded(row.class_fractions),
                     "seconds": _number(row.seconds_total / len(row.results) if row.results else None),
                     "seconds_total": _number(row.seconds_total),
@@ -379,6 +409,8 @@ class BenchResult:
             "border": BORDER,
             "device": self.device,
             "flops_budget": self.flops_budget,
+            "tiling": self.tiling,
+            "back_projection": self.back_projection,
             "rows": rows,
         }
 
@@ -426,6 +458,8 @@ def run_bench(
     result = BenchResult(
         dataset, family, str(engines[0].device) if engines else "cpu", contenders, pairs, flops_budget
     )
+    if engines:
+        result.tiling, result.back_projection = engines[0].tiling, engines[0].back_projection
     warm_up(contenders)
     task = progress.add_task("images", total=len(pairs)) if progress is not None else None
     for pair in pairs:
@@ -454,6 +488,10 @@ def run_bench(
                     megapixels=megapixels,
                     tiles=tally.tiles if tally else 0,
                     flops=tally.flops if tally else 0,
+                    executed_flops=tally.executed_flops if tally else 0,
+                    plain_flops=tally.executed_flops / tally.executed_ratio(row.engine.plan)
+                    if tally and tally.executed_flops
+                    else 0.0,
                     class_counts=list(tally.class_counts) if tally and row.classifies else None,
                 )
             )
@@ -517,21 +555,28 @@ def _compact_table(title: str, first_column: str, columns: tuple[str, ...], min_
 def print_tables(result: BenchResult, console) -> None:
     """The summary like the paper's Table 2, then ClassSR against the base network image by image."""
     document = result.as_json()
+    tiling = f"{result.tiling} tiling" + (", back-projected" if result.back_projection else "")
     table = _compact_table(
         f"{document['dataset']}: {_count(document['images'], 'image')}, x{SCALE}, "
-        f"PSNR with a {BORDER}-pixel border, on {result.device}",
+        f"PSNR with a {BORDER}-pixel border, {tiling}, on {result.device}",
         "model",
-        ("params", "PSNR", "PSNR-Y", "FLOPs", "classes", "s/img", "MP/s"),
+        ("params", "PSNR", "PSNR-Y", "vs bicubic (min)", "FLOPs", "executed", "classes", "s/img", "MP/s"),
         min_width=16,
     )
     for row in document["rows"]:
         ratio = f" ({row['flops_ratio']:.0%})" if row["flops_ratio"] is not None else ""
+        gain = "-"
+        if row["gain_over_bicubic"] is not None:
+            lowest = _db(row["min_gain_over_bicubic"], signed=True)
+            gain = f"{_db(row['gain_over_bicubic'], signed=True)} ({lowest})"
         table.add_row(
             row["name"],
             format_params(row["params"]),
             _db(row["psnr"]),
             _db(row["psnr_y"]),
+            gain,
             format_flops(row["flops"]) + ratio,
+            f"{row['executed_ratio']:.0%}" if row["executed_ratio"] is not None else "-",
             format_classes(row["class_fractions"]),
             f"{row['seconds']:.3f}" if row["seconds"] is not None else "-",
             f"{row['mp_per_s']:.2f}" if row["mp_per_s"] is not None else "-",

@@ -70,6 +70,17 @@ def _root():
 
 
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
+TILING_OPTION = typer.Option(
+    "region",
+    "--tiling",
+    help="region: same-class sub-images run together with real context (default); paper: the paper's tiles.",
+)
+BACK_PROJECTION_OPTION = typer.Option(
+    None,
+    "--back-projection/--no-back-projection",
+    help="Pull the output to agree with the input (on with region tiling).",
+    show_default=False,
+)
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
 
@@ -189,6 +200,8 @@ def upscale(
     class_map: Path = typer.Option(None, "--class-map", help="Also write the image tinted by tile class."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
     max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse larger inputs (default: 1 gigapixel)."),
+    tiling: str = TILING_OPTION,
+    back_projection: bool = BACK_PROJECTION_OPTION,
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -209,7 +222,7 @@ def upscale(
             raise OutputError(f"{output} is a folder: give an output file name such as {output / input.name}")
         jobs = [(input, output)]
     network, family = load_for_inference(model, weights)
-    engine = Upscaler(network, device, precision, batch_size, branch, flops_budget)
+    engine = Upscaler(network, device, precision, batch_size, branch, flops_budget, tiling, back_projection)
     limit = max_pixels or DEFAULT_MAX_PIXELS
     reports, failures = [], []
     with progress_bars() as progress:
@@ -611,6 +624,8 @@ def bench_command(
         None, "--data-root", help="Where named test sets live (default: $CLASSSR_DATA, else ./datasets)."
     ),
     limit: int = typer.Option(None, "--limit", help="Only the first N images (by name)."),
+    tiling: str = TILING_OPTION,
+    back_projection: bool = BACK_PROJECTION_OPTION,
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -632,6 +647,8 @@ def bench_command(
         precision=precision,
         batch_size=batch_size,
         flops_budget=flops_budget,
+        tiling=tiling,
+        back_projection=back_projection,
     )
     with progress_bars() as progress:
         result = benchmark.run_bench(

@@ -54,7 +54,7 @@ def test_official_checkpoint_matches_the_official_tile_loop_within_one_grey_leve
     write_image(lr_path, photo(88, 116))  # 88 = 2*28+32, 116 = 3*28+32: the official grid covers it exactly
     checkpoint = tmp_path / "official.pth"
     torch.save(model.state_dict(), checkpoint)
-    result = upscale(lr_path, tmp_path / "out.png", "--weights", checkpoint)
+    result = upscale(lr_path, tmp_path / "out.png", "--weights", checkpoint, "--tiling", "paper")
     assert result.exit_code == 0, result.output
     lr = torch.from_numpy(read_image(lr_path)).permute(2, 0, 1)[None]
     acc, count = torch.zeros(1, 3, 352, 464), torch.zeros(1, 3, 352, 464)

@@ -47,7 +47,7 @@ def test_matches_the_official_tile_loop_on_a_grid_aligned_image(model):
     lr = np.random.default_rng(0).random((88, 116, 3), dtype=np.float32)
     expected = official_loop(model, lr)
     for batch_size in (1, 7, 64):
-        sr, _ = upscale_array(model, lr, device="cpu", batch_size=batch_size)
+        sr, _ = Upscaler(model, "cpu", batch_size=batch_size, tiling="paper").upscale_array(lr)
         assert np.abs(sr - expected).max() < 1e-5
 
 

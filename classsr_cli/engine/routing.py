@@ -19,6 +19,8 @@ class RoutingPlan:
     classifier: nn.Module | None
     branch_flops: list[int]
     classifier_flops: int
+    branch_executed: list[int]  # executed FLOPs per 32x32 sub-image (see flops.py)
+    classifier_executed: int
     fixed_branch: int | None = None  # 0-based; every tile goes there and no Class-Module runs
     flops_budget: float | None = None  # fraction of the base network's FLOPs per tile
 
@@ -45,11 +47,15 @@ def plan_for(model: nn.Module, branch: int | None = None, flops_budget: float | 
         if branch is not None:
             raise ModelError("--flops-budget and --branch exclude each other")
     fixed = branch - 1 if branch is not None else (0 if classifier is None else None)
+    costs = [measure(b) for b in branches]
+    classifier_cost = measure(classifier) if classifier is not None else None
     return RoutingPlan(
         branches=list(branches),
         classifier=classifier,
-        branch_flops=[measure(b).flops for b in branches],
-        classifier_flops=measure(classifier).flops if classifier is not None else 0,
+        branch_flops=[cost.flops for cost in costs],
+        classifier_flops=classifier_cost.flops if classifier is not None else 0,
+        branch_executed=[cost.executed_flops for cost in costs],
+        classifier_executed=classifier_cost.executed_flops if classifier is not None else 0,
         fixed_branch=fixed,
         flops_budget=flops_budget,
     )
@@ -63,6 +69,8 @@ class RoutingTally:
     tiles: int = 0
     class_counts: list[int] = field(default_factory=list)
     flops: int = 0  # paper-convention FLOPs spent, Class-Module included
+    executed_flops: int = 0  # what ran: the pieces with their context (or the tiles), Class-Module included
+    pixels: int = 0  # LR pixels of the images routed
 
     def __post_init__(self):
         if not self.class_counts:
@@ -75,9 +83,16 @@ class RoutingTally:
         self.flops += int(sum(int(c) * f for c, f in zip(counts, plan.branch_flops, strict=True)))
         if plan.classifies:
             self.flops += int(classes.size) * plan.classifier_flops
+            self.executed_flops += int(classes.size) * plan.classifier_executed
 
     def flops_ratio(self, plan: RoutingPlan) -> float:
+        """Paper-convention FLOPs per sub-image against the base network's (the paper's Table 2)."""
         return self.flops / (self.tiles * plan.base_flops) if self.tiles else 0.0
+
+    def executed_ratio(self, plan: RoutingPlan) -> float:
+        """Executed FLOPs against the base network run once over every LR pixel (no tiles, no overlap)."""
+        plain = self.pixels * plan.branch_executed[-1] / 1024  # executed FLOPs are per 32x32 sub-image
+        return self.executed_flops / plain if plain else 0.0
 
     def fractions(self) -> list[float]:
         """The share of the tiles each class got (zeros before any tile)."""

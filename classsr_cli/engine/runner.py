@@ -78,8 +78,9 @@ class BatchRunner:
         module = optimize_for_inference(copy.deepcopy(module).eval())
         return module.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
 
-    def __call__(self, module: nn.Module, tiles: torch.Tensor) -> torch.Tensor:
-        """module(tiles) in float32 on the CPU, computed batch by batch on the device."""
+    def __call__(self, module: nn.Module, tiles: torch.Tensor, to_cpu: bool = True) -> torch.Tensor:
+        """module(tiles) in float32, computed batch by batch on the device; on the CPU unless `to_cpu` is
+        False, when it stays on the device (for callers that keep working there)."""
         outputs = []
         start = 0
         while start < tiles.shape[0]:
@@ -88,7 +89,7 @@ class BatchRunner:
                 with torch.inference_mode():
                     batch = chunk.to(self.device, self.dtype, non_blocking=True)
                     result = module(batch.contiguous(memory_format=torch.channels_last))
-                    outputs.append(result.float().cpu())
+                    outputs.append(result.float().cpu() if to_cpu else result.float())
             except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
                 if not _is_out_of_memory(error) or self.batch_size == 1:
                     raise

@@ -1,0 +1,160 @@
+"""Region execution: pieces, cross-fades, back-projection, and what users see (flat stays flat, no grid)."""
+
+import numpy as np
+import pytest
+import torch
+
+from classsr_cli.engine import Layout, Upscaler
+from classsr_cli.engine.backprojection import back_project
+from classsr_cli.engine.regions import blend_ramp, cell_bounds, plan_pieces
+from classsr_cli.engine.tiling import tile_starts
+from classsr_cli.imaging import read_image
+from classsr_cli.imaging.bicubic import downscale_tensor, imresize, upscale_tensor
+from classsr_cli.models import create
+from classsr_cli.weights import load_model, read_manifest, weights_dir
+
+SAMPLE = "classsr_cli/samples/picos-de-europa.png"
+SHIPPED = sorted(entry["file"] for entry in read_manifest()["models"])
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return {name: load_model(weights_dir() / name) for name in SHIPPED}
+
+
+def test_pieces_cover_every_cell_once_with_one_class_each():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        grid = rng.integers(0, 3, (rng.integers(1, 10), rng.integers(1, 40)))
+        if trial % 2:  # large same-class areas, as photos have
+            grid = (grid > 1).astype(int)
+        cover = np.zeros(grid.shape, int)
+        for piece in plan_pieces(grid):
+            assert (grid[piece.row0 : piece.row1, piece.col0 : piece.col1] == piece.branch).all()
+            assert piece.row1 - piece.row0 <= 4 and piece.col1 - piece.col0 in (1, 2, 4, 8)
+            cover[piece.row0 : piece.row1, piece.col0 : piece.col1] += 1
+        assert (cover == 1).all()
+    # one class everywhere: the fewest, largest pieces
+    assert len(plan_pieces(np.zeros((4, 16), int))) == 2
+
+
+def test_cells_split_tile_overlaps_in_the_middle_and_cover_the_axis():
+    assert cell_bounds(88, tile_starts(88)) == [0, 30, 58, 88]
+    assert cell_bounds(20, tile_starts(32)) == [0, 20]
+    for length in range(32, 400, 7):
+        bounds = cell_bounds(length, tile_starts(length))
+        assert bounds[0] == 0 and bounds[-1] == length and np.all(np.diff(bounds) > 0)
+        assert set(np.diff(bounds)[1:-2]) <= {28}  # the last tile is aligned to the edge: its cells differ
+
+
+def test_cross_fades_of_neighbours_sum_to_one():
+    left, right = blend_ramp(0, 10, 0, 20, 2, 4), blend_ramp(10, 20, 0, 20, 2, 4)
+    # left covers output pixels [-8, 48), right [32, 88): on the shared stretch the weights sum to 1
+    assert np.allclose(left[40:56] + right[:16], 1)
+    assert left[0] == 1 and right[-1] == 1  # nothing beyond the image edges
+
+
+def test_torch_resizes_match_matlab_inside_and_back_projection_restores_the_input():
+    rng = np.random.default_rng(0)
+    image = rng.random((48, 64, 3))
+    tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
+    down = downscale_tensor(tensor, 4)[0].permute(1, 2, 0).numpy()
+    assert np.abs(down - imresize(image, 0.25))[2:-2, 2:-2].max() < 1e-12
+    up = upscale_tensor(tensor, 4)[0].permute(1, 2, 0).numpy()
+    assert np.abs(up - imresize(image, 4))[8:-8, 8:-8].max() < 1e-12
+    lr = tensor[:, :, :12, :16]
+    sr = upscale_tensor(lr, 4) + 0.05 * torch.randn(1, 3, 48, 64, dtype=torch.float64)
+    before = (downscale_tensor(sr, 4) - lr).abs().mean()
+    after = (downscale_tensor(back_project(sr, lr, 4), 4) - lr).abs().mean()
+    assert after < 0.6 * before
+
+
+def _whole_image(network, lr: np.ndarray) -> np.ndarray:
+    """The network run once on the whole image, mirrored by 16 pixels at its edges."""
+    image = torch.from_numpy(lr).permute(2, 0, 1)[None]
+    index_h = torch.from_numpy(np.pad(np.arange(lr.shape[0]), 16, mode="symmetric"))
+    index_w = torch.from_numpy(np.pad(np.arange(lr.shape[1]), 16, mode="symmetric"))
+    padded = image[:, :, index_h][:, :, :, index_w]
+    with torch.no_grad():
+        out = network.eval()(padded)[:, :, 64:-64, 64:-64]
+    return out.clamp(0, 1)[0].permute(1, 2, 0).numpy()
+
+
+def test_a_branch_on_regions_equals_it_on_the_whole_image(shipped):
+    """No tile grid: with real context every output pixel is the whole-image one (trained FSRCNN)."""
+    lr = read_image(SAMPLE)[:90, :130].astype(np.float32)
+    network = shipped["fsrcnn-o.safetensors"]
+    expected = _whole_image(network, lr)
+    ours, _ = Upscaler(network, "cpu", back_projection=False).upscale_array(lr)
+    # the reference mirrors 16 pixels at the image edge, the pieces 4: within 2 levels there, 1 inside
+    assert np.abs(ours - expected).max() < 2 / 255
+    assert np.abs(ours - expected)[16:-16, 16:-16].max() < 1 / 255
+    paper, _ = Upscaler(network, "cpu", tiling="paper").upscale_array(lr)
+    assert np.abs(paper - expected).max() > 5 / 255  # zero padding at every tile: the grid the regions remove
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_flat_pictures_come_back_flat(shipped, name):
+    """Every shipped network, every size (under one tile, odd), edges and corners included."""
+    engine = Upscaler(shipped[name], "cpu")
+    for color in [(40, 90, 200), (128, 128, 128), (0, 0, 0), (255, 255, 255), (200, 30, 30)]:
+        for shape in [(90, 120), (7, 5), (33, 61)]:
+            lr = np.ones((*shape, 3), np.float32) * np.array(color, np.float32) / 255
+            sr, _ = engine.upscale_array(lr)
+            error = np.round(sr * 255) - np.array(color)
+            assert np.abs(error).max() <= 2, (color, shape, np.abs(error).max())
+            assert np.abs(error.reshape(-1, 3).mean(axis=0)).max() <= 0.25, (color, shape)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_smooth_gradient_stays_within_two_levels_of_bicubic(shipped, name):
+    rows, cols = np.meshgrid(np.linspace(0, 1, 50), np.linspace(0, 1, 70), indexing="ij")
+    lr = np.stack([0.15 + 0.7 * cols, 0.2 + 0.6 * rows, 0.5 + 0.2 * (cols - rows)], axis=2).astype(np.float32)
+    sr, _ = Upscaler(shipped[name], "cpu").upscale_array(lr)
+    error = np.abs(sr - imresize(lr, 4).clip(0, 1)) * 255
+    # measured: at most 0.9 to 1.9 levels at the 99.9th percentile, 1.7 to 2.9 at worst (near a corner)
+    assert np.percentile(error, 99.9) <= 2 and error.max() <= 3
+
+
+def test_hidden_colour_under_transparency_changes_nothing_and_alpha_has_no_seams():
+    torch.manual_seed(0)
+    model = create("fsrcnn", widths=[4, 8, 12]).eval()
+    rng = np.random.default_rng(3)
+    rgba = rng.random((70, 90, 4), dtype=np.float32)
+    rgba[:, :, 3] = 1.0
+    rgba[20:50, 30:70, 3] = 0.0  # a transparent hole
+    other = rgba.copy()
+    other[20:50, 30:70, :3] = rng.random((30, 40, 3), dtype=np.float32)  # other colours under it
+    engine = Upscaler(model, "cpu")
+    first, first_tally = engine.upscale_array(rgba, Layout(3, True))
+    second, second_tally = engine.upscale_array(other, Layout(3, True))
+    assert first_tally.class_counts == second_tally.class_counts
+    visible = first[:, :, 3:] > 0
+    assert np.abs((first[:, :, :3] - second[:, :, :3]) * visible).max() < 1e-5
+    assert np.abs(first[:, :, 3] - second[:, :, 3]).max() < 1e-6
+    # alpha is one bicubic enlargement of the whole alpha plane: no tile seams
+    assert np.abs(first[:, :, 3] - imresize(rgba[:, :, 3], 4).clip(0, 1)).max() < 1e-5
+
+
+def test_executed_flops_are_counted_against_the_plain_network(shipped):
+    lr = read_image(SAMPLE)[:120, :200].astype(np.float32)
+    network = shipped["fsrcnn-o.safetensors"]
+    region = Upscaler(network, "cpu")
+    _, tally = region.upscale_array(lr)
+    paper = Upscaler(network, "cpu", tiling="paper")
+    _, paper_tally = paper.upscale_array(lr)
+    # overlapping 32x32 tiles run (32/28)^2 and more of the image; regions with 4 pixels of context less
+    assert 1.0 < tally.executed_ratio(region.plan) < paper_tally.executed_ratio(paper.plan)
+    assert paper_tally.executed_ratio(paper.plan) > (32 / 28) ** 2
+
+
+def test_region_tiling_refuses_unknown_modes():
+    from classsr_cli.errors import ModelError
+
+    model = create("fsrcnn", widths=[4, 8, 12])
+    with pytest.raises(ModelError, match="tiling"):
+        Upscaler(model, "cpu", tiling="grid")
+    with pytest.raises(ModelError, match="back-projection"):
+        Upscaler(model, "cpu", tiling="paper", back_projection=True)
+    with pytest.raises(ValueError):
+        downscale_tensor(torch.zeros(1, 1, 10, 12), 4)
