@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from classsr_cli.engine.backprojection import back_project
+from classsr_cli.engine.backprojection import back_project, bicubic
 from classsr_cli.engine.regions import MAX_PIECE_ROWS, blend_ramp, cell_bounds, plan_pieces
 from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget, plan_for
 from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype
 from classsr_cli.engine.tiling import PATCH, coverage, pad_to_tile, padded_size, tile_starts
 from classsr_cli.errors import ModelError
-from classsr_cli.imaging.bicubic import upscale_tensor
 
 # A band holds at least this many batches of tiles, so each branch sees full batches even on narrow images.
 BATCHES_PER_BAND = 4
@@ -193,7 +192,7 @@ class Upscaler:
             )
             if layout.has_alpha:  # alpha is no picture to restore: bicubic over the band, with its context
                 owned = slice(row_bounds[first] - top - context, row_bounds[last] - top + context)
-                alpha = upscale_tensor(lr[None, -1:, owned, left - context : left + width + context], scale)
+                alpha = bicubic(lr[None, -1:, owned, left - context : left + width + context], scale)
                 crop = context * scale
                 start = row_bounds[first] * scale - acc_top
                 acc[-1, start : start + (row_bounds[last] - row_bounds[first]) * scale] = alpha[

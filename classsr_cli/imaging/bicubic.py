@@ -14,7 +14,6 @@ as a short loop over taps, each a vectorised gather-multiply-add over the whole 
 
 import math
 from collections.abc import Sequence
-from functools import cache
 
 import numpy as np
 
@@ -142,73 +141,3 @@ def imresize(
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Round to 8 bits as MATLAB converts to uint8: half away from zero, clipped to [0, 255]."""
     return np.clip(np.floor(image + 0.5), 0, 255).astype(np.uint8)
-
-
-# -- integer-factor resizes as convolutions, for torch tensors on any device ---------------------------
-
-
-@cache
-def _interior_taps(factor: int, upscale: bool) -> tuple[tuple[int, ...], tuple[tuple[float, ...], ...]]:
-    """MATLAB's taps away from the borders: (input offsets, one row of weights per output phase).
-
-    A shrink has one phase: output i reads inputs factor*i + offset. An enlargement has `factor` phases:
-    output factor*i + r reads inputs i + offset with row r's weights. Read off `resize_taps` far from the
-    edges of a long axis, so they are exactly MATLAB's.
-    """
-    length = 64 * factor
-    if upscale:
-        weights, indices = resize_taps(length, length * factor, float(factor))
-        outputs = [(32 * factor + r, 32) for r in range(factor)]  # (output pixel, its anchor input pixel)
-    else:
-        weights, indices = resize_taps(length, length // factor, 1.0 / factor)
-        outputs = [(32, 32 * factor)]
-    offsets = sorted({int(index) - anchor for out, anchor in outputs for index in indices[out]})
-    rows = []
-    for out, anchor in outputs:
-        row = dict.fromkeys(offsets, 0.0)
-        for weight, index in zip(weights[out], indices[out], strict=True):
-            row[int(index) - anchor] += float(weight)
-        rows.append(tuple(row[o] for o in offsets))
-    return tuple(offsets), tuple(rows)
-
-
-def _resize_conv(x, factor: int, upscale: bool, axis: int):
-    import torch
-    import torch.nn.functional as F
-
-    offsets, rows = _interior_taps(factor, upscale)
-    kernel = torch.tensor(rows, dtype=x.dtype, device=x.device)  # (phases, taps)
-    before, after = -offsets[0], offsets[-1] - (0 if upscale else factor - 1)
-    n, c, h, w = x.shape
-    flat = x.reshape(n * c, 1, h, w)
-    if axis == 0:
-        flat = F.pad(flat, (0, 0, before, after), mode="replicate")
-        weight = kernel.view(-1, 1, kernel.shape[1], 1)
-        stride = (1 if upscale else factor, 1)
-    else:
-        flat = F.pad(flat, (before, after, 0, 0), mode="replicate")
-        weight = kernel.view(-1, 1, 1, kernel.shape[1])
-        stride = (1, 1 if upscale else factor)
-    out = F.conv2d(flat, weight, stride=stride)  # (n*c, phases, h', w')
-    if upscale:  # interleave the phases along the axis
-        if axis == 0:
-            out = out.permute(0, 2, 1, 3).reshape(n * c, 1, h * factor, w)
-        else:
-            out = out.permute(0, 2, 3, 1).reshape(n * c, 1, h, w * factor)
-    return out.reshape(n, c, *out.shape[-2:])
-
-
-def downscale_tensor(x, factor: int):
-    """MATLAB's antialiased bicubic shrink by an integer `factor`, for (N, C, H, W) torch tensors.
-
-    Identical to `imresize(image, 1 / factor)` away from the borders; within a few pixels of them the
-    image is extended by repeating its edge (MATLAB mirrors it). H and W must be multiples of `factor`.
-    """
-    if x.shape[-2] % factor or x.shape[-1] % factor:
-        raise ValueError(f"size {tuple(x.shape[-2:])} is not a multiple of {factor}")
-    return _resize_conv(_resize_conv(x, factor, False, 0), factor, False, 1)
-
-
-def upscale_tensor(x, factor: int):
-    """MATLAB's bicubic enlargement by an integer `factor` for (N, C, H, W) torch tensors (edges repeated)."""
-    return _resize_conv(_resize_conv(x, factor, True, 0), factor, True, 1)

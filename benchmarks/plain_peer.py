@@ -1,0 +1,155 @@
+"""ClassSR against the plain network run the way users run it, side by side in one process.
+
+    python -m benchmarks.plain_peer PHOTOS... [--families fsrcnn,carn] [--crop 1920x1080] [--repeats 2]
+                                    [--reduce 2]
+
+The peer is what a user would otherwise do: the base (-O) network over the whole image in 64-pixel LR
+tiles with 8 pixels of real context on each side (the tiling of the usual upscalers), given every help the
+engine has (batch norms folded, channels-last, inference mode), and no back-projection. Against it, on the
+same central crop of each photo (HR cropped, LR made with MATLAB bicubic x1/4, as bench does):
+- ClassSR as `classsr upscale` runs it (region tiling, back-projection);
+- the base network through the engine (`--branch M`), and ClassSR in the paper's tiling (`--tiling paper`).
+Rows are timed in turn on every photo (median of --repeats after a warm-up), so that load from elsewhere
+falls on all of them alike; time ratios are to the peer. PSNR on RGB with a 4-pixel border, 8-bit outputs.
+"""
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from classsr_cli.engine import Upscaler
+from classsr_cli.engine.inference_graph import optimize_for_inference
+from classsr_cli.imaging import read_image
+from classsr_cli.imaging.bicubic import imresize
+from classsr_cli.metrics import psnr, to_uint8
+from classsr_cli.weights import load_weights
+
+PEER_TILE, PEER_CONTEXT = 64, 8
+
+
+class PlainTiles:
+    """The base network over an image in square LR tiles with real (mirrored at the edges) context."""
+
+    def __init__(self, network: torch.nn.Module, tile: int = PEER_TILE, context: int = PEER_CONTEXT):
+        network = optimize_for_inference(network.eval())
+        self.network = network.to(memory_format=torch.channels_last)
+        self.tile, self.context = tile, context
+
+    @torch.inference_mode()
+    def __call__(self, lr: np.ndarray) -> np.ndarray:
+        """float32 (H, W, 3) in [0, 1] -> float32 (4H, 4W, 3)."""
+        tile, pad = self.tile, self.context
+        image = torch.from_numpy(lr).permute(2, 0, 1)[None]
+        padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")
+        height, width = lr.shape[:2]
+        out = torch.empty(1, 3, 4 * height, 4 * width)
+        for y in range(0, height, tile):
+            for x in range(0, width, tile):
+                h, w = min(tile, height - y), min(tile, width - x)
+                piece = padded[:, :, y : y + h + 2 * pad, x : x + w + 2 * pad]
+                result = self.network(piece.contiguous(memory_format=torch.channels_last))
+                out[:, :, 4 * y : 4 * (y + h), 4 * x : 4 * (x + w)] = result[
+                    :, :, 4 * pad : 4 * (pad + h), 4 * pad : 4 * (pad + w)
+                ]
+        return out.clamp_(0, 1)[0].permute(1, 2, 0).numpy()
+
+
+def central_crop(path: Path, width: int, height: int, reduce: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(HR uint8, LR float32) of the photo's central width x height crop (HR size).
+
+    `reduce` > 1 first shrinks the photo by that factor with antialiasing: cleaner HR than a camera JPEG.
+    """
+    hr = read_image(path)[:, :, :3]
+    if reduce > 1:
+        hr = imresize(hr, 1 / reduce).clip(0, 1)
+    top, left = max(0, (hr.shape[0] - height) // 2), max(0, (hr.shape[1] - width) // 2)
+    hr = hr[top : top + height, left : left + width]
+    hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
+    lr = to_uint8(imresize(hr, 0.25)).astype(np.float32) / 255.0
+    return to_uint8(hr), lr
+
+
+def contenders(family: str, device: str) -> dict:
+    classsr = load_weights(family, kind="classsr").model
+    base = load_weights(family, kind="base").model
+    return {
+        f"{family}-O plain, {PEER_TILE}-px tiles": PlainTiles(base),
+        f"ClassSR-{family} (upscale)": Upscaler(classsr, device),
+        f"{family}-O through the engine (--branch M)": Upscaler(classsr, device, branch=classsr.num_classes),
+        f"ClassSR-{family} --tiling paper": Upscaler(classsr, device, tiling="paper"),
+    }
+
+
+def run(row, lr: np.ndarray):
+    if isinstance(row, PlainTiles):
+        return row(lr), None
+    return row.upscale_array(lr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("photos", nargs="+", type=Path)
+    parser.add_argument("--families", default="fsrcnn,carn")
+    parser.add_argument("--crop", default="1920x1080", help="HR crop WxH from each photo's centre")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--reduce", type=int, default=1, help="shrink photos by this factor first (clean HR)")
+    args = parser.parse_args()
+    crop_w, crop_h = (int(v) for v in args.crop.lower().split("x"))
+    photos = [central_crop(path, crop_w, crop_h, args.reduce) for path in args.photos]
+    report = {
+        "threads": torch.get_num_threads(),
+        "device": args.device,
+        "crop": args.crop,
+        "reduce": args.reduce,
+        "families": {},
+    }
+    for family in args.families.split(","):
+        rows = contenders(family, args.device)
+        for row in rows.values():  # warm-up: allocations and kernel choice
+            run(row, photos[0][1][:96, :96])
+        seconds = {name: 0.0 for name in rows}
+        scores = {name: [] for name in rows}
+        flops = {}
+        for hr, lr in photos:
+            for name, row in rows.items():
+                times = []
+                for _ in range(args.repeats):
+                    started = time.perf_counter()
+                    sr, tally = run(row, lr)
+                    times.append(time.perf_counter() - started)
+                seconds[name] += statistics.median(times)
+                scores[name].append(psnr(to_uint8(sr), hr, border=4))
+                if tally is not None:
+                    flops.setdefault(name, []).append(
+                        (tally.flops_ratio(row.plan), tally.executed_ratio(row.plan), tally.tiles)
+                    )
+        peer = next(iter(rows))
+        table = {}
+        for name in rows:
+            entry = {
+                "seconds": round(seconds[name], 3),
+                "time_ratio": round(seconds[name] / seconds[peer], 3),
+                "psnr": round(float(np.mean(scores[name])), 3),
+                "psnr_vs_peer": round(float(np.mean(scores[name]) - np.mean(scores[peer])), 3),
+            }
+            if name in flops:
+                tiles = sum(t for _, _, t in flops[name])
+                entry["flops_ratio"] = round(sum(f * t for f, _, t in flops[name]) / tiles, 3)
+                entry["executed_ratio"] = round(sum(e * t for _, e, t in flops[name]) / tiles, 3)
+            table[name] = entry
+            print(json.dumps({"family": family, "row": name, **entry}), flush=True)
+        report["families"][family] = table
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
