@@ -28,8 +28,19 @@ console = Console(stderr=True)
 EXIT_USER_ERROR = 2
 
 
+def print_error(message: str) -> None:
+    """One `error: ...` line on stderr; a closed terminal (SIGHUP) must not turn it into a traceback."""
+    try:
+        console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    except OSError:
+        pass
+
+
 def user_errors(command: Callable) -> Callable:
-    """Turn the project's errors (and Ctrl-C) into a one-line message and exit code 2."""
+    """Turn the project's errors into a one-line message and exit code 2; Ctrl-C, SIGTERM and SIGHUP stop
+    with 128 + the signal's number (130, 143, 129), after every with-block has removed its partial files.
+    With --json an error is also a JSON document on stdout: {"error": message}.
+    """
 
     @wraps(command)
     def run(*args, **kwargs):
@@ -39,12 +50,19 @@ def user_errors(command: Callable) -> Callable:
         except ClasssrError as error:
             if debug:
                 raise
-            console.print(f"error: {error}", style="red", markup=False, highlight=False, soft_wrap=True)
+            print_error(str(error))
+            if kwargs.get("as_json"):
+                print_json({"error": str(error)})
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interruption:
             if debug:
                 raise
-            console.print("error: interrupted", style="red", markup=False, highlight=False)
+            from classsr_cli.interrupts import Terminated
+
+            if isinstance(interruption, Terminated):
+                print_error(f"stopped by {interruption}")
+                raise typer.Exit(interruption.exit_code) from None
+            print_error("interrupted")
             raise typer.Exit(130) from None
 
     return run
@@ -730,4 +748,7 @@ def weights_add(
 
 
 def main() -> None:
-    app()
+    from classsr_cli.interrupts import terminations_raise
+
+    with terminations_raise():
+        app()
