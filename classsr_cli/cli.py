@@ -212,52 +212,42 @@ def upscale(
 ):
     """Upscale an image (or every image in a folder) x4 with ClassSR."""
     from classsr_cli.engine import Upscaler
-    from classsr_cli.engine.pipeline import folder_jobs, upscale_file
+    from classsr_cli.engine.pipeline import upscale_file
+    from classsr_cli.engine.plan import plan_run
     from classsr_cli.errors import InputError, OutputError
     from classsr_cli.imaging import DEFAULT_MAX_PIXELS
 
-    if not input.exists():
-        raise InputError(f"input not found: {input}")
-    if input.is_dir():
-        jobs = folder_jobs(input, output)
-        if class_map is not None and class_map.exists() and not class_map.is_dir():
-            raise OutputError(f"--class-map must name a folder when the input is a folder: {class_map}")
-    else:
-        if output.is_dir():
-            raise OutputError(f"{output} is a folder: give an output file name such as {output / input.name}")
-        jobs = [(input, output)]
+    plan = plan_run(input, output, class_map, overwrite=overwrite)  # refuses a lossy plan before any work
+    for note in plan.notes:
+        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     network, family = load_for_inference(model, weights)
     engine = Upscaler(network, device, precision, batch_size, branch, flops_budget)
     limit = max_pixels or DEFAULT_MAX_PIXELS
+    plan.make_folders()
     reports, failures = [], []
     with progress_bars() as progress:
-        overall = progress.add_task("images", total=len(jobs)) if len(jobs) > 1 else None
-        for source, target in jobs:
-            task = progress.add_task(source.name, total=None)
-            if len(jobs) > 1:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            map_path = class_map
-            if class_map is not None and len(jobs) > 1:
-                class_map.mkdir(parents=True, exist_ok=True)
-                map_path = class_map / f"{source.stem}.classes.png"
+        many = len(plan.jobs) > 1
+        overall = progress.add_task("images", total=len(plan.jobs)) if many else None
+        for job in plan.jobs:
+            task = progress.add_task(job.source.name, total=None)
             try:
                 report = upscale_file(
                     engine,
-                    source,
-                    target,
+                    job.source,
+                    job.target,
                     overwrite=overwrite,
                     max_pixels=limit,
-                    class_map=map_path,
+                    class_map=job.class_map,
                     on_progress=lambda done, total, task=task: progress.update(
                         task, completed=done, total=total
                     ),
                 )
                 reports.append(report)
             except (InputError, OutputError) as error:
-                if len(jobs) == 1:
+                if not plan.from_folder and not as_json:
                     raise
-                failures.append({"input": str(source), "error": str(error)})
-                console.print(f"error: {error}", style="red", markup=False, highlight=False)
+                failures.append({"input": str(job.source), "error": str(error)})
+                print_error(str(error))
             progress.remove_task(task)
             if overall is not None:
                 progress.advance(overall)
@@ -271,7 +261,7 @@ def upscale(
         )
     if as_json:
         documents = [r.as_json() for r in reports] + failures
-        print_json(documents if input.is_dir() else documents[0])
+        print_json(documents if plan.from_folder else documents[0])
     else:
         print_upscale_summary(reports, family, engine)
     if failures:

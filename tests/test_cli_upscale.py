@@ -1,6 +1,7 @@
 """`classsr upscale` end to end on tiny images: outputs, metadata, routing options and bad input."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -220,3 +221,80 @@ def test_existing_output_and_input_are_protected(weights, tmp_path):
         upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--overwrite").exit_code == 0
     )
     assert only_files(tmp_path) == ["in.png", "out.png"]
+
+
+# -- planning a run: no file is ever lost ---------------------------------------------------------------
+
+
+def image_folder(folder, *names):
+    folder.mkdir(exist_ok=True)
+    for index, name in enumerate(names):
+        source = folder / name
+        if name.endswith(".gif"):
+            pyvips.Image.new_from_array((photo(30, 30, seed=index) * 255).astype(np.uint8)).copy(
+                interpretation="srgb"
+            ).gifsave(str(source))
+        else:
+            write_image(source, photo(30, 30, seed=index))
+    return folder
+
+
+def test_outputs_that_would_collide_are_refused_naming_both_before_any_work(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "photo.png", "photo.gif")
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    for args in ([tmp_path / "out"], [tmp_path / "out", "--overwrite"]):
+        line = one_line_error(upscale(inputs, *args, "--weights", weights))
+        assert "photo.gif" in line and "photo.png" in line and "both" in line
+        assert not (tmp_path / "out").exists()  # not even the folder: nothing is written
+    # output folder = input folder, --overwrite: the input photo.png would be replaced
+    line = one_line_error(upscale(inputs, inputs, "--weights", weights, "--overwrite"))
+    assert "would overwrite the input" in line
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+
+
+def test_an_output_that_is_an_input_by_another_name_is_refused(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "a.png")
+    before = (inputs / "a.png").read_bytes()
+    (tmp_path / "out").mkdir()
+    os.link(inputs / "a.png", tmp_path / "out" / "a.png")  # a hard link: the same file
+    line = one_line_error(upscale(inputs, tmp_path / "out", "--weights", weights, "--overwrite"))
+    assert "would overwrite the input" in line
+    one_line_error(upscale(inputs / "a.png", tmp_path / "in" / ".." / "in" / "A.png", "--weights", weights))
+    assert (inputs / "a.png").read_bytes() == before
+
+
+def test_class_maps_of_inputs_sharing_a_stem_get_distinct_names(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "photo.jpg", "photo.png", "other.png")
+    maps = tmp_path / "maps"
+    result = upscale(inputs, tmp_path / "out", "--weights", weights, "--class-map", maps, "--json")
+    assert result.exit_code == 0, result.output
+    assert only_files(tmp_path / "maps") == [
+        "other.classes.png",
+        "photo.jpg.classes.png",
+        "photo.png.classes.png",
+    ]
+    assert "note: photo.jpg: class map photo.jpg.classes.png" in result.stderr
+    assert only_files(tmp_path / "out") == ["other.png", "photo.jpg", "photo.png"]
+
+
+def test_a_folder_of_one_image_makes_its_output_folder_and_dot_files_are_skipped(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "only.png")
+    (inputs / "._only.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # macOS resource fork
+    (inputs / ".hidden.png").write_bytes(b"not an image")
+    result = upscale(inputs, tmp_path / "new" / "out", "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["input"] for r in json.loads(result.stdout)] == [str(inputs / "only.png")]
+    assert only_files(tmp_path / "new" / "out") == ["only.png"]
+
+
+def test_json_errors_are_json_for_one_file_as_for_a_folder(weights, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.png").write_text("not an image")
+    folder = upscale(tmp_path / "in", tmp_path / "out", "--weights", weights, "--json")
+    single = upscale(tmp_path / "in" / "bad.png", tmp_path / "out.png", "--weights", weights, "--json")
+    for result in (folder, single):
+        assert result.exit_code == 2
+    assert json.loads(folder.stdout) == [json.loads(single.stdout)]
+    assert set(json.loads(single.stdout)) == {"input", "error"}
+    refused = upscale(tmp_path / "missing.png", tmp_path / "out.png", "--weights", weights, "--json")
+    assert refused.exit_code == 2 and "input not found" in json.loads(refused.stdout)["error"]
