@@ -82,8 +82,30 @@ def parse_widths(text: str | None) -> list[int] | None:
         raise ClasssrError(f"--widths takes integers separated by commas, got '{text}'") from None
 
 
+def installed_version() -> str:
+    """The installed distribution's version; a checkout that is not installed reports the package's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("classsr")
+    except PackageNotFoundError:
+        from classsr_cli import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"classsr {installed_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root():
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
+):
     """Upscale large images x4 with ClassSR: easy regions go to small networks."""
 
 
@@ -660,7 +682,7 @@ def bench_command(
 
 
 weights_app = typer.Typer(
-    help="The weights this installation ships: list them, or add your own.", no_args_is_help=True
+    help="The weights this installation ships and your own: list them, or add yours.", no_args_is_help=True
 )
 app.add_typer(weights_app, name="weights")
 
@@ -675,19 +697,28 @@ def _compact(value) -> str:
 @weights_app.command("list")
 @user_errors
 def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
-    """Shipped weights with their widths, training provenance and validation figures."""
-    from classsr_cli.weights import read_manifest, weights_dir
+    """Installed weights (shipped, then your own) with widths, training provenance and validation figures."""
+    from classsr_cli.weights import listed_models, weights_folders
 
-    manifest = read_manifest()
+    folders = weights_folders()
+    models = listed_models()
     if as_json:
-        print_json({"folder": str(weights_dir()), **manifest})
+        print_json({"folders": {origin: str(folder) for origin, folder in folders}, "models": models})
         return
-    table = Table(title=f"weights in {weights_dir()}")
-    for column in ("file", "family", "kind", "widths", "iterations", "val PSNR", "FLOPs ratio"):
+    for origin, folder in folders:
+        role = "read-only" if origin == "shipped" else "`classsr weights add` writes here"
+        state = "" if folder.is_dir() else ", none yet"
+        console.print(f"{origin} ({role}{state}): {folder}", markup=False, highlight=False, soft_wrap=True)
+    if not models:
+        console.print("no weights found in these folders", style="yellow", markup=False, highlight=False)
+        return
+    table = Table()
+    for column in ("file", "origin", "family", "kind", "widths", "iterations", "val PSNR", "FLOPs ratio"):
         table.add_column(column)
-    for entry in manifest["models"]:
+    for entry in models:
         table.add_row(
             entry["file"],
+            entry["origin"],
             entry["family"],
             entry["kind"],
             ",".join(map(str, entry["widths"])),
@@ -702,21 +733,26 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
 @user_errors
 def weights_add(
     source: Path = typer.Argument(..., help="A .safetensors file made by `classsr train`."),
-    name: str = typer.Option(None, "--name", help="File name in the weights folder (default: the source's)."),
+    name: str = typer.Option(
+        None, "--name", help="File name in your weights folder (default: the source's)."
+    ),
     half: bool = typer.Option(False, "--half", help="Store in fp16 (half the size; loads as fp32)."),
     provenance: Path = typer.Option(None, "--provenance", help="JSON object of training facts to record."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a file of the same name."),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
-    """Copy trained weights into the weights folder and list them in its manifest (sha256 included)."""
+    """Copy trained weights into your weights folder and list them in its manifest (sha256 included).
+
+    They then take precedence over shipped weights of the same family and kind; `weights list` shows where.
+    """
     import torch
 
     from classsr_cli.errors import OutputError, WeightsError
-    from classsr_cli.weights import add_to_manifest, load_weights, save_model, weights_dir
+    from classsr_cli.weights import add_to_manifest, load_weights, save_model, user_weights_dir
 
     loaded = load_weights(source)
-    target = weights_dir() / (name or source.name)
+    target = user_weights_dir() / (name or source.name)
     if target.suffix != ".safetensors":
         raise OutputError(f"{target.name}: weights are stored as .safetensors")
     if target.exists() and not overwrite:
