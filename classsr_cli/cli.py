@@ -5,6 +5,7 @@ Errors a user can cause (ClasssrError) print one line, `error: ...`, on stderr a
 """
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -13,10 +14,39 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from classsr_cli.errors import ClasssrError
 
+
+def _clean_flags(params: list) -> list:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value: no `<bool>` after --json, --overwrite, --help
+    return params
+
+
+class CleanHelp(TyperCommand):
+    """Help that reads cleanly: `classsr upscale [OPTIONS] INPUT OUTPUT`, and no type after a flag."""
+
+    def get_params(self, ctx):
+        return _clean_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx):
+        # typer writes required arguments as {input}; the usual spelling is INPUT
+        return [
+            re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), piece)
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+
+class CleanHelpGroup(TyperGroup):
+    def get_params(self, ctx):
+        return _clean_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=CleanHelpGroup,
     name="classsr",
     help="Upscale large images x4 with ClassSR: easy regions go to small networks.",
     no_args_is_help=True,
@@ -113,7 +143,7 @@ DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks instead of o
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
 
-@app.command()
+@app.command(cls=CleanHelp)
 @user_errors
 def flops(
     model: str = typer.Option("fsrcnn", "--model", "-m", help="Family: fsrcnn, carn, srresnet or rcan."),
@@ -202,7 +232,7 @@ def load_for_inference(model: str | None, weights: str | None, base_fallback: bo
     return loaded.model, loaded.family
 
 
-@app.command()
+@app.command(cls=CleanHelp)
 @user_errors
 def upscale(
     input: Path = typer.Argument(..., help="Image file, or a folder of images.", show_default=False),
@@ -228,7 +258,9 @@ def upscale(
     ),
     class_map: Path = typer.Option(None, "--class-map", help="Also write the image tinted by tile class."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse larger inputs (default: 1 gigapixel)."),
+    max_pixels: int = typer.Option(
+        None, "--max-pixels", min=1, help="Refuse inputs of more pixels (default: 2^30, 32768 x 32768)."
+    ),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -265,6 +297,10 @@ def upscale(
                     ),
                 )
                 reports.append(report)
+                if report.partial_input:
+                    console.print(
+                        f"note: {report.partial_input}", style="yellow", markup=False, highlight=False
+                    )
             except (InputError, OutputError) as error:
                 if not plan.from_folder and not as_json:
                     raise
@@ -296,6 +332,12 @@ def progress_bars():
     return progress_bar(transient=True, console=console)
 
 
+def class_map_legend(num_classes: int) -> str:
+    if num_classes == 3:
+        return "green: simple, branch 1; yellow: medium, branch 2; red: hard, branch 3"
+    return f"green: branch 1 (simplest) through yellow to red: branch {num_classes} (hardest)"
+
+
 def print_upscale_summary(reports, family: str, engine) -> None:
     for report in reports:
         table = Table(title=f"{Path(report.output).name}: tiles per class", show_header=True)
@@ -313,7 +355,11 @@ def print_upscale_summary(reports, family: str, engine) -> None:
             f"{report.width}x{report.height} -> {report.out_width}x{report.out_height}  "
             f"FLOPs {report.flops_ratio:.1%} of the base network (saved {1 - report.flops_ratio:.1%})  "
             f"{report.seconds:.1f} s, {speed:.2f} output MP/s on {report.device}"
-            + (f"  class map: {report.class_map}" if report.class_map else ""),
+            + (
+                f"  class map: {report.class_map} ({class_map_legend(len(report.class_counts))})"
+                if report.class_map
+                else ""
+            ),
             markup=False,
             highlight=False,
         )
@@ -322,7 +368,9 @@ def print_upscale_summary(reports, family: str, engine) -> None:
 # -- train ------------------------------------------------------------------------------------------
 
 train_app = typer.Typer(
-    help="Train ClassSR in the paper's three stages: branches, classifier, joint.", no_args_is_help=True
+    cls=CleanHelpGroup,
+    help="Train ClassSR in the paper's three stages: branches, classifier, joint.",
+    no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
 
@@ -395,7 +443,7 @@ def _report_training(summary: dict, as_json: bool) -> None:
     )
 
 
-@train_app.command("branches")
+@train_app.command("branches", cls=CleanHelp)
 @user_errors
 def train_branches_command(
     data: Path = TRAIN_DATA,
@@ -468,7 +516,7 @@ def _classsr_stage_command(stage: str):
     return user_errors(command)
 
 
-@train_app.command("assemble")
+@train_app.command("assemble", cls=CleanHelp)
 @user_errors
 def train_assemble_command(
     networks: list[Path] = typer.Argument(..., help="Trained single networks, simple -> hard (2 to 5)."),
@@ -493,7 +541,7 @@ def train_assemble_command(
     )
 
 
-@train_app.command("calibrate")
+@train_app.command("calibrate", cls=CleanHelp)
 @user_errors
 def train_calibrate_command(
     weights: Path = typer.Argument(
@@ -527,15 +575,15 @@ def train_calibrate_command(
     )
 
 
-train_app.command("classifier", help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors.")(
-    _classsr_stage_command("classifier")
-)
-train_app.command("joint", help="Stage 3: everything fine-tuned together -> RUN/final.safetensors.")(
-    _classsr_stage_command("joint")
-)
+train_app.command(
+    "classifier", cls=CleanHelp, help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors."
+)(_classsr_stage_command("classifier"))
+train_app.command(
+    "joint", cls=CleanHelp, help="Stage 3: everything fine-tuned together -> RUN/final.safetensors."
+)(_classsr_stage_command("joint"))
 
 
-@app.command("prepare-data")
+@app.command("prepare-data", cls=CleanHelp)
 @user_errors
 def prepare_data_command(
     src: Path = typer.Argument(..., help="Folder of training photos.", show_default=False),
@@ -589,7 +637,7 @@ def prepare_data_command(
         console.print(f"skipped {len(summary['skipped'])}: {', '.join(summary['skipped'])}", style="yellow")
 
 
-@app.command("make-testsets")
+@app.command("make-testsets", cls=CleanHelp)
 @user_errors
 def make_testsets_command(
     src: Path = typer.Argument(..., help="Folder of photos, or DIV8K.", show_default=False),
@@ -617,7 +665,7 @@ def make_testsets_command(
         console.print(f"skipped (unreadable): {', '.join(summary['skipped'])}", style="yellow")
 
 
-@app.command("bench")
+@app.command("bench", cls=CleanHelp)
 @user_errors
 def bench_command(
     dataset: str = typer.Argument(
@@ -682,7 +730,9 @@ def bench_command(
 
 
 weights_app = typer.Typer(
-    help="The weights this installation ships and your own: list them, or add yours.", no_args_is_help=True
+    cls=CleanHelpGroup,
+    help="The weights this installation ships and your own: list them, or add yours.",
+    no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
 
@@ -694,7 +744,7 @@ def _compact(value) -> str:
     return str(value)
 
 
-@weights_app.command("list")
+@weights_app.command("list", cls=CleanHelp)
 @user_errors
 def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
     """Installed weights (shipped, then your own) with widths, training provenance and validation figures."""
@@ -729,7 +779,7 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
     Console().print(table)
 
 
-@weights_app.command("add")
+@weights_app.command("add", cls=CleanHelp)
 @user_errors
 def weights_add(
     source: Path = typer.Argument(..., help="A .safetensors file made by `classsr train`."),

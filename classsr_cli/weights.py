@@ -315,12 +315,24 @@ def _detect(state: dict, family_hint: str | None) -> tuple[str, str, list[int]]:
 
 
 def _load_official(path: Path, family_hint: str | None) -> Loaded:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive; older files are a bare pickle (protocol 2 and later start with 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise WeightsError(f"{path} is not a PyTorch checkpoint ({what}): pass a .pth saved by torch.save")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the outcome is what matters
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle.UnpicklingError for hostile pickles, others for corrupt files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        text = str(error)
+        if "weights_only" in text:  # torch's advice to turn the protection off is not ours to give
+            reason = "it is not a plain state dict of tensors, the only content read (weights_only=True)"
+        elif isinstance(error, EOFError) or "zip archive" in text:
+            reason = "the file is truncated or corrupt"
+        else:
+            reason = text.splitlines()[0] if text else type(error).__name__
         raise WeightsError(f"refused to load {path}: {reason}") from None
     state = _unwrap_checkpoint(obj)
     family, kind, widths = _detect(state, family_hint)

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import pyvips
+import tifffile
 import torch
 from typer.testing import CliRunner
 
@@ -298,3 +299,51 @@ def test_json_errors_are_json_for_one_file_as_for_a_folder(weights, tmp_path):
     assert set(json.loads(single.stdout)) == {"input", "error"}
     refused = upscale(tmp_path / "missing.png", tmp_path / "out.png", "--weights", weights, "--json")
     assert refused.exit_code == 2 and "input not found" in json.loads(refused.stdout)["error"]
+
+
+def test_help_reads_cleanly():
+    for command in (
+        ["--help"],
+        ["upscale", "--help"],
+        ["train", "assemble", "--help"],
+        ["weights", "add", "--help"],
+    ):
+        text = runner.invoke(app, command, terminal_width=120).output
+        assert "<bool>" not in text and "{" not in text, text
+    assert "upscale [OPTIONS] INPUT OUTPUT" in runner.invoke(app, ["upscale", "--help"]).output
+
+
+def test_messages_say_what_to_do_in_the_options_own_terms(weights, tmp_path):
+    write_image(tmp_path / "in.png", photo(20, 30))
+    line = one_line_error(
+        upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--max-pixels", "100")
+    )
+    assert "600 pixels, over the limit of 100 pixels" in line and "--max-pixels" in line
+    (tmp_path / "notes.pth").write_text("these are not weights\n")
+    line = one_line_error(
+        upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", tmp_path / "notes.pth")
+    )
+    assert "not a PyTorch checkpoint" in line and "weights_only" not in line
+    result = upscale(
+        tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--class-map", tmp_path / "m.png"
+    )
+    assert result.exit_code == 0 and "green: simple, branch 1" in " ".join(result.output.split())
+
+
+def test_only_the_first_page_or_frame_is_upscaled_and_that_is_said(weights, tmp_path):
+    frames = (np.stack([photo(24, 24, seed=i) for i in range(3)]) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "pages.tif", frames, photometric="rgb")  # three pages
+    animation = pyvips.Image.arrayjoin([pyvips.Image.new_from_array(f) for f in frames], across=1)
+    animation = animation.copy(interpretation="srgb")
+    animation.set_type(pyvips.GValue.gint_type, "page-height", 24)
+    animation.gifsave(str(tmp_path / "frames.gif"))
+    for name, word in (("pages.tif", "pages"), ("frames.gif", "frames")):
+        result = upscale(tmp_path / name, tmp_path / f"{name}.png", "--weights", weights, "--json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["pages"] == 3 and report["out_height"] == 96
+        assert f"holds 3 {word}: only the first was upscaled" in result.stderr
+    single = json.loads(
+        upscale(tmp_path / "pages.tif.png", tmp_path / "x.png", "--weights", weights, "--json").stdout
+    )
+    assert "pages" not in single

@@ -30,6 +30,15 @@ class ImageReport:
     seconds: float
     device: str
     class_map: str | None = None
+    pages: int = 1  # pages or frames in the input; only the first was upscaled
+    page_word: str = "page"
+
+    @property
+    def partial_input(self) -> str | None:
+        """A note when the input held more than the first page or frame, which alone was upscaled."""
+        if self.pages <= 1:
+            return None
+        return f"{self.input} holds {self.pages} {self.page_word}s: only the first was upscaled"
 
     def as_json(self) -> dict:
         document = {
@@ -47,6 +56,9 @@ class ImageReport:
         }
         if self.class_map:
             document["class_map"] = self.class_map
+        if self.pages > 1:
+            document["pages"] = self.pages
+            document["note"] = self.partial_input
         return document
 
 
@@ -134,6 +146,8 @@ def upscale_file(
         seconds=time.perf_counter() - started,
         device=str(engine.device),
         class_map=written_map,
+        pages=info.pages,
+        page_word=info.page_word,
     )
 
 
