@@ -2,6 +2,7 @@
 
 import json
 import os
+import struct
 
 import numpy as np
 import pytest
@@ -347,3 +348,48 @@ def test_only_the_first_page_or_frame_is_upscaled_and_that_is_said(weights, tmp_
         upscale(tmp_path / "pages.tif.png", tmp_path / "x.png", "--weights", weights, "--json").stdout
     )
     assert "pages" not in single
+
+
+def camera_exif(orientation: int, width: int, height: int, dpi: int) -> bytes:
+    """EXIF as a camera writes it: IFD0 (orientation, resolution, Exif IFD), Exif IFD (pixel size), IFD1."""
+    ifd0 = struct.pack("<H", 5)
+    ifd0 += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
+    ifd0 += struct.pack("<HHII", 0x011A, 5, 1, 74) + struct.pack("<HHII", 0x011B, 5, 1, 82)
+    ifd0 += struct.pack("<HHIHH", 0x0128, 3, 1, 2, 0) + struct.pack("<HHII", 0x8769, 4, 1, 90)
+    ifd0 += struct.pack("<I", 120)  # next: IFD1 (the thumbnail's)
+    resolution = struct.pack("<II", dpi, 1) * 2
+    exif_ifd = struct.pack("<H", 2) + struct.pack("<HHII", 0xA002, 4, 1, width)
+    exif_ifd += struct.pack("<HHII", 0xA003, 4, 1, height) + struct.pack("<I", 0)
+    ifd1 = struct.pack("<H", 3) + struct.pack("<HHIHH", 0x0103, 3, 1, 6, 0)  # a JPEG thumbnail at 162
+    ifd1 += (
+        struct.pack("<HHII", 0x0201, 4, 1, 162) + struct.pack("<HHII", 0x0202, 4, 1, 4) + struct.pack("<I", 0)
+    )
+    thumbnail = b"\xff\xd8\xff\xd9"
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + resolution + exif_ifd + ifd1 + thumbnail
+
+
+def test_written_exif_describes_the_written_pixels(weights, tmp_path):
+    image = pyvips.Image.new_from_array((photo(40, 60) * 255).astype(np.uint8)).copy(interpretation="srgb")
+    image.set_type(pyvips.GValue.blob_type, "exif-data", camera_exif(6, 60, 40, 300))
+    image.jpegsave(str(tmp_path / "camera.jpg"), Q=95)
+    source = pyvips.Image.new_from_file(str(tmp_path / "camera.jpg"))
+    assert source.get("exif-ifd2-PixelXDimension").startswith("60 ") and source.get_typeof(
+        "exif-ifd1-Compression"
+    )
+    for suffix in (".jpg", ".png", ".webp"):
+        result = upscale(tmp_path / "camera.jpg", tmp_path / f"out{suffix}", "--weights", weights)
+        assert result.exit_code == 0, result.output
+        out = pyvips.Image.new_from_file(str(tmp_path / f"out{suffix}"))
+        assert (out.width, out.height) == (160, 240)  # upright: orientation 6 applied
+        fields = {
+            name: str(out.get(name)).split(" ")[0] for name in out.get_fields() if name.startswith("exif-")
+        }
+        assert fields["exif-ifd0-Orientation"] == "1"
+        assert (fields["exif-ifd2-PixelXDimension"], fields["exif-ifd2-PixelYDimension"]) == ("160", "240")
+        assert (
+            fields["exif-ifd0-XResolution"] in ("72000/1000", "72/1")
+            and fields["exif-ifd0-ResolutionUnit"] == "2"
+        )
+        if suffix != ".webp":  # WebP has no resolution of its own beside EXIF
+            assert round(out.xres * 25.4) == 72, suffix  # what the file's own header says
+        assert not [name for name in fields if name.startswith("exif-ifd1-")], fields  # no stale thumbnail

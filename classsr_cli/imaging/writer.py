@@ -39,7 +39,7 @@ import pyvips
 import tifffile
 
 from classsr_cli.errors import OutputError
-from classsr_cli.imaging.metadata import EXIF_PREFIX, icc_fits, upright_exif, upright_xmp
+from classsr_cli.imaging.metadata import EXIF_PREFIX, icc_fits, picture_exif, upright_xmp
 from classsr_cli.imaging.reader import vips_error_detail
 
 _FORMAT_BY_SUFFIX = {
@@ -239,7 +239,7 @@ class ImageWriter:
         self.icc = icc if icc_fits(icc, self.color_channels) else None
         if self.format == "webp" and self.color_channels == 1:
             self.icc = None  # WebP stores grey as RGB, which a GRAY profile does not describe
-        self.exif = _with_exif_prefix(upright_exif(exif))
+        self.exif = _with_exif_prefix(picture_exif(exif, self.width, self.height, self.dpi))
         self.xmp = upright_xmp(xmp)
 
         max_side = _MAX_SIDE[self.format]
