@@ -5,6 +5,7 @@ Errors a user can cause (ClasssrError) print one line, `error: ...`, on stderr a
 """
 
 import json
+import re
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -13,10 +14,39 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 from classsr_cli.errors import ClasssrError
 
+
+def _clean_flags(params: list) -> list:
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""  # a flag takes no value: no `<bool>` after --json, --overwrite, --help
+    return params
+
+
+class CleanHelp(TyperCommand):
+    """Help that reads cleanly: `classsr upscale [OPTIONS] INPUT OUTPUT`, and no type after a flag."""
+
+    def get_params(self, ctx):
+        return _clean_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx):
+        # typer writes required arguments as {input}; the usual spelling is INPUT
+        return [
+            re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), piece)
+            for piece in super().collect_usage_pieces(ctx)
+        ]
+
+
+class CleanHelpGroup(TyperGroup):
+    def get_params(self, ctx):
+        return _clean_flags(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=CleanHelpGroup,
     name="classsr",
     help="Upscale large images x4 with ClassSR: easy regions go to small networks.",
     no_args_is_help=True,
@@ -28,8 +58,19 @@ console = Console(stderr=True)
 EXIT_USER_ERROR = 2
 
 
+def print_error(message: str) -> None:
+    """One `error: ...` line on stderr; a closed terminal (SIGHUP) must not turn it into a traceback."""
+    try:
+        console.print(f"error: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    except OSError:
+        pass
+
+
 def user_errors(command: Callable) -> Callable:
-    """Turn the project's errors (and Ctrl-C) into a one-line message and exit code 2."""
+    """Turn the project's errors into a one-line message and exit code 2; Ctrl-C, SIGTERM and SIGHUP stop
+    with 128 + the signal's number (130, 143, 129), after every with-block has removed its partial files.
+    With --json an error is also a JSON document on stdout: {"error": message}.
+    """
 
     @wraps(command)
     def run(*args, **kwargs):
@@ -39,12 +80,19 @@ def user_errors(command: Callable) -> Callable:
         except ClasssrError as error:
             if debug:
                 raise
-            console.print(f"error: {error}", style="red", markup=False, highlight=False, soft_wrap=True)
+            print_error(str(error))
+            if kwargs.get("as_json"):
+                print_json({"error": str(error)})
             raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interruption:
             if debug:
                 raise
-            console.print("error: interrupted", style="red", markup=False, highlight=False)
+            from classsr_cli.interrupts import Terminated
+
+            if isinstance(interruption, Terminated):
+                print_error(f"stopped by {interruption}")
+                raise typer.Exit(interruption.exit_code) from None
+            print_error("interrupted")
             raise typer.Exit(130) from None
 
     return run
@@ -64,8 +112,30 @@ def parse_widths(text: str | None) -> list[int] | None:
         raise ClasssrError(f"--widths takes integers separated by commas, got '{text}'") from None
 
 
+def installed_version() -> str:
+    """The installed distribution's version; a checkout that is not installed reports the package's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("classsr")
+    except PackageNotFoundError:
+        from classsr_cli import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"classsr {installed_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root():
+def _root(
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
+):
     """Upscale large images x4 with ClassSR: easy regions go to small networks."""
 
 
@@ -84,7 +154,7 @@ BACK_PROJECTION_OPTION = typer.Option(
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
 
 
-@app.command()
+@app.command(cls=CleanHelp)
 @user_errors
 def flops(
     model: str = typer.Option("fsrcnn", "--model", "-m", help="Family: fsrcnn, carn, srresnet or rcan."),
@@ -173,7 +243,7 @@ def load_for_inference(model: str | None, weights: str | None, base_fallback: bo
     return loaded.model, loaded.family
 
 
-@app.command()
+@app.command(cls=CleanHelp)
 @user_errors
 def upscale(
     input: Path = typer.Argument(..., help="Image file, or a folder of images.", show_default=False),
@@ -199,7 +269,9 @@ def upscale(
     ),
     class_map: Path = typer.Option(None, "--class-map", help="Also write the image tinted by tile class."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    max_pixels: int = typer.Option(None, "--max-pixels", help="Refuse larger inputs (default: 1 gigapixel)."),
+    max_pixels: int = typer.Option(
+        None, "--max-pixels", min=1, help="Refuse inputs of more pixels (default: 2^30, 32768 x 32768)."
+    ),
     tiling: str = TILING_OPTION,
     back_projection: bool = BACK_PROJECTION_OPTION,
     as_json: bool = JSON_OPTION,
@@ -207,52 +279,46 @@ def upscale(
 ):
     """Upscale an image (or every image in a folder) x4 with ClassSR."""
     from classsr_cli.engine import Upscaler
-    from classsr_cli.engine.pipeline import folder_jobs, upscale_file
+    from classsr_cli.engine.pipeline import upscale_file
+    from classsr_cli.engine.plan import plan_run
     from classsr_cli.errors import InputError, OutputError
     from classsr_cli.imaging import DEFAULT_MAX_PIXELS
 
-    if not input.exists():
-        raise InputError(f"input not found: {input}")
-    if input.is_dir():
-        jobs = folder_jobs(input, output)
-        if class_map is not None and class_map.exists() and not class_map.is_dir():
-            raise OutputError(f"--class-map must name a folder when the input is a folder: {class_map}")
-    else:
-        if output.is_dir():
-            raise OutputError(f"{output} is a folder: give an output file name such as {output / input.name}")
-        jobs = [(input, output)]
+    plan = plan_run(input, output, class_map, overwrite=overwrite)  # refuses a lossy plan before any work
+    for note in plan.notes:
+        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
     network, family = load_for_inference(model, weights)
     engine = Upscaler(network, device, precision, batch_size, branch, flops_budget, tiling, back_projection)
     limit = max_pixels or DEFAULT_MAX_PIXELS
+    plan.make_folders()
     reports, failures = [], []
     with progress_bars() as progress:
-        overall = progress.add_task("images", total=len(jobs)) if len(jobs) > 1 else None
-        for source, target in jobs:
-            task = progress.add_task(source.name, total=None)
-            if len(jobs) > 1:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            map_path = class_map
-            if class_map is not None and len(jobs) > 1:
-                class_map.mkdir(parents=True, exist_ok=True)
-                map_path = class_map / f"{source.stem}.classes.png"
+        many = len(plan.jobs) > 1
+        overall = progress.add_task("images", total=len(plan.jobs)) if many else None
+        for job in plan.jobs:
+            task = progress.add_task(job.source.name, total=None)
             try:
                 report = upscale_file(
                     engine,
-                    source,
-                    target,
+                    job.source,
+                    job.target,
                     overwrite=overwrite,
                     max_pixels=limit,
-                    class_map=map_path,
+                    class_map=job.class_map,
                     on_progress=lambda done, total, task=task: progress.update(
                         task, completed=done, total=total
                     ),
                 )
                 reports.append(report)
+                if report.partial_input:
+                    console.print(
+                        f"note: {report.partial_input}", style="yellow", markup=False, highlight=False
+                    )
             except (InputError, OutputError) as error:
-                if len(jobs) == 1:
+                if not plan.from_folder and not as_json:
                     raise
-                failures.append({"input": str(source), "error": str(error)})
-                console.print(f"error: {error}", style="red", markup=False, highlight=False)
+                failures.append({"input": str(job.source), "error": str(error)})
+                print_error(str(error))
             progress.remove_task(task)
             if overall is not None:
                 progress.advance(overall)
@@ -266,7 +332,7 @@ def upscale(
         )
     if as_json:
         documents = [r.as_json() for r in reports] + failures
-        print_json(documents if input.is_dir() else documents[0])
+        print_json(documents if plan.from_folder else documents[0])
     else:
         print_upscale_summary(reports, family, engine)
     if failures:
@@ -277,6 +343,12 @@ def progress_bars():
     from classsr_cli.progress import progress_bar
 
     return progress_bar(transient=True, console=console)
+
+
+def class_map_legend(num_classes: int) -> str:
+    if num_classes == 3:
+        return "green: simple, branch 1; yellow: medium, branch 2; red: hard, branch 3"
+    return f"green: branch 1 (simplest) through yellow to red: branch {num_classes} (hardest)"
 
 
 def print_upscale_summary(reports, family: str, engine) -> None:
@@ -296,7 +368,11 @@ def print_upscale_summary(reports, family: str, engine) -> None:
             f"{report.width}x{report.height} -> {report.out_width}x{report.out_height}  "
             f"FLOPs {report.flops_ratio:.1%} of the base network (saved {1 - report.flops_ratio:.1%})  "
             f"{report.seconds:.1f} s, {speed:.2f} output MP/s on {report.device}"
-            + (f"  class map: {report.class_map}" if report.class_map else ""),
+            + (
+                f"  class map: {report.class_map} ({class_map_legend(len(report.class_counts))})"
+                if report.class_map
+                else ""
+            ),
             markup=False,
             highlight=False,
         )
@@ -305,7 +381,9 @@ def print_upscale_summary(reports, family: str, engine) -> None:
 # -- train ------------------------------------------------------------------------------------------
 
 train_app = typer.Typer(
-    help="Train ClassSR in the paper's three stages: branches, classifier, joint.", no_args_is_help=True
+    cls=CleanHelpGroup,
+    help="Train ClassSR in the paper's three stages: branches, classifier, joint.",
+    no_args_is_help=True,
 )
 app.add_typer(train_app, name="train")
 
@@ -378,7 +456,7 @@ def _report_training(summary: dict, as_json: bool) -> None:
     )
 
 
-@train_app.command("branches")
+@train_app.command("branches", cls=CleanHelp)
 @user_errors
 def train_branches_command(
     data: Path = TRAIN_DATA,
@@ -451,7 +529,7 @@ def _classsr_stage_command(stage: str):
     return user_errors(command)
 
 
-@train_app.command("assemble")
+@train_app.command("assemble", cls=CleanHelp)
 @user_errors
 def train_assemble_command(
     networks: list[Path] = typer.Argument(..., help="Trained single networks, simple -> hard (2 to 5)."),
@@ -476,7 +554,7 @@ def train_assemble_command(
     )
 
 
-@train_app.command("calibrate")
+@train_app.command("calibrate", cls=CleanHelp)
 @user_errors
 def train_calibrate_command(
     weights: Path = typer.Argument(
@@ -510,15 +588,15 @@ def train_calibrate_command(
     )
 
 
-train_app.command("classifier", help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors.")(
-    _classsr_stage_command("classifier")
-)
-train_app.command("joint", help="Stage 3: everything fine-tuned together -> RUN/final.safetensors.")(
-    _classsr_stage_command("joint")
-)
+train_app.command(
+    "classifier", cls=CleanHelp, help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors."
+)(_classsr_stage_command("classifier"))
+train_app.command(
+    "joint", cls=CleanHelp, help="Stage 3: everything fine-tuned together -> RUN/final.safetensors."
+)(_classsr_stage_command("joint"))
 
 
-@app.command("prepare-data")
+@app.command("prepare-data", cls=CleanHelp)
 @user_errors
 def prepare_data_command(
     src: Path = typer.Argument(..., help="Folder of training photos.", show_default=False),
@@ -572,7 +650,7 @@ def prepare_data_command(
         console.print(f"skipped {len(summary['skipped'])}: {', '.join(summary['skipped'])}", style="yellow")
 
 
-@app.command("make-testsets")
+@app.command("make-testsets", cls=CleanHelp)
 @user_errors
 def make_testsets_command(
     src: Path = typer.Argument(..., help="Folder of photos, or DIV8K.", show_default=False),
@@ -600,7 +678,7 @@ def make_testsets_command(
         console.print(f"skipped (unreadable): {', '.join(summary['skipped'])}", style="yellow")
 
 
-@app.command("bench")
+@app.command("bench", cls=CleanHelp)
 @user_errors
 def bench_command(
     dataset: str = typer.Argument(
@@ -669,7 +747,9 @@ def bench_command(
 
 
 weights_app = typer.Typer(
-    help="The weights this installation ships: list them, or add your own.", no_args_is_help=True
+    cls=CleanHelpGroup,
+    help="The weights this installation ships and your own: list them, or add yours.",
+    no_args_is_help=True,
 )
 app.add_typer(weights_app, name="weights")
 
@@ -681,22 +761,31 @@ def _compact(value) -> str:
     return str(value)
 
 
-@weights_app.command("list")
+@weights_app.command("list", cls=CleanHelp)
 @user_errors
 def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
-    """Shipped weights with their widths, training provenance and validation figures."""
-    from classsr_cli.weights import read_manifest, weights_dir
+    """Installed weights (shipped, then your own) with widths, training provenance and validation figures."""
+    from classsr_cli.weights import listed_models, weights_folders
 
-    manifest = read_manifest()
+    folders = weights_folders()
+    models = listed_models()
     if as_json:
-        print_json({"folder": str(weights_dir()), **manifest})
+        print_json({"folders": {origin: str(folder) for origin, folder in folders}, "models": models})
         return
-    table = Table(title=f"weights in {weights_dir()}")
-    for column in ("file", "family", "kind", "widths", "iterations", "val PSNR", "FLOPs ratio"):
+    for origin, folder in folders:
+        role = "read-only" if origin == "shipped" else "`classsr weights add` writes here"
+        state = "" if folder.is_dir() else ", none yet"
+        console.print(f"{origin} ({role}{state}): {folder}", markup=False, highlight=False, soft_wrap=True)
+    if not models:
+        console.print("no weights found in these folders", style="yellow", markup=False, highlight=False)
+        return
+    table = Table()
+    for column in ("file", "origin", "family", "kind", "widths", "iterations", "val PSNR", "FLOPs ratio"):
         table.add_column(column)
-    for entry in manifest["models"]:
+    for entry in models:
         table.add_row(
             entry["file"],
+            entry["origin"],
             entry["family"],
             entry["kind"],
             ",".join(map(str, entry["widths"])),
@@ -707,25 +796,30 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
     Console().print(table)
 
 
-@weights_app.command("add")
+@weights_app.command("add", cls=CleanHelp)
 @user_errors
 def weights_add(
     source: Path = typer.Argument(..., help="A .safetensors file made by `classsr train`."),
-    name: str = typer.Option(None, "--name", help="File name in the weights folder (default: the source's)."),
+    name: str = typer.Option(
+        None, "--name", help="File name in your weights folder (default: the source's)."
+    ),
     half: bool = typer.Option(False, "--half", help="Store in fp16 (half the size; loads as fp32)."),
     provenance: Path = typer.Option(None, "--provenance", help="JSON object of training facts to record."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a file of the same name."),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
-    """Copy trained weights into the weights folder and list them in its manifest (sha256 included)."""
+    """Copy trained weights into your weights folder and list them in its manifest (sha256 included).
+
+    They then take precedence over shipped weights of the same family and kind; `weights list` shows where.
+    """
     import torch
 
     from classsr_cli.errors import OutputError, WeightsError
-    from classsr_cli.weights import add_to_manifest, load_weights, save_model, weights_dir
+    from classsr_cli.weights import add_to_manifest, load_weights, save_model, user_weights_dir
 
     loaded = load_weights(source)
-    target = weights_dir() / (name or source.name)
+    target = user_weights_dir() / (name or source.name)
     if target.suffix != ".safetensors":
         raise OutputError(f"{target.name}: weights are stored as .safetensors")
     if target.exists() and not overwrite:
@@ -747,4 +841,7 @@ def weights_add(
 
 
 def main() -> None:
-    app()
+    from classsr_cli.interrupts import terminations_raise
+
+    with terminations_raise():
+        app()

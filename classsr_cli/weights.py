@@ -3,9 +3,14 @@
 A weights file holds a state dict whose keys are the official ClassSR names (`classifier.*`, `net1.*`, ...
 for a ClassSR model; bare names for a single network), so official checkpoints load without renaming.
 Its safetensors metadata says what to build: family, kind (classsr or base) and branch widths.
-`weights/manifest.json` lists the shipped files with their sha256, checked on every load, and how they
-were trained. A .pth file is only ever read with `torch.load(weights_only=True)`: a pickle that would run
-code is refused.
+A folder's `manifest.json` lists its files with their sha256, checked on every load, and how they were
+trained. Two folders are searched, the later winning for the same family and kind:
+- the shipped weights, read-only: `classsr_cli/_weights` inside an installed package (the wheel builds the
+  repository's top-level `weights/` into it), or `weights/` beside the package in a checkout;
+- the user's own, where `classsr weights add` writes: the per-user data folder (platformdirs), e.g.
+  `~/.local/share/classsr/weights` on Linux; CLASSSR_USER_WEIGHTS overrides it.
+CLASSSR_WEIGHTS replaces both with one folder, read and written (tests; maintainers adding shipped weights).
+A .pth file is only ever read with `torch.load(weights_only=True)`: a pickle that would run code is refused.
 """
 
 import hashlib
@@ -25,7 +30,10 @@ from torch import nn
 from classsr_cli.errors import WeightsError
 from classsr_cli.models import ClassSR, create, create_base, get_family
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "_weights"  # an installed wheel
+CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"  # a source checkout or editable install
+WEIGHTS_ENV = "CLASSSR_WEIGHTS"
+USER_WEIGHTS_ENV = "CLASSSR_USER_WEIGHTS"
 MANIFEST_NAME = "manifest.json"
 KINDS = ("classsr", "base")
 
@@ -40,8 +48,42 @@ class Loaded:
 
 
 def weights_dir() -> Path:
-    """Where shipped weights live; CLASSSR_WEIGHTS overrides it (tests, custom installs)."""
-    return Path(os.environ.get("CLASSSR_WEIGHTS", WEIGHTS_DIR))
+    """The shipped weights' folder (read-only): $CLASSSR_WEIGHTS, else the package's, else a checkout's."""
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    if (PACKAGED_WEIGHTS / MANIFEST_NAME).is_file():
+        return PACKAGED_WEIGHTS
+    return CHECKOUT_WEIGHTS
+
+
+def user_weights_dir() -> Path:
+    """Where `weights add` writes (it may not exist yet): $CLASSSR_WEIGHTS, $CLASSSR_USER_WEIGHTS, or the
+    per-user data folder."""
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    if os.environ.get(USER_WEIGHTS_ENV):
+        return Path(os.environ[USER_WEIGHTS_ENV])
+    from platformdirs import user_data_path
+
+    return user_data_path("classsr", appauthor=False) / "weights"
+
+
+def weights_folders() -> list[tuple[str, Path]]:
+    """(origin, folder) in search order: ("shipped", ...), then ("user", ...) unless it is the same folder."""
+    shipped, user = weights_dir(), user_weights_dir()
+    folders = [("shipped", shipped)]
+    if os.path.normcase(os.path.abspath(user)) != os.path.normcase(os.path.abspath(shipped)):
+        folders.append(("user", user))
+    return folders
+
+
+def listed_models() -> list[dict]:
+    """Every manifest entry of every weights folder, in search order, each with its `origin` and `folder`."""
+    return [
+        {**entry, "origin": origin, "folder": str(folder)}
+        for origin, folder in weights_folders()
+        for entry in read_manifest(folder)["models"]
+    ]
 
 
 def sha256_of(path: Path) -> str:
@@ -85,21 +127,25 @@ def _write_json_atomically(path: Path, document: dict) -> None:
 
 
 def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None) -> dict | None:
-    """The manifest entry of the shipped weights of a family and kind (the last listed wins)."""
+    """The manifest entry of the installed weights of a family and kind: the last listed wins, so a user's
+    own weights come before the shipped ones. Only `folder`'s when given. The entry carries its `folder`."""
     family = get_family(family).name
-    matches = [
-        m for m in read_manifest(folder)["models"] if m.get("family") == family and m.get("kind") == kind
-    ]
+    if folder is not None:
+        entries = [{**m, "folder": str(folder)} for m in read_manifest(folder)["models"]]
+    else:
+        entries = listed_models()
+    matches = [m for m in entries if m.get("family") == family and m.get("kind") == kind]
     return matches[-1] if matches else None
 
 
 def shipped_families(kind: str = "classsr") -> list[str]:
-    return sorted({m["family"] for m in read_manifest()["models"] if m.get("kind") == kind})
+    """Families with installed weights of `kind` (shipped or the user's)."""
+    return sorted({m["family"] for m in listed_models() if m.get("kind") == kind})
 
 
 def add_to_manifest(path: Path, provenance: dict | None = None, folder: Path | None = None) -> dict:
-    """List a weights file (which must lie in the weights folder) with its sha256 and provenance."""
-    folder = folder or weights_dir()
+    """List a weights file, which must lie in `folder` (default: the user's), with sha256 and provenance."""
+    folder = folder or user_weights_dir()
     path = Path(path)
     if path.resolve().parent != folder.resolve():
         raise WeightsError(f"{path} is not in the weights folder {folder}")
@@ -269,12 +315,24 @@ def _detect(state: dict, family_hint: str | None) -> tuple[str, str, list[int]]:
 
 
 def _load_official(path: Path, family_hint: str | None) -> Loaded:
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive; older files are a bare pickle (protocol 2 and later start with 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        what = "an empty file" if not head else "neither a zip archive nor a pickle"
+        raise WeightsError(f"{path} is not a PyTorch checkpoint ({what}): pass a .pth saved by torch.save")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols; the outcome is what matters
             warnings.simplefilter("ignore")
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # pickle.UnpicklingError for hostile pickles, others for corrupt files
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        text = str(error)
+        if "weights_only" in text:  # torch's advice to turn the protection off is not ours to give
+            reason = "it is not a plain state dict of tensors, the only content read (weights_only=True)"
+        elif isinstance(error, EOFError) or "zip archive" in text:
+            reason = "the file is truncated or corrupt"
+        else:
+            reason = text.splitlines()[0] if text else type(error).__name__
         raise WeightsError(f"refused to load {path}: {reason}") from None
     state = _unwrap_checkpoint(obj)
     family, kind, widths = _detect(state, family_hint)
@@ -294,11 +352,12 @@ def load_weights(source: str | Path, kind: str | None = None, family: str | None
         entry = shipped_entry(name, kind)
         if entry is None:
             raise WeightsError(f"no shipped {kind} weights for {name}: train them or pass --weights FILE")
-        path = weights_dir() / entry["file"]
+        path = Path(entry["folder"]) / entry["file"]
         if not path.exists():
-            raise WeightsError(f"shipped weights {path} are missing from the installation")
+            raise WeightsError(f"weights {path}, listed in its folder's manifest, are missing")
         if sha256_of(path) != entry.get("sha256"):
             raise WeightsError(f"{path} does not match its sha256 in the manifest: corrupt or altered")
+        entry = {key: value for key, value in entry.items() if key not in ("folder", "origin")}
         loaded = _load_safetensors(path, entry)
     else:
         path = Path(text)

@@ -1,10 +1,13 @@
 """`classsr upscale` end to end on tiny images: outputs, metadata, routing options and bad input."""
 
 import json
+import os
+import struct
 
 import numpy as np
 import pytest
 import pyvips
+import tifffile
 import torch
 from typer.testing import CliRunner
 
@@ -220,3 +223,173 @@ def test_existing_output_and_input_are_protected(weights, tmp_path):
         upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--overwrite").exit_code == 0
     )
     assert only_files(tmp_path) == ["in.png", "out.png"]
+
+
+# -- planning a run: no file is ever lost ---------------------------------------------------------------
+
+
+def image_folder(folder, *names):
+    folder.mkdir(exist_ok=True)
+    for index, name in enumerate(names):
+        source = folder / name
+        if name.endswith(".gif"):
+            pyvips.Image.new_from_array((photo(30, 30, seed=index) * 255).astype(np.uint8)).copy(
+                interpretation="srgb"
+            ).gifsave(str(source))
+        else:
+            write_image(source, photo(30, 30, seed=index))
+    return folder
+
+
+def test_outputs_that_would_collide_are_refused_naming_both_before_any_work(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "photo.png", "photo.gif")
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    for args in ([tmp_path / "out"], [tmp_path / "out", "--overwrite"]):
+        line = one_line_error(upscale(inputs, *args, "--weights", weights))
+        assert "photo.gif" in line and "photo.png" in line and "both" in line
+        assert not (tmp_path / "out").exists()  # not even the folder: nothing is written
+    # output folder = input folder, --overwrite: the input photo.png would be replaced
+    line = one_line_error(upscale(inputs, inputs, "--weights", weights, "--overwrite"))
+    assert "would overwrite the input" in line
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before
+
+
+def test_an_output_that_is_an_input_by_another_name_is_refused(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "a.png")
+    before = (inputs / "a.png").read_bytes()
+    (tmp_path / "out").mkdir()
+    os.link(inputs / "a.png", tmp_path / "out" / "a.png")  # a hard link: the same file
+    line = one_line_error(upscale(inputs, tmp_path / "out", "--weights", weights, "--overwrite"))
+    assert "would overwrite the input" in line
+    one_line_error(upscale(inputs / "a.png", tmp_path / "in" / ".." / "in" / "A.png", "--weights", weights))
+    assert (inputs / "a.png").read_bytes() == before
+
+
+def test_class_maps_of_inputs_sharing_a_stem_get_distinct_names(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "photo.jpg", "photo.png", "other.png")
+    maps = tmp_path / "maps"
+    result = upscale(inputs, tmp_path / "out", "--weights", weights, "--class-map", maps, "--json")
+    assert result.exit_code == 0, result.output
+    assert only_files(tmp_path / "maps") == [
+        "other.classes.png",
+        "photo.jpg.classes.png",
+        "photo.png.classes.png",
+    ]
+    assert "note: photo.jpg: class map photo.jpg.classes.png" in result.stderr
+    assert only_files(tmp_path / "out") == ["other.png", "photo.jpg", "photo.png"]
+
+
+def test_a_folder_of_one_image_makes_its_output_folder_and_dot_files_are_skipped(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "only.png")
+    (inputs / "._only.png").write_bytes(b"\x00\x05\x16\x07AppleDouble")  # macOS resource fork
+    (inputs / ".hidden.png").write_bytes(b"not an image")
+    result = upscale(inputs, tmp_path / "new" / "out", "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["input"] for r in json.loads(result.stdout)] == [str(inputs / "only.png")]
+    assert only_files(tmp_path / "new" / "out") == ["only.png"]
+
+
+def test_json_errors_are_json_for_one_file_as_for_a_folder(weights, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bad.png").write_text("not an image")
+    folder = upscale(tmp_path / "in", tmp_path / "out", "--weights", weights, "--json")
+    single = upscale(tmp_path / "in" / "bad.png", tmp_path / "out.png", "--weights", weights, "--json")
+    for result in (folder, single):
+        assert result.exit_code == 2
+    assert json.loads(folder.stdout) == [json.loads(single.stdout)]
+    assert set(json.loads(single.stdout)) == {"input", "error"}
+    refused = upscale(tmp_path / "missing.png", tmp_path / "out.png", "--weights", weights, "--json")
+    assert refused.exit_code == 2 and "input not found" in json.loads(refused.stdout)["error"]
+
+
+def test_help_reads_cleanly():
+    for command in (
+        ["--help"],
+        ["upscale", "--help"],
+        ["train", "assemble", "--help"],
+        ["weights", "add", "--help"],
+    ):
+        text = runner.invoke(app, command, terminal_width=120).output
+        assert "<bool>" not in text and "{" not in text, text
+    assert "upscale [OPTIONS] INPUT OUTPUT" in runner.invoke(app, ["upscale", "--help"]).output
+
+
+def test_messages_say_what_to_do_in_the_options_own_terms(weights, tmp_path):
+    write_image(tmp_path / "in.png", photo(20, 30))
+    line = one_line_error(
+        upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--max-pixels", "100")
+    )
+    assert "600 pixels, over the limit of 100 pixels" in line and "--max-pixels" in line
+    (tmp_path / "notes.pth").write_text("these are not weights\n")
+    line = one_line_error(
+        upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", tmp_path / "notes.pth")
+    )
+    assert "not a PyTorch checkpoint" in line and "weights_only" not in line
+    result = upscale(
+        tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--class-map", tmp_path / "m.png"
+    )
+    assert result.exit_code == 0 and "green: simple, branch 1" in " ".join(result.output.split())
+
+
+def test_only_the_first_page_or_frame_is_upscaled_and_that_is_said(weights, tmp_path):
+    frames = (np.stack([photo(24, 24, seed=i) for i in range(3)]) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "pages.tif", frames, photometric="rgb")  # three pages
+    animation = pyvips.Image.arrayjoin([pyvips.Image.new_from_array(f) for f in frames], across=1)
+    animation = animation.copy(interpretation="srgb")
+    animation.set_type(pyvips.GValue.gint_type, "page-height", 24)
+    animation.gifsave(str(tmp_path / "frames.gif"))
+    for name, word in (("pages.tif", "pages"), ("frames.gif", "frames")):
+        result = upscale(tmp_path / name, tmp_path / f"{name}.png", "--weights", weights, "--json")
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.stdout)
+        assert report["pages"] == 3 and report["out_height"] == 96
+        assert f"holds 3 {word}: only the first was upscaled" in result.stderr
+    single = json.loads(
+        upscale(tmp_path / "pages.tif.png", tmp_path / "x.png", "--weights", weights, "--json").stdout
+    )
+    assert "pages" not in single
+
+
+def camera_exif(orientation: int, width: int, height: int, dpi: int) -> bytes:
+    """EXIF as a camera writes it: IFD0 (orientation, resolution, Exif IFD), Exif IFD (pixel size), IFD1."""
+    ifd0 = struct.pack("<H", 5)
+    ifd0 += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0)
+    ifd0 += struct.pack("<HHII", 0x011A, 5, 1, 74) + struct.pack("<HHII", 0x011B, 5, 1, 82)
+    ifd0 += struct.pack("<HHIHH", 0x0128, 3, 1, 2, 0) + struct.pack("<HHII", 0x8769, 4, 1, 90)
+    ifd0 += struct.pack("<I", 120)  # next: IFD1 (the thumbnail's)
+    resolution = struct.pack("<II", dpi, 1) * 2
+    exif_ifd = struct.pack("<H", 2) + struct.pack("<HHII", 0xA002, 4, 1, width)
+    exif_ifd += struct.pack("<HHII", 0xA003, 4, 1, height) + struct.pack("<I", 0)
+    ifd1 = struct.pack("<H", 3) + struct.pack("<HHIHH", 0x0103, 3, 1, 6, 0)  # a JPEG thumbnail at 162
+    ifd1 += (
+        struct.pack("<HHII", 0x0201, 4, 1, 162) + struct.pack("<HHII", 0x0202, 4, 1, 4) + struct.pack("<I", 0)
+    )
+    thumbnail = b"\xff\xd8\xff\xd9"
+    return b"Exif\x00\x00II*\x00" + struct.pack("<I", 8) + ifd0 + resolution + exif_ifd + ifd1 + thumbnail
+
+
+def test_written_exif_describes_the_written_pixels(weights, tmp_path):
+    image = pyvips.Image.new_from_array((photo(40, 60) * 255).astype(np.uint8)).copy(interpretation="srgb")
+    image.set_type(pyvips.GValue.blob_type, "exif-data", camera_exif(6, 60, 40, 300))
+    image.jpegsave(str(tmp_path / "camera.jpg"), Q=95)
+    source = pyvips.Image.new_from_file(str(tmp_path / "camera.jpg"))
+    assert source.get("exif-ifd2-PixelXDimension").startswith("60 ") and source.get_typeof(
+        "exif-ifd1-Compression"
+    )
+    for suffix in (".jpg", ".png", ".webp"):
+        result = upscale(tmp_path / "camera.jpg", tmp_path / f"out{suffix}", "--weights", weights)
+        assert result.exit_code == 0, result.output
+        out = pyvips.Image.new_from_file(str(tmp_path / f"out{suffix}"))
+        assert (out.width, out.height) == (160, 240)  # upright: orientation 6 applied
+        fields = {
+            name: str(out.get(name)).split(" ")[0] for name in out.get_fields() if name.startswith("exif-")
+        }
+        assert fields["exif-ifd0-Orientation"] == "1"
+        assert (fields["exif-ifd2-PixelXDimension"], fields["exif-ifd2-PixelYDimension"]) == ("160", "240")
+        assert (
+            fields["exif-ifd0-XResolution"] in ("72000/1000", "72/1")
+            and fields["exif-ifd0-ResolutionUnit"] == "2"
+        )
+        if suffix != ".webp":  # WebP has no resolution of its own beside EXIF
+            assert round(out.xres * 25.4) == 72, suffix  # what the file's own header says
+        assert not [name for name in fields if name.startswith("exif-ifd1-")], fields  # no stale thumbnail

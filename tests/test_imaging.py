@@ -21,6 +21,7 @@ from classsr_cli.imaging import (
     read_image,
     write_image,
 )
+from classsr_cli.imaging import writer as writer_module
 from classsr_cli.imaging.metadata import exif_orientation, upright_exif, upright_xmp
 
 RNG = np.random.default_rng(1234)
@@ -74,6 +75,15 @@ def builtin_profile(name: str) -> bytes:
 
 def files_in(folder: Path) -> set[str]:
     return {entry.name for entry in folder.iterdir()}
+
+
+@pytest.fixture(params=["unnamed", "named"])
+def temp_files(request, monkeypatch):
+    """Both ways the writer keeps files under construction: unnamed (Linux) and hidden named ones."""
+    if request.param == "unnamed" and not writer_module.UNNAMED_TEMP_FILES:
+        pytest.skip("unnamed temporary files (O_TMPFILE) exist on Linux only")
+    monkeypatch.setattr(writer_module, "UNNAMED_TEMP_FILES", request.param == "unnamed")
+    return request.param
 
 
 # -- round trips ---------------------------------------------------------------------------------------------
@@ -446,7 +456,7 @@ def test_unknown_extension_is_refused_before_anything_is_written(tmp_path):
     assert files_in(tmp_path) == set()
 
 
-def test_existing_output_is_replaced_only_with_overwrite(tmp_path):
+def test_existing_output_is_replaced_only_with_overwrite(tmp_path, temp_files):
     target = tmp_path / "out.png"
     write_image(target, np.zeros((4, 4, 3), np.float32))
     before = target.read_bytes()
@@ -494,7 +504,7 @@ def test_format_size_limits_are_checked_up_front(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".jpg"])
 @pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
-def test_an_exception_inside_the_writer_leaves_no_file(tmp_path, suffix, failure):
+def test_an_exception_inside_the_writer_leaves_no_file(tmp_path, suffix, failure, temp_files):
     keep = tmp_path / "keep.txt"
     keep.write_text("x")
     target = tmp_path / f"out{suffix}"
@@ -514,7 +524,35 @@ def test_an_exception_inside_the_writer_leaves_no_file(tmp_path, suffix, failure
     assert files_in(tmp_path) == {"keep.txt"}
 
 
-def test_wrong_strips_are_programming_errors_and_leave_no_file(tmp_path):
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_files_under_construction_are_unnamed_or_hidden(tmp_path, suffix, temp_files):
+    target = tmp_path / f"out{suffix}"
+    seen = []
+
+    def strips():
+        yield np.zeros((10, WIDTH, 3), np.float32)
+        seen.append(files_in(tmp_path))  # the first rows are in the file now
+        yield np.ones((HEIGHT - 10, WIDTH, 3), np.float32)
+
+    with ImageWriter(target, WIDTH, HEIGHT) as writer:
+        writer.write(strips())
+        seen.append(files_in(tmp_path))  # finished, not yet published
+    if temp_files == "unnamed":  # nothing a killed process could leave behind
+        assert seen == [set(), set()]
+    else:
+        assert all(len(names) == 1 and next(iter(names)).startswith(".out") for names in seen), seen
+    assert files_in(tmp_path) == {target.name}
+    assert read_image(target)[-1].min() == 1.0
+    assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_wrong_strips_are_programming_errors_and_leave_no_file(tmp_path, temp_files):
     target = tmp_path / "out.png"
     with pytest.raises(ValueError, match="delivered 10 of"), ImageWriter(target, WIDTH, HEIGHT) as writer:
         writer.write([np.zeros((10, WIDTH, 3), np.float32)])

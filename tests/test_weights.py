@@ -149,3 +149,30 @@ def test_weights_add_and_list_commands(tmp_path, monkeypatch):
     listed = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
     assert [m["file"] for m in listed["models"]] == ["classsr-fsrcnn.safetensors"]
     assert runner.invoke(app, args).exit_code == 2  # exists: needs --overwrite
+
+
+def test_added_weights_go_to_the_user_folder_and_come_before_the_shipped(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from classsr_cli.cli import app
+    from classsr_cli.weights import read_manifest, weights_dir
+
+    monkeypatch.delenv("CLASSSR_WEIGHTS", raising=False)
+    monkeypatch.setenv("CLASSSR_USER_WEIGHTS", str(tmp_path / "user"))
+    shipped = sorted(p.name for p in weights_dir().iterdir())
+    shipped_manifest = read_manifest()
+    trained = save_model(create("fsrcnn", widths=[4, 8, 12]), tmp_path / "final.safetensors", "fsrcnn")
+    runner = CliRunner()
+    result = runner.invoke(app, ["weights", "add", str(trained), "--name", "classsr-fsrcnn.safetensors"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "user").iterdir()) == [
+        "classsr-fsrcnn.safetensors",
+        "manifest.json",
+    ]
+    assert sorted(p.name for p in weights_dir().iterdir()) == shipped and read_manifest() == shipped_manifest
+    loaded = load_weights("fsrcnn")  # the user's, listed after the shipped one of the same family and kind
+    assert loaded.source.parent == tmp_path / "user" and loaded.model.widths == [4, 8, 12]
+    listed = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
+    assert listed["folders"] == {"shipped": str(weights_dir()), "user": str(tmp_path / "user")}
+    assert [m["origin"] for m in listed["models"]][-1] == "user"
+    assert "shipped (read-only)" in runner.invoke(app, ["weights", "list"]).stderr

@@ -9,13 +9,11 @@ import numpy as np
 
 from classsr_cli.engine.tiling import padded_size, tile_starts
 from classsr_cli.engine.upscaler import Layout, Upscaler
-from classsr_cli.errors import InputError, OutputError
+from classsr_cli.errors import OutputError
 from classsr_cli.imaging import DEFAULT_MAX_PIXELS, ImageWriter, open_image, output_format
 
 # How many LR rows are read at a time: small enough to keep memory flat, large enough to amortise decoding.
 READ_ROWS = 128
-INPUT_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".avif", ".gif"}
-WRITABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -32,6 +30,15 @@ class ImageReport:
     seconds: float
     device: str
     class_map: str | None = None
+    pages: int = 1  # pages or frames in the input; only the first was upscaled
+    page_word: str = "page"
+
+    @property
+    def partial_input(self) -> str | None:
+        """A note when the input held more than the first page or frame, which alone was upscaled."""
+        if self.pages <= 1:
+            return None
+        return f"{self.input} holds {self.pages} {self.page_word}s: only the first was upscaled"
 
     def as_json(self) -> dict:
         document = {
@@ -49,6 +56,9 @@ class ImageReport:
         }
         if self.class_map:
             document["class_map"] = self.class_map
+        if self.pages > 1:
+            document["pages"] = self.pages
+            document["note"] = self.partial_input
         return document
 
 
@@ -136,6 +146,8 @@ def upscale_file(
         seconds=time.perf_counter() - started,
         device=str(engine.device),
         class_map=written_map,
+        pages=info.pages,
+        page_word=info.page_word,
     )
 
 
@@ -150,17 +162,3 @@ def _check_free(path: Path, overwrite: bool, protect: list[Path]) -> None:
         raise OutputError(f"{path} already exists: pass --overwrite to replace it")
     if not path.parent.is_dir():
         raise OutputError(f"output folder {path.parent} does not exist")
-
-
-def folder_jobs(source: Path, target: Path) -> list[tuple[Path, Path]]:
-    """(input, output) pairs for every image in a folder; outputs keep the name and, if writable, the type."""
-    if target.exists() and not target.is_dir():
-        raise OutputError(f"{target} is a file, but the input is a folder: give an output folder")
-    images = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES)
-    if not images:
-        raise InputError(f"no images found in {source} (looked for {', '.join(sorted(INPUT_SUFFIXES))})")
-    jobs = []
-    for image in images:
-        suffix = image.suffix if image.suffix.lower() in WRITABLE_SUFFIXES else ".png"
-        jobs.append((image, target / f"{image.stem}{suffix}"))
-    return jobs

@@ -53,6 +53,65 @@ def upright_exif(exif: bytes | None) -> bytes | None:
     return bytes(data)
 
 
+_IMAGE_WIDTH, _IMAGE_LENGTH = 0x0100, 0x0101
+_X_RESOLUTION, _Y_RESOLUTION, _RESOLUTION_UNIT = 0x011A, 0x011B, 0x0128
+_EXIF_IFD = 0x8769
+_PIXEL_X_DIMENSION, _PIXEL_Y_DIMENSION = 0xA002, 0xA003
+_LONG, _RATIONAL = 4, 5
+_INCH = 2
+
+
+def picture_exif(exif: bytes | None, width: int, height: int, dpi: float) -> bytes | None:
+    """`exif` made true to the picture it goes out with, or None when it is empty or malformed.
+
+    Orientation 1 (the pixels are upright); the pixel size, wherever EXIF states it (IFD0's ImageWidth and
+    ImageLength, the Exif IFD's PixelXDimension and PixelYDimension), set to `width` x `height`; the
+    resolution set to `dpi` dots per inch, as the file's own header says; and no IFD1, whose thumbnail shows
+    the input at its old size and, for a rotated input, turned the other way. Other tags (camera, time,
+    exposure) describe the shot, not the pixels, and are kept.
+    """
+    data = upright_exif(exif)
+    if data is None:
+        return None
+    data = bytearray(data)
+    base = len(EXIF_PREFIX) if data.startswith(EXIF_PREFIX) else 0
+    endian = "<" if data[base : base + 2] == b"II" else ">"
+    sizes = {
+        _IMAGE_WIDTH: width,
+        _IMAGE_LENGTH: height,
+        _PIXEL_X_DIMENSION: width,
+        _PIXEL_Y_DIMENSION: height,
+    }
+
+    def rewrite(ifd: int) -> tuple[int | None, int]:
+        """Rewrite one IFD's entries in place; (the Exif IFD's offset if listed, where the entries end)."""
+        (count,) = struct.unpack_from(endian + "H", data, base + ifd)
+        exif_ifd = None
+        for index in range(count):
+            entry = base + ifd + 2 + 12 * index
+            tag, value_type, items, value = struct.unpack_from(endian + "HHII", data, entry)
+            if tag in sizes and items == 1 and value_type in (_SHORT, _LONG):
+                # a SHORT holds at most 65535: always store the size as a LONG
+                struct.pack_into(endian + "HHII", data, entry, tag, _LONG, 1, sizes[tag])
+            elif tag in (_X_RESOLUTION, _Y_RESOLUTION) and value_type == _RATIONAL and items == 1:
+                struct.pack_into(endian + "II", data, base + value, round(dpi * 1000), 1000)
+            elif tag == _RESOLUTION_UNIT and value_type == _SHORT and items == 1:
+                struct.pack_into(endian + "HH", data, entry + 8, _INCH, 0)
+            elif tag == _EXIF_IFD:
+                exif_ifd = value
+        return exif_ifd, base + ifd + 2 + 12 * count
+
+    try:
+        (ifd0,) = struct.unpack_from(endian + "I", data, base + 4)
+        exif_ifd, ifd0_end = rewrite(ifd0)
+        if exif_ifd is not None:
+            rewrite(exif_ifd)
+        struct.pack_into(endian + "I", data, ifd0_end, 0)  # IFD0 links to no IFD1: no thumbnail
+    except struct.error:
+        return None  # offsets outside the block: we cannot vouch for what it says
+    return bytes(data)
+
+
 def exif_orientation(exif: bytes | None) -> int | None:
     """The IFD0 orientation stored in an EXIF block (1..8), or None if absent or unreadable."""
     if not exif:

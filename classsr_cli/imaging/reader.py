@@ -13,14 +13,15 @@ Decisions (see also the package docstring):
   arrive from libvips already expanded to RGB(A). Grey and grey+alpha stay grey.
 - 8-bit samples give bit_depth 8, 16-bit give 16. Float and 32-bit integer samples are refused: their scale
   (linear light? 0..1? 0..65535?) is not recorded in the file; a guess would silently give a wrong picture.
-- Only the first page or frame of multi-page TIFF, GIF, WebP or HEIF files is read.
+- Only the first page or frame of multi-page TIFF, GIF, WebP or HEIF files is read; `ImageInfo.pages` says how
+  many there are, so that callers can say so.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,12 @@ class ImageInfo:
     icc: bytes | None = field(default=None, repr=False)  # only a profile fitting the channels (GRAY or RGB)
     exif: bytes | None = field(default=None, repr=False)  # orientation reset to 1: the pixels are upright
     xmp: bytes | None = field(default=None, repr=False)
+    pages: int = 1  # pages (TIFF), frames (GIF, WebP) or images (HEIF) in the file; only the first is read
+
+    @property
+    def page_word(self) -> str:
+        """What a page of this format is called: "page" (TIFF), "frame" (GIF, WebP) or "image"."""
+        return {"tiff": "page", "gif": "frame", "webp": "frame"}.get(self.format, "image")
 
     @property
     def channels(self) -> int:
@@ -108,6 +115,11 @@ def vips_error_detail(error: pyvips.Error, fallback: str = "invalid or corrupt d
     lines = [line.strip() for line in f"{error.message}\n{error.detail or ''}".splitlines()]
     useful = [line for line in lines if line and not line.startswith(_GENERIC_VIPS_LINES)]
     return useful[-1] if useful else fallback
+
+
+def _count(pixels: int) -> str:
+    """`1,234 pixels`, with megapixels added where they say more."""
+    return f"{pixels:,} pixels" + (f" ({pixels / 1e6:.1f} megapixels)" if pixels >= 1_000_000 else "")
 
 
 def _check_readable_file(path: Path) -> None:
@@ -176,7 +188,8 @@ class ImageReader:
         self._check_size(header.width, header.height)
         self._access = "sequential" if _orientation(header) == 1 else "random"
         image = self._pipeline(header if self._access == "sequential" else None)
-        self.info = self._describe(image)
+        pages = header.get("n-pages") if header.get_typeof("n-pages") != 0 else 1
+        self.info = replace(self._describe(image), pages=max(1, int(pages)))
         # The pipeline built here serves the first read; later reads start from the file again.
         self._pending: pyvips.Image | None = image
 
@@ -187,8 +200,9 @@ class ImageReader:
             raise InputError(f"{self.path}: image has no pixels ({width}x{height})")
         if self.max_pixels is not None and width * height > self.max_pixels:
             raise InputError(
-                f"{self.path}: {width}x{height} is {width * height / 1e6:.1f} megapixels, over the limit of "
-                f"{self.max_pixels / 1e6:.1f} megapixels (raise max_pixels if the file is trusted)"
+                f"{self.path}: {width}x{height} is {_count(width * height)}, over the limit of "
+                f"{_count(self.max_pixels)}; if the file is trusted, raise the limit with --max-pixels "
+                "(a number of pixels)"
             )
 
     def _pipeline(self, loaded: pyvips.Image | None = None) -> pyvips.Image:

@@ -9,8 +9,14 @@ How a file is made (memory stays bounded by one TIFF strip, whatever the image h
    For PNG, JPEG and WebP output the TIFF is uncompressed (it is read once and deleted) and libvips converts
    it sequentially into the target format. WebP is the exception to flat memory: libwebp encodes a whole
    picture at once, which its 16383-pixel side limit bounds to about 1 GiB.
-3. On success the finished file is renamed onto the output path (atomic within a folder). On any exception,
+3. On success the finished file is given the output name (atomic within a folder). On any exception,
    KeyboardInterrupt included, every temporary file is removed and nothing appears at the output path.
+
+Files under construction (step 1 and 2) are unnamed where the system allows (Linux: O_TMPFILE, linked into
+place through /proc/self/fd at the end): if the process dies before, even by SIGKILL, the kernel frees them
+and the folder holds no partial file. Elsewhere they have hidden names (`.NAME.XXXXXXXX.classsr-part.EXT`)
+and are removed on any exception; the CLI turns SIGTERM and SIGHUP into one, so only a SIGKILL (or a power
+cut) can leave such a file there.
 
 Metadata: the ICC profile (when it fits the channels), EXIF (orientation forced to 1, since pixels are written
 as given) and XMP go into PNG, JPEG and WebP. TIFF output carries ICC and XMP; EXIF is not written to TIFF,
@@ -19,8 +25,10 @@ where it needs its own sub-IFD that neither tifffile nor libvips writes.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
+import sys
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,7 +39,7 @@ import pyvips
 import tifffile
 
 from classsr_cli.errors import OutputError
-from classsr_cli.imaging.metadata import EXIF_PREFIX, icc_fits, upright_exif, upright_xmp
+from classsr_cli.imaging.metadata import EXIF_PREFIX, icc_fits, picture_exif, upright_xmp
 from classsr_cli.imaging.reader import vips_error_detail
 
 _FORMAT_BY_SUFFIX = {
@@ -55,6 +63,102 @@ _BIGTIFF_BYTES = 2**31  # classic TIFF offsets are 32-bit; many readers already 
 _TIFF_XMP_TAG = 700
 _TIFF_BYTE = 1
 _JPEG_MAX_EXIF = 65533 - len(EXIF_PREFIX)  # one APP1 segment
+# Unnamed files under construction where the system has them (see the module docstring); tests turn it off to
+# exercise the named fallback.
+UNNAMED_TEMP_FILES = sys.platform.startswith("linux") and hasattr(os, "O_TMPFILE")
+_PROC_FD = Path("/proc/self/fd")
+# errors by which O_TMPFILE says "not here" (old kernels, file systems without it): use a named file instead
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
+
+
+class _Scratch:
+    """A file under construction in the output folder: unnamed (O_TMPFILE) if possible, else hidden.
+
+    `io_path` opens it (for tifffile and libvips); `publish` gives it its final name; `discard` drops it.
+    """
+
+    def __init__(self, target: Path, suffix: str):
+        self.target = target
+        self.fd: int | None = None
+        self.path: Path | None = None  # the hidden name, only for a named file
+        if UNNAMED_TEMP_FILES and _PROC_FD.is_dir():
+            try:
+                # mode 0o666: the umask decides, as for any new file
+                self.fd = os.open(target.parent, os.O_TMPFILE | os.O_RDWR, 0o666)
+                return
+            except OSError as error:
+                if error.errno not in _NO_TMPFILE:
+                    raise
+        self.path = _hidden_name(target, suffix)
+        # O_EXCL: never reuse someone else's file
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+
+    @property
+    def io_path(self) -> str:
+        return os.fspath(self.path) if self.path is not None else f"{_PROC_FD}/{self.fd}"
+
+    def publish(self, overwrite: bool) -> None:
+        """Give the finished file the target's name; without `overwrite`, OutputError if it is taken."""
+        target = self.target
+        if self.path is None:
+            # linkat(AT_SYMLINK_FOLLOW) of the /proc link names the unnamed file; fails if the name is taken
+            name = target if not overwrite else _hidden_name(target, target.suffix)
+            try:
+                _link_following(self.io_path, name)
+            except FileExistsError:
+                raise OutputError(f"{target}: already exists: pass --overwrite to replace it") from None
+            if overwrite:
+                try:
+                    os.replace(name, target)
+                except BaseException:
+                    name.unlink(missing_ok=True)
+                    raise
+            self.discard()
+            return
+        if not overwrite:
+            # A hard link fails if the name was taken meanwhile, where a rename would silently replace it.
+            try:
+                os.link(self.path, target)
+                self.discard()  # removes the hidden name; the file lives on under the target's
+                return
+            except FileExistsError:
+                raise OutputError(f"{target}: already exists: pass --overwrite to replace it") from None
+            except OSError:  # file systems without hard links
+                if target.exists():
+                    raise OutputError(f"{target}: already exists: pass --overwrite to replace it") from None
+        os.replace(self.path, target)
+        self.path = None  # renamed: nothing of ours left to remove
+        self.discard()
+
+    def discard(self) -> None:
+        """Close (an unnamed file then vanishes) and remove a named one; best effort, never raises."""
+        if self.path is not None:
+            try:
+                self.path.unlink()
+            except OSError:
+                pass  # already gone: the original error matters more than a leftover
+            self.path = None
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+def _hidden_name(target: Path, suffix: str) -> Path:
+    # hidden, unique and in the target folder, so that the final rename never crosses file systems
+    return target.with_name(f".{target.name[:100]}.{secrets.token_hex(4)}.classsr-part{suffix}")
+
+
+def _link_following(source: str, target: Path) -> None:
+    """Hard-link `source`, following it if it is a symbolic link (as /proc/self/fd/N is), to `target`."""
+    # CPython calls link(2), which does not follow, unless a dir_fd asks for linkat(2)
+    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(source, target.name, dst_dir_fd=folder, follow_symlinks=True)
+    finally:
+        os.close(folder)
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -135,7 +239,7 @@ class ImageWriter:
         self.icc = icc if icc_fits(icc, self.color_channels) else None
         if self.format == "webp" and self.color_channels == 1:
             self.icc = None  # WebP stores grey as RGB, which a GRAY profile does not describe
-        self.exif = _with_exif_prefix(upright_exif(exif))
+        self.exif = _with_exif_prefix(picture_exif(exif, self.width, self.height, self.dpi))
         self.xmp = upright_xmp(xmp)
 
         max_side = _MAX_SIDE[self.format]
@@ -148,8 +252,8 @@ class ImageWriter:
             protect = [protect]
         self._check_destination([Path(p) for p in protect])
 
-        self._temp_paths: list[Path] = []
-        self._finished: Path | None = None  # temporary file holding the complete result
+        self._scratches: list[_Scratch] = []
+        self._finished: _Scratch | None = None  # the file holding the complete result
         self._write_started = False
         self._source_failed = False
         self._closed = False
@@ -172,34 +276,27 @@ class ImageWriter:
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{self.path}: the folder {parent} is not writable")
 
-    def _reserve_temp(self, suffix: str) -> Path:
-        # Hidden, unique and in the target folder, so the final rename never crosses file systems.
-        name = f".{self.path.name[:100]}.{secrets.token_hex(4)}.classsr-part{suffix}"
-        temp = self.path.with_name(name)
+    def _reserve_temp(self, suffix: str) -> _Scratch:
         try:
-            # O_EXCL: never reuse someone else's file; mode 0o666 lets the umask decide, as for any new file
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            scratch = _Scratch(self.path, suffix)
         except OSError as error:
             raise OutputError(
                 f"{self.path}: cannot create a file in {self.path.parent} ({error.strerror or error})"
             ) from error
-        self._temp_paths.append(temp)
-        return temp
+        self._scratches.append(scratch)
+        return scratch
 
     def _discard(self) -> None:
-        for temp in self._temp_paths:
-            try:
-                temp.unlink()
-            except OSError:
-                pass  # already gone, or best effort: the original error matters more than a leftover
-        self._temp_paths.clear()
+        for scratch in self._scratches:
+            scratch.discard()
+        self._scratches.clear()
         self._finished = None
 
     # -- context manager ----------------------------------------------------------------------------------
 
     def __enter__(self) -> ImageWriter:
         # Reserve the temporary file now: an unwritable folder is reported before any work is done.
-        if not self._temp_paths:
+        if not self._scratches:
             self._reserve_temp(".tif")
         return self
 
@@ -235,7 +332,7 @@ class ImageWriter:
             self.abort()
             raise RuntimeError(f"{self.path}: closed before write() delivered all {self.height} rows")
         try:
-            self._publish(self._finished)
+            self._finished.publish(self.overwrite)
         except OutputError:
             self.abort()
             raise
@@ -245,25 +342,8 @@ class ImageWriter:
         except BaseException:
             self.abort()
             raise
-        self._temp_paths.remove(self._finished)
         self._discard()
         self._closed = True
-
-    def _publish(self, finished: Path) -> None:
-        if self.overwrite:
-            os.replace(finished, self.path)
-            return
-        # A hard link fails if the name was taken meanwhile, where a rename would silently replace it.
-        try:
-            os.link(finished, self.path)
-        except FileExistsError:
-            raise OutputError(f"{self.path}: already exists: pass --overwrite to replace it") from None
-        except OSError:  # file systems without hard links
-            if self.path.exists():
-                raise OutputError(f"{self.path}: already exists: pass --overwrite to replace it") from None
-            os.replace(finished, self.path)
-            return
-        finished.unlink()
 
     # -- writing ------------------------------------------------------------------------------------------
 
@@ -277,16 +357,16 @@ class ImageWriter:
             raise RuntimeError("write() is called once per ImageWriter")
         self._write_started = True
         try:
-            if not self._temp_paths:
+            if not self._scratches:
                 self._reserve_temp(".tif")
-            tiff_path = self._temp_paths[0]
-            self._write_tiff(tiff_path, strips, final=self.format == "tiff")
+            tiff = self._scratches[0]
+            self._write_tiff(tiff, strips, final=self.format == "tiff")
             if self.format == "tiff":
-                self._finished = tiff_path
+                self._finished = tiff
             else:
-                self._finished = self._convert(tiff_path, self._reserve_temp(self.path.suffix.lower()))
-                self._temp_paths.remove(tiff_path)
-                tiff_path.unlink()
+                self._finished = self._convert(tiff, self._reserve_temp(self.path.suffix.lower()))
+                self._scratches.remove(tiff)
+                tiff.discard()
         except OSError as error:
             self.abort()
             if self._source_failed:
@@ -362,7 +442,7 @@ class ImageWriter:
         differences[:, 1:] -= samples[:, :-1]
         return zlib.compress(differences, TIFF_DEFLATE_LEVEL)
 
-    def _write_tiff(self, path: Path, strips: Iterable[np.ndarray], final: bool) -> None:
+    def _write_tiff(self, scratch: _Scratch, strips: Iterable[np.ndarray], final: bool) -> None:
         dtype = np.dtype("<u1") if self.bit_depth == 8 else np.dtype("<u2")
         row_bytes = self.width * self.channels * dtype.itemsize
         rows_per_strip = max(1, min(self.height, _STRIP_BYTES // row_bytes))
@@ -371,9 +451,12 @@ class ImageWriter:
         extratags = []
         if final and self.xmp:
             extratags.append((_TIFF_XMP_TAG, _TIFF_BYTE, len(self.xmp), self.xmp, True))
-        with tifffile.TiffWriter(
-            path, bigtiff=self.height * row_bytes > _BIGTIFF_BYTES, byteorder="<"
-        ) as tiff:
+        # a file object: tifffile would resolve a /proc/self/fd path to a new file of its own
+        bigtiff = self.height * row_bytes > _BIGTIFF_BYTES
+        with (
+            open(scratch.io_path, "r+b") as handle,
+            tifffile.TiffWriter(handle, bigtiff=bigtiff, byteorder="<") as tiff,
+        ):
             tiff.write(
                 self._encoded_strips(strips, dtype, rows_per_strip, compress=final),
                 shape=shape,
@@ -392,12 +475,10 @@ class ImageWriter:
                 metadata=None,  # no tifffile JSON description
             )
 
-    def _convert(self, tiff_path: Path, target: Path) -> Path:
-        """Stream the intermediate TIFF into PNG, JPEG or WebP at `target` with libvips."""
+    def _convert(self, tiff: _Scratch, target: _Scratch) -> _Scratch:
+        """Stream the intermediate TIFF into PNG, JPEG or WebP in `target` with libvips."""
         try:
-            image = pyvips.Image.tiffload(
-                os.fspath(tiff_path), access="sequential", fail_on="error", revalidate=True
-            )
+            image = pyvips.Image.tiffload(tiff.io_path, access="sequential", fail_on="error", revalidate=True)
             if self.format == "jpeg" and self.has_alpha:
                 image = image.flatten(background=[255] * self.color_channels).cast("uchar")
             pixels_per_mm = self.dpi / 25.4
@@ -411,13 +492,15 @@ class ImageWriter:
             for name, blob in (("icc-profile-data", self.icc), ("exif-data", exif), ("xmp-data", self.xmp)):
                 if blob:
                     image.set_type(pyvips.GValue.blob_type, name, blob)
-            destination = os.fspath(target)
             if self.format == "png":
-                image.pngsave(destination, compression=PNG_COMPRESSION, filter="all")
-            elif self.format == "jpeg":
-                image.jpegsave(destination, Q=self.quality)
+                options = {"compression": PNG_COMPRESSION, "filter": "all"}
             else:
-                image.webpsave(destination, Q=self.quality)
+                options = {"Q": self.quality}
+            if target.path is None:  # unnamed: libvips writes through the descriptor
+                destination = pyvips.Target.new_to_descriptor(target.fd)
+                pyvips.Operation.call(f"{self.format}save_target", image, destination, **options)
+            else:
+                pyvips.Operation.call(f"{self.format}save", image, target.io_path, **options)
         except pyvips.Error as error:
             raise OutputError(
                 f"{self.path}: cannot write {self.format} ({vips_error_detail(error, 'libvips failed')})"

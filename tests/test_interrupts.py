@@ -1,0 +1,122 @@
+"""Every way a run can be stopped mid-write leaves no partial file: real processes, real signals.
+
+Each case runs `python -m classsr_cli upscale` (through a wrapper that pauses the engine once the writer holds
+the first rows), sends a signal, and checks the exit status and that the output folder is empty. The cases run
+side by side, so that the suite pays for about one process start-up, not four.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from classsr_cli.imaging import write_image
+from classsr_cli.imaging import writer as writer_module
+from classsr_cli.models import create
+from classsr_cli.weights import save_model
+
+# Pauses the engine after its first strip, when the writer's file under construction exists and holds rows,
+# then runs the CLI as `python -m classsr_cli` does. Signal dispositions are reset to the defaults: a test
+# runner started in the background (or under nohup) passes SIGINT or SIGHUP on ignored.
+WRAPPER = r"""
+import runpy, signal, sys, time
+from pathlib import Path
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+for name in ("SIGTERM", "SIGHUP"):
+    signal.signal(getattr(signal, name), signal.SIG_DFL)
+
+from classsr_cli.engine.upscaler import Upscaler
+from classsr_cli.imaging import writer
+
+writer.UNNAMED_TEMP_FILES = sys.argv.pop(1) == "unnamed"
+ready = Path(sys.argv.pop(1))
+stream = Upscaler.stream
+
+def paused(self, *args, **kwargs):
+    for index, strip in enumerate(stream(self, *args, **kwargs)):
+        yield strip
+        if index == 0:
+            ready.write_text("writing")
+            time.sleep(120)
+
+Upscaler.stream = paused
+sys.argv[0] = "classsr"
+runpy.run_module("classsr_cli", run_name="__main__")
+"""
+
+# (signal name, temporary files, how it is sent, expected exit status)
+CASES = [
+    ("SIGINT", "named", "process", 130),  # Ctrl-C
+    ("SIGTERM", "named", "process", 128 + 15),
+    ("SIGHUP", "named", "process", 128 + 1),  # the terminal was closed
+    ("SIGKILL", "unnamed", "group", -9),  # nothing runs in-process: the unnamed file must vanish by itself
+]
+IDS = [f"{name}-{temp}" for name, temp, _, _ in CASES]
+UNNAMED_AVAILABLE = writer_module.UNNAMED_TEMP_FILES
+
+
+@pytest.fixture(scope="module")
+def stopped_runs(tmp_path_factory):
+    """Start every case at once, signal each once it is writing; {case id: (folder, exit status, stderr)}."""
+    root = tmp_path_factory.mktemp("interrupts")
+    torch.manual_seed(0)
+    weights = save_model(create("fsrcnn", widths=[4, 8, 12]), root / "tiny.safetensors", "fsrcnn")
+    image = root / "in.png"
+    write_image(image, np.random.default_rng(0).random((100, 40, 3)).astype(np.float32))
+    repo = Path(__file__).resolve().parent.parent
+    # the package under test, also where it is not installed (a checkout's tests)
+    paths = [str(repo), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    running = {}
+    for (_, temp, _, _), case in zip(CASES, IDS, strict=True):
+        if temp == "unnamed" and not UNNAMED_AVAILABLE:
+            continue
+        folder = root / case
+        folder.mkdir()
+        ready = root / f"{case}.ready"
+        command = [sys.executable, "-c", WRAPPER, temp, str(ready), "upscale", str(image)]
+        command += [str(folder / "out.png"), "--weights", str(weights), "--batch-size", "1"]
+        process = subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        )
+        running[case] = (process, ready, folder)
+    results = {}
+    deadline = time.monotonic() + 120
+    for (name, _, target, _), case in zip(CASES, IDS, strict=True):
+        if case not in running:
+            continue
+        process, ready, folder = running[case]
+        while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process.poll() is None and ready.exists():
+            signum = getattr(signal, name)
+            if target == "group":
+                os.killpg(process.pid, signum)
+            else:
+                process.send_signal(signum)
+        else:
+            process.kill()
+        _, stderr = process.communicate(timeout=60)
+        results[case] = (folder, process.returncode, stderr.decode(errors="replace"), ready.exists())
+    return results
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_a_stopped_run_leaves_no_partial_file(stopped_runs, case):
+    name, temp, _, expected_status = case
+    if temp == "unnamed" and not UNNAMED_AVAILABLE:
+        pytest.skip("unnamed temporary files (O_TMPFILE) exist on Linux only")
+    folder, status, stderr, was_writing = stopped_runs[f"{name}-{temp}"]
+    assert was_writing, f"the run never reached the writer: {stderr}"
+    assert status == expected_status, stderr
+    assert sorted(p.name for p in folder.iterdir()) == []
+    if name != "SIGKILL":
+        assert stderr.strip().splitlines()[-1].startswith("error: "), stderr
+        assert "Traceback" not in stderr
