@@ -8,13 +8,14 @@
 The job, inside --seconds of wall time:
 1. CUDA checks: `pytest -m cuda tests/test_cuda.py` (they skip without a GPU).
 2. Training: the photos (--photos) are decoded once and held on the device as the paper's pyramid (scales
-   1.0 to 0.6, MATLAB-compatible bicubic LR made there, `classsr_cli.train.device_data`); the photo with
-   the most pixels is held out. Every network of the families at the paper's branch widths is trained on
-   all the other photos with the project's stage-1 recipe (L1, Adam, cosine learning rate to 1e-7, flips and
-   rotations), bf16 autocast and channels-last on a GPU. A probe times a few steps of each network at each
-   candidate batch size and keeps the smallest batch within 10% of the best throughput; the training seconds
-   are then shared out (see `share_seconds`) and the networks trained interleaved, a few seconds at a time,
-   so that all of them advance together and a call stopped early leaves every one partly trained.
+   1.0 to 0.6, MATLAB-compatible bicubic LR made there, `classsr_cli.train.device_data`); the photo that
+   covers most of a 4K frame is held out (see `engine_pixels`). Every network of the families at the
+   paper's branch widths is trained on all the other photos with the project's stage-1 recipe (L1, Adam,
+   cosine learning rate to 1e-7, flips and rotations), bf16 autocast and channels-last on a GPU. A probe
+   times a few steps of each network at each candidate batch size and keeps the smallest batch within 10%
+   of the best throughput; the training seconds are then shared out (see `share_seconds`) and the networks
+   trained interleaved, a few seconds at a time, so that all of them advance together and a call stopped
+   early leaves every one partly trained.
 3. Every --checkpoint-seconds and at the end: every network in fp16, packed into files of at most 16 MiB
    (a large network split into shards), in parts that fit one call's output folder; part 1 and a JSON of
    per-network steps, seconds, samples, final loss and held-out PSNR go to --out, every part to --keep (on
@@ -203,6 +204,12 @@ def run_checks(timeout: float, log: Log) -> dict:
 
 
 # -- step 2: data, probe, split, training ----------------------------------------------------------
+
+
+def engine_pixels(photo: np.ndarray) -> int:
+    """How much of a 3840x2160 (4K) output the photo covers: the held-out photo is the one that covers most,
+    so that the engine table's input comes closest to the paper's Test4K."""
+    return min(photo.shape[1], 3840) * min(photo.shape[0], 2160)
 
 
 def load_photos(folder: Path, count: int | None, log: Log) -> tuple[list[tuple[str, np.ndarray]], list[str]]:
@@ -452,7 +459,7 @@ def engine_table(
 
     folder = keep / "engine"
     folder.mkdir(parents=True, exist_ok=True)
-    lr = pyramid(held_out, torch.device("cpu"), (1.0,))[0][1].numpy()  # the held-out photo's x4 LR
+    lr = pyramid(held_out, device, (1.0,))[0][1].cpu().numpy()  # the held-out photo's x4 LR
     width, height = min(profile.engine_size[0], lr.shape[1]), min(profile.engine_size[1], lr.shape[0])
     top, left = (lr.shape[0] - height) // 2, (lr.shape[1] - width) // 2
     lr = np.ascontiguousarray(lr[top : top + height, left : left + width])
@@ -587,7 +594,7 @@ def run_job(args) -> dict:
 
         phase = time.monotonic()
         photos, failed = load_photos(Path(args.photos), profile.photos, log)
-        held_name, held = max(photos, key=lambda item: (item[1].shape[0] * item[1].shape[1], item[0]))
+        held_name, held = max(photos, key=lambda item: (engine_pixels(item[1]), item[0]))
         train = [pixels for name, pixels in photos if name != held_name]
         train_count = len(train)
         scales = [factor * args.reduce for factor in PAPER_SCALES]
@@ -649,7 +656,6 @@ def run_job(args) -> dict:
             log(
                 f"{n.name:<12} {n.batch:>5} {1 / per_step:>8.2f} {n.batch / per_step:>10.1f} {n.budget:>8.1f}"
             )
-        report["parts_plan"] = parts
 
         checkpoints = Checkpoints(networks, parts, keep, out, log)
         context = {"device": device, "autocast": autocast, "profile": profile, "stop": stop, "log": log}
