@@ -240,6 +240,8 @@ def test_collected_parts_load_into_the_project_models_and_export(dry_run, photos
     for name, model in models.items():
         loaded = load_weights(root / "run" / f"{name}.safetensors", kind="base", family="fsrcnn")
         assert loaded.model.width == model.width
+        facts = json.loads((root / "run" / f"{name}.provenance.json").read_text())
+        assert facts["steps"] == report["networks"][name]["steps"] and "s, " in facts["trained_on"]
         for key, value in loaded.model.state_dict().items():
             assert torch.equal(value, model.state_dict()[key])
     with pytest.raises(SystemExit):

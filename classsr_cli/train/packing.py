@@ -266,7 +266,8 @@ def load_packed(sources: Iterable[Path], complete_only: bool = True) -> dict[str
 
 def export_networks(sources: Iterable[Path], out: Path, **provenance: str) -> list[Path]:
     """Every complete packed network as a weights file of the project, `<out>/<family>-<width>.safetensors`
-    (kind base, fp32), with the metadata stored beside it and `provenance` in its safetensors metadata."""
+    (kind base, fp32), the facts stored with it and `provenance` in its safetensors metadata and in
+    `<out>/<family>-<width>.provenance.json` (for `classsr weights add --provenance`). Returns the weights."""
     from classsr_cli.weights import save_model
 
     sources = list(sources)
@@ -274,6 +275,8 @@ def export_networks(sources: Iterable[Path], out: Path, **provenance: str) -> li
     paths = []
     for name, model in load_packed(sources).items():
         family, _ = split_name(name)
-        stored = {k: v for k, v in info.get(name, {}).items() if k not in _NOT_PROVENANCE}
-        paths.append(save_model(model, Path(out) / f"{name}.safetensors", family, **{**stored, **provenance}))
+        facts = {k: v for k, v in info.get(name, {}).items() if k not in _NOT_PROVENANCE}
+        facts.update(provenance)
+        paths.append(save_model(model, Path(out) / f"{name}.safetensors", family, **facts))
+        (Path(out) / f"{name}.provenance.json").write_text(json.dumps(facts, indent=2) + "\n")
     return paths
