@@ -102,6 +102,7 @@ class DevicePhotos:
         # every LR sub-image position of every image, numbered consecutively: a uniform draw over all of them
         self._counts = (self.lr.heights - patch + 1) * (self.lr.widths - patch + 1)
         self._ends = torch.cumsum(self._counts, 0)
+        self._total = int(self._ends[-1])  # read once: reading a GPU tensor each step would wait for the GPU
         self._lr_sources = _dihedral_sources(patch, self.device)
         self._hr_sources = _dihedral_sources(patch * sr_scale, self.device)
 
@@ -112,7 +113,7 @@ class DevicePhotos:
     @property
     def positions(self) -> int:
         """How many distinct LR crops (before flips and rotations) there are to draw from."""
-        return int(self._ends[-1])
+        return self._total
 
     @property
     def nbytes(self) -> int:
@@ -130,7 +131,7 @@ class DevicePhotos:
 
         `generator` must live on this object's device."""
         number = torch.randint(
-            0, self.positions, (batch,), generator=generator, device=self.device, dtype=torch.int64
+            0, self._total, (batch,), generator=generator, device=self.device, dtype=torch.int64
         )
         image = torch.searchsorted(self._ends, number, right=True)
         local = number - (self._ends[image] - self._counts[image])
