@@ -741,7 +741,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out", help="Output folder: part 1 of the weights, gpu_run.json, gpu_run.log.")
+    parser.add_argument(
+        "--out",
+        help="Output folder: part 1 of the weights, gpu_run.json, gpu_run.log (an earlier run's replaced).",
+    )
     parser.add_argument(
         "--seconds", type=float, default=None, help="Wall time of the whole job (540; dry 100)."
     )
