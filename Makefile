@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-run clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# Fills .gpu/ (training photos, pyvips wheels) for a GPU machine without a network; prints the call to make.
+GPU_PHOTOS ?= ../shared/data/train
+
+gpu-run: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_prepare --photos "$(GPU_PHOTOS)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

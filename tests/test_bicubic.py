@@ -154,3 +154,36 @@ def test_interior_agrees_with_pillow_bicubic():
     ours = imresize(image.astype(np.float64), 0.25)
     theirs = np.asarray(image_module.fromarray(image, mode="F").resize((16, 12), image_module.BICUBIC))
     np.testing.assert_allclose(ours[3:-3, 3:-3], theirs[3:-3, 3:-3], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [{"scale": 0.6}, {"scale": 0.9}, {"scale": 4}, {"output_shape": (50, 39)}, {"output_shape": (203, 80)}],
+)
+def test_the_tensor_path_matches_the_numpy_path(arguments):
+    import torch
+
+    from classsr_cli.imaging.bicubic import imresize_tensor, to_uint8_tensor
+
+    image = (np.random.default_rng(0).random((203, 157, 3)) * 255).astype(np.float32)
+    expected = imresize(image, **arguments)
+    # channels first, with a batch dimension in front: the leading dimensions are carried along
+    result = imresize_tensor(torch.from_numpy(image).permute(2, 0, 1)[None], **arguments)[0].permute(1, 2, 0)
+    assert result.dtype == torch.float32 and tuple(result.shape) == expected.shape
+    np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-4)
+    assert np.array_equal(to_uint8_tensor(result).numpy(), to_uint8(expected))
+
+
+def test_the_tensor_path_computes_integers_in_float32_and_checks_its_arguments():
+    import torch
+
+    from classsr_cli.imaging.bicubic import imresize_tensor
+
+    pixels = torch.arange(64, dtype=torch.uint8).reshape(8, 8)
+    assert imresize_tensor(pixels, scale=0.5).dtype == torch.float32
+    assert torch.equal(imresize_tensor(pixels, scale=1.0), pixels.float())
+    for bad in ({}, {"scale": 0.5, "output_shape": (4, 4)}, {"scale": -1.0}, {"output_shape": (0, 4)}):
+        with pytest.raises(ValueError):
+            imresize_tensor(pixels, **bad)
+    with pytest.raises(ValueError, match="H, W"):
+        imresize_tensor(torch.zeros(5), scale=0.5)

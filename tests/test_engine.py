@@ -175,3 +175,21 @@ def test_transposed_convolution_becomes_subpixel_convolution(kernel, stride, pad
     with torch.no_grad():
         assert torch.allclose(deconv(x), fast(x), atol=1e-5)
     assert subpixel_equivalent(torch.nn.ConvTranspose2d(5, 3, 5, 2, 1)) is None  # output is not 2x the input
+
+
+def test_a_cuda_out_of_memory_error_halves_the_batch_once():
+    # the exception type a GPU raises (it exists on CPU builds too), raised once as a GPU that is full
+    class RunsOutOnce(torch.nn.Module):
+        failed = False
+
+        def forward(self, x):
+            if x.shape[0] > 8 and not self.failed:
+                self.failed = True
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+            return x + 1
+
+    runner = BatchRunner(torch.device("cpu"), torch.float32, batch_size=16)
+    x = torch.rand(20, 3, 4, 4)
+    module = RunsOutOnce()
+    assert torch.equal(runner(module, x), x + 1)
+    assert module.failed and runner.batch_size == 8

@@ -9,7 +9,9 @@ documented behaviour:
 - the output size is ceil(input size * scale); the dimension with the smaller scale is resized first.
 
 Each axis is a sparse linear map: for every output pixel a few (weight, input index) taps. They are applied
-as a short loop over taps, each a vectorised gather-multiply-add over the whole image.
+as a short loop over taps, each a vectorised gather-multiply-add over the whole image. `imresize` works on
+numpy arrays; `imresize_tensor` applies the same taps, in the same order, to torch tensors on any device
+(training data made on a GPU).
 """
 
 import math
@@ -116,19 +118,9 @@ def imresize(
         raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
     work = image if image.dtype in (np.float32, np.float64) else image.astype(np.float64)
     in_h, in_w = work.shape[:2]
-    if scale is not None:
-        if scale <= 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        scales = (float(scale), float(scale))
-        out_h, out_w = output_length(in_h, scale), output_length(in_w, scale)
-    else:
-        out_h, out_w = (int(v) for v in output_shape)
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"output shape must be positive, got {tuple(output_shape)}")
-        scales = (out_h / in_h, out_w / in_w)
-    if (out_h, out_w) == (in_h, in_w) and scales == (1.0, 1.0):
+    lengths, scales = _output_size(in_h, in_w, scale, output_shape)
+    if lengths == (in_h, in_w) and scales == (1.0, 1.0):
         return work.copy()  # the scale-1 kernel is the identity
-    lengths = (out_h, out_w)
     # MATLAB resizes the dimension with the smaller scale first (fewer pixels for the second pass)
     for axis in sorted((0, 1), key=lambda a: scales[a]):
         if lengths[axis] == work.shape[axis] and scales[axis] == 1.0:
@@ -141,3 +133,67 @@ def imresize(
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """Round to 8 bits as MATLAB converts to uint8: half away from zero, clipped to [0, 255]."""
     return np.clip(np.floor(image + 0.5), 0, 255).astype(np.uint8)
+
+
+# -- torch tensors ---------------------------------------------------------------------------------------
+
+
+def _output_size(
+    in_h: int, in_w: int, scale: float | None, output_shape: Sequence[int] | None
+) -> tuple[tuple[int, int], tuple[float, float]]:
+    """((out_h, out_w), (scale_h, scale_w)) as `imresize` resolves them; ValueError for bad arguments."""
+    if (scale is None) == (output_shape is None):
+        raise ValueError("give exactly one of scale and output_shape")
+    if scale is not None:
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        return (output_length(in_h, scale), output_length(in_w, scale)), (float(scale), float(scale))
+    out_h, out_w = (int(v) for v in output_shape)
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"output shape must be positive, got {tuple(output_shape)}")
+    return (out_h, out_w), (out_h / in_h, out_w / in_w)
+
+
+def imresize_tensor(
+    image,
+    scale: float | None = None,
+    output_shape: Sequence[int] | None = None,
+    antialias: bool = True,
+):
+    """`imresize` for a torch tensor (..., H, W), channels first, on its own device.
+
+    Same sizes, taps, pass order and tap order as `imresize`, so float32 results match it to rounding. Any
+    leading dimensions (channels, batch) are carried along. Integer input is computed in float32 (float64
+    input stays float64); the result is float, neither rounded nor clipped (`to_uint8_tensor` rounds it).
+    Raises ValueError for a bad scale or shape, or fewer than 2 dimensions.
+    """
+    import torch
+
+    if image.ndim < 2:
+        raise ValueError(f"expected a (..., H, W) tensor, got shape {tuple(image.shape)}")
+    work = image if image.dtype in (torch.float32, torch.float64) else image.to(torch.float32)
+    in_h, in_w = work.shape[-2:]
+    lengths, scales = _output_size(in_h, in_w, scale, output_shape)
+    if lengths == (in_h, in_w) and scales == (1.0, 1.0):
+        return work.clone()
+    dims = (work.ndim - 2, work.ndim - 1)
+    for axis in sorted((0, 1), key=lambda a: scales[a]):
+        if lengths[axis] == work.shape[dims[axis]] and scales[axis] == 1.0:
+            continue
+        weights, indices = resize_taps(work.shape[dims[axis]], lengths[axis], scales[axis], antialias)
+        weights = torch.from_numpy(weights).to(device=work.device, dtype=work.dtype)
+        indices = torch.from_numpy(indices).to(work.device)
+        shape = [1] * work.ndim
+        shape[dims[axis]] = lengths[axis]
+        out = work.index_select(dims[axis], indices[:, 0]) * weights[:, 0].reshape(shape)
+        for tap in range(1, weights.shape[1]):
+            out += work.index_select(dims[axis], indices[:, tap]) * weights[:, tap].reshape(shape)
+        work = out
+    return work
+
+
+def to_uint8_tensor(image):
+    """`to_uint8` for a torch tensor: half away from zero, clipped to [0, 255], dtype uint8."""
+    import torch
+
+    return (image + 0.5).floor_().clamp_(0, 255).to(torch.uint8)

@@ -146,8 +146,13 @@ def training_autocast(precision: str, device: torch.device):
 
 def cosine_lr(iteration: int, settings: Settings) -> float:
     """The learning rate of 0-based step `iteration`: cosine from lr down to min_lr over the run."""
-    progress = min(iteration, settings.iters) / max(1, settings.iters)
-    return settings.min_lr + (settings.lr - settings.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return cosine_at(min(iteration, settings.iters) / max(1, settings.iters), settings.lr, settings.min_lr)
+
+
+def cosine_at(progress: float, lr: float, min_lr: float) -> float:
+    """The cosine schedule at `progress` (0 = start, 1 = end, clipped to that range): lr down to min_lr."""
+    progress = min(max(progress, 0.0), 1.0)
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def seed_everything(seed: int) -> None:
