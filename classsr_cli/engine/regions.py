@@ -87,6 +87,30 @@ def plan_pieces(
     return pieces
 
 
+def promote_short_runs(classes: np.ndarray, cost: list[float], cell: int, context: int) -> np.ndarray:
+    """Run a short stretch of cells on the branch of the harder neighbours around it when that is cheaper.
+
+    A stretch of n cells of class c between two cells of one harder class k costs, on its own, its
+    branch over n cells plus context on both sides, and it cuts the neighbours' piece in two (two more
+    context margins on branch k); run on branch k it costs k's FLOPs over n cells. `cost` gives each
+    branch's executed FLOPs (any unit). Quality can only rise: the stretch gets a stronger branch.
+    Returns a new (rows, cols) array.
+    """
+    promoted = np.array(classes, copy=True)
+    for row in promoted:
+        edges = np.flatnonzero(np.diff(row)) + 1
+        starts, stops = np.r_[0, edges], np.r_[edges, row.size]
+        for index in range(1, len(starts) - 1):
+            own, before, after = row[starts[index]], row[starts[index - 1]], row[stops[index]]
+            if before != after or before <= own:
+                continue
+            length = (stops[index] - starts[index]) * cell
+            alone = cost[own] * (length + 2 * context) + cost[before] * 2 * context
+            if cost[before] * length < alone:
+                row[starts[index] : stops[index]] = before
+    return promoted
+
+
 def blend_ramp(start: int, stop: int, lo: int, hi: int, fade: int, scale: int) -> np.ndarray:
     """Cross-fade weights along one axis for a piece owning LR pixels [start, stop), in output pixels.
 
