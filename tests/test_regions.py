@@ -86,9 +86,10 @@ def test_a_branch_on_regions_equals_it_on_the_whole_image(shipped):
     network = shipped["fsrcnn-o.safetensors"]
     expected = _whole_image(network, lr)
     ours, _ = Upscaler(network, "cpu", back_projection=False).upscale_array(lr)
-    # the reference mirrors 16 pixels at the image edge, the pieces 4: within 2 levels there, 1 inside
+    # 4 pixels of context cover all but the faintest reach of the network: at most 2 grey levels at
+    # single pixels, over 60 dB in all (measured 1.5 levels and 67 dB)
     assert np.abs(ours - expected).max() < 2 / 255
-    assert np.abs(ours - expected)[16:-16, 16:-16].max() < 1 / 255
+    assert 10 * np.log10(1 / np.mean((ours - expected) ** 2)) > 60
     paper, _ = Upscaler(network, "cpu", tiling="paper").upscale_array(lr)
     assert np.abs(paper - expected).max() > 5 / 255  # zero padding at every tile: the grid the regions remove
 
@@ -137,15 +138,18 @@ def test_hidden_colour_under_transparency_changes_nothing_and_alpha_has_no_seams
 
 
 def test_executed_flops_are_counted_against_the_plain_network(shipped):
-    lr = read_image(SAMPLE)[:120, :200].astype(np.float32)
+    lr = read_image(SAMPLE).astype(np.float32)
     network = shipped["fsrcnn-o.safetensors"]
     region = Upscaler(network, "cpu")
     _, tally = region.upscale_array(lr)
     paper = Upscaler(network, "cpu", tiling="paper")
     _, paper_tally = paper.upscale_array(lr)
-    # overlapping 32x32 tiles run (32/28)^2 and more of the image; regions with 4 pixels of context less
-    assert 1.0 < tally.executed_ratio(region.plan) < paper_tally.executed_ratio(paper.plan)
-    assert paper_tally.executed_ratio(paper.plan) > (32 / 28) ** 2
+    # overlapping 32x32 tiles run every tile's pixels; regions their pieces with 4 pixels of context, one
+    # cell row tall on a CPU: (28 + 8) / 28 of the rows and a little of the columns
+    assert paper_tally.executed_ratio(paper.plan) == pytest.approx(
+        paper_tally.tiles * 32 * 32 / lr[..., 0].size
+    )
+    assert (28 + 8) / 28 < tally.executed_ratio(region.plan) < 1.45
 
 
 def test_region_tiling_refuses_unknown_modes():
