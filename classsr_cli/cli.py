@@ -366,7 +366,8 @@ def print_upscale_summary(reports, family: str, engine) -> None:
         speed = report.out_width * report.out_height / 1e6 / max(report.seconds, 1e-9)
         console.print(
             f"{report.width}x{report.height} -> {report.out_width}x{report.out_height}  "
-            f"FLOPs {report.flops_ratio:.1%} of the base network (saved {1 - report.flops_ratio:.1%})  "
+            f"FLOPs {report.flops_ratio:.1%} of the base network (saved {1 - report.flops_ratio:.1%}; "
+            f"executed {report.executed_ratio:.0%} of it run once over the image)  "
             f"{report.seconds:.1f} s, {speed:.2f} output MP/s on {report.device}"
             + (
                 f"  class map: {report.class_map} ({class_map_legend(len(report.class_counts))})"

@@ -26,9 +26,11 @@ class ImageReport:
     out_height: int
     tiles: int
     class_counts: list[int]
-    flops_ratio: float
+    flops_ratio: float  # paper convention: FLOPs per 32x32 sub-image against the base network's
     seconds: float
     device: str
+    executed_ratio: float = 0.0  # FLOPs that ran against the base network run once over the image
+    tiling: str = "region"
     class_map: str | None = None
     pages: int = 1  # pages or frames in the input; only the first was upscaled
     page_word: str = "page"
@@ -51,6 +53,8 @@ class ImageReport:
             "tiles": self.tiles,
             "class_counts": self.class_counts,
             "flops_ratio": round(self.flops_ratio, 6),
+            "executed_ratio": round(self.executed_ratio, 6),
+            "tiling": self.tiling,
             "seconds": round(self.seconds, 3),
             "device": self.device,
         }
@@ -145,6 +149,8 @@ def upscale_file(
         flops_ratio=tally.flops_ratio(engine.plan),
         seconds=time.perf_counter() - started,
         device=str(engine.device),
+        executed_ratio=tally.executed_ratio(engine.plan),
+        tiling=engine.tiling,
         class_map=written_map,
         pages=info.pages,
         page_word=info.page_word,
