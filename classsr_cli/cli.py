@@ -747,6 +747,53 @@ def bench_command(
         benchmark.print_tables(result, console)
 
 
+@app.command("export", cls=CleanHelp)
+@user_errors
+def export_command(
+    folder: Path = typer.Argument(
+        ..., help="Output folder (created; must be empty unless --overwrite).", show_default=False
+    ),
+    model: str = typer.Option(
+        None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
+    ),
+    weights: str = typer.Option(
+        None, "--weights", "-w", help="ClassSR weights file (.safetensors, or an official .pth)."
+    ),
+    format: str = typer.Option("onnx", "--format", help="onnx (the only format so far)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a folder that is not empty."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Write the Class-Module and each branch as ONNX graphs, with classsr.json, for other runtimes."""
+    from classsr_cli.export import check_target, export
+    from classsr_cli.models import get_family
+    from classsr_cli.weights import load_weights
+
+    check_target(folder, overwrite, format)  # before loading anything
+    family = get_family(model).name if model else None
+    if weights:
+        loaded = load_weights(weights, kind="classsr", family=family)
+    else:
+        loaded = load_weights(family or best_shipped_family(), kind="classsr")
+    document = export(
+        loaded.model, loaded.family, folder, format=format, overwrite=overwrite, source=loaded.source
+    )
+    files = [document["classifier"]["file"], *(b["file"] for b in document["branches"]), "classsr.json"]
+    sizes = {name: (folder / name).stat().st_size for name in files}
+    if as_json:
+        print_json({"folder": str(folder), "bytes": sizes, "manifest": document})
+        return
+    widths = ",".join(map(str, document["widths"]))
+    console.print(
+        f"{document['title']} ({widths}) from {loaded.source.name} -> {folder}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    for name, size in sizes.items():
+        console.print(f"  {name}  {size:,} bytes", markup=False, highlight=False)
+
+
 weights_app = typer.Typer(
     cls=CleanHelpGroup,
     help="The weights this installation ships and your own: list them, or add yours.",

@@ -23,3 +23,7 @@ class WeightsError(ClasssrError):
 
 class DataError(ClasssrError):
     """A dataset folder or prepared index is missing or malformed."""
+
+
+class DependencyError(ClasssrError):
+    """An optional package that a command needs is not installed (the message says which extra has it)."""

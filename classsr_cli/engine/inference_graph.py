@@ -12,18 +12,26 @@ import torch
 from torch import nn
 
 
-def optimize_for_inference(model: nn.Module) -> nn.Module:
-    """Apply the rewrites in place on `model` (which must be in eval mode) and return it."""
+def optimize_for_inference(model: nn.Module, subpixel: bool = True) -> nn.Module:
+    """Apply the rewrites in place on `model` (which must be in eval mode) and return it.
+
+    subpixel=False keeps transposed convolutions as they are (only batch norms are folded).
+    """
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             _fold_batch_norms(module)
+    if subpixel:
+        _replace_transposed(model)
+    return model
+
+
+def _replace_transposed(model: nn.Module) -> None:
     for name, child in list(model.named_children()):
         replacement = subpixel_equivalent(child) if isinstance(child, nn.ConvTranspose2d) else None
         if replacement is not None:
             setattr(model, name, replacement)
         else:
-            optimize_for_inference(child)
-    return model
+            _replace_transposed(child)
 
 
 def _fold_batch_norms(sequence: nn.Sequential) -> None:
