@@ -76,6 +76,7 @@ class Upscaler:
         flops_budget: float | None = None,
         tiling: str = "region",
         back_projection: bool | None = None,
+        piece_rows: int | None = None,
     ):
         if tiling not in TILINGS:
             raise ModelError(f"unknown tiling '{tiling}': use {' or '.join(TILINGS)}")
@@ -86,6 +87,11 @@ class Upscaler:
             raise ModelError("back-projection needs the region tiling: the paper's tiles have no context")
         self.plan: RoutingPlan = plan_for(model, branch, flops_budget)
         self.device = pick_device(device)
+        if piece_rows is not None and not 1 <= piece_rows <= MAX_PIECE_ROWS:
+            raise ModelError(f"piece_rows must be 1 to {MAX_PIECE_ROWS}, got {piece_rows}")
+        # the layout of the pieces changes outputs only where 4 pixels of context fall short (rarely over a
+        # grey level): fixed, it makes two devices' outputs comparable
+        self.piece_rows = piece_rows or (PIECE_ROWS_ON_CPU if self.device.type == "cpu" else MAX_PIECE_ROWS)
         self.runner = BatchRunner(self.device, pick_dtype(precision, self.device), batch_size)
         self.branches = [self.runner.prepare(b) for b in self.plan.branches]
         self.classifier = self.runner.prepare(self.plan.classifier) if self.plan.classifies else None
@@ -175,7 +181,6 @@ class Upscaler:
         # whole pieces per band, and enough tiles per band for full Class-Module batches on narrow images
         tile_rows = math.ceil(BATCHES_PER_BAND * self.runner.batch_size / len(col_starts))
         rows_per_band = MAX_PIECE_ROWS * max(1, math.ceil(tile_rows / MAX_PIECE_ROWS))
-        piece_rows = PIECE_ROWS_ON_CPU if device.type == "cpu" else MAX_PIECE_ROWS
         tally.pixels += height * width
         source = _MirroredRows(strips, height, width, layout.channels, left, right)
         channels, colors = layout.channels, layout.color_channels
@@ -202,7 +207,7 @@ class Upscaler:
                 grow = band_bottom - acc_top - acc.shape[1]
                 acc = torch.cat([acc, acc.new_zeros(channels, grow, acc.shape[2])], dim=1)
                 weight = torch.cat([weight, weight.new_zeros(grow, weight.shape[1])], dim=0)
-            pieces = plan_pieces(classes, max_rows=piece_rows)
+            pieces = plan_pieces(classes, max_rows=self.piece_rows)
             self._run_pieces(
                 pieces, rgb, (first, top, left), (row_bounds, col_bounds), acc, weight, acc_top, tally, colors
             )
