@@ -23,3 +23,7 @@ class WeightsError(ClasssrError):
 
 class DataError(ClasssrError):
     """A dataset folder or prepared index is missing or malformed."""
+
+
+class ReportedElsewhere(ClasssrError):
+    """Another process of the same torchrun launch reports this failure; this one only exits with code 2."""
