@@ -7,16 +7,22 @@ Errors a user can cause (ClasssrError) print one line, `error: ...`, on stderr a
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperCommand, TyperGroup
 
-from classsr_cli.errors import ClasssrError
+from classsr_cli.errors import ClasssrError, ReportedElsewhere
+
+if TYPE_CHECKING:
+    from classsr_cli.engine.plan import RunPlan
+    from classsr_cli.engine.ranks import Ranks
 
 
 def _clean_flags(params: list) -> list:
@@ -66,34 +72,45 @@ def print_error(message: str) -> None:
         pass
 
 
-def user_errors(command: Callable) -> Callable:
+@contextmanager
+def errors_reported(debug: bool = False, as_json: bool = False) -> Iterator[None]:
     """Turn the project's errors into a one-line message and exit code 2; Ctrl-C, SIGTERM and SIGHUP stop
     with 128 + the signal's number (130, 143, 129), after every with-block has removed its partial files.
-    With --json an error is also a JSON document on stdout: {"error": message}.
+    With --json an error is also a JSON document on stdout: {"error": message}. A ReportedElsewhere (another
+    process of a torchrun launch prints it) exits with code 2 silently. `debug` re-raises instead.
     """
+    try:
+        yield
+    except ReportedElsewhere:
+        if debug:
+            raise
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except ClasssrError as error:
+        if debug:
+            raise
+        print_error(str(error))
+        if as_json:
+            print_json({"error": str(error)})
+        raise typer.Exit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt as interruption:
+        if debug:
+            raise
+        from classsr_cli.interrupts import Terminated
+
+        if isinstance(interruption, Terminated):
+            print_error(f"stopped by {interruption}")
+            raise typer.Exit(interruption.exit_code) from None
+        print_error("interrupted")
+        raise typer.Exit(130) from None
+
+
+def user_errors(command: Callable) -> Callable:
+    """A command whose errors are handled as `errors_reported` says, reading its --debug and --json."""
 
     @wraps(command)
     def run(*args, **kwargs):
-        debug = kwargs.get("debug", False)
-        try:
+        with errors_reported(kwargs.get("debug", False), kwargs.get("as_json", False)):
             return command(*args, **kwargs)
-        except ClasssrError as error:
-            if debug:
-                raise
-            print_error(str(error))
-            if kwargs.get("as_json"):
-                print_json({"error": str(error)})
-            raise typer.Exit(EXIT_USER_ERROR) from None
-        except KeyboardInterrupt as interruption:
-            if debug:
-                raise
-            from classsr_cli.interrupts import Terminated
-
-            if isinstance(interruption, Terminated):
-                print_error(f"stopped by {interruption}")
-                raise typer.Exit(interruption.exit_code) from None
-            print_error("interrupted")
-            raise typer.Exit(130) from None
 
     return run
 
@@ -212,11 +229,14 @@ def best_shipped_family() -> str:
     raise WeightsError("no weights are shipped with this installation: pass --weights FILE")
 
 
-def load_for_inference(model: str | None, weights: str | None, base_fallback: bool = True):
+def load_for_inference(
+    model: str | None, weights: str | None, base_fallback: bool = True, quiet: bool = False
+):
     """(model, family) from --model/--weights: a file if given, else the family's shipped weights.
 
     Where a family ships no ClassSR weights yet but its base network, that network runs on every tile
-    (the CLI says so; not with base_fallback off): as good as the base network, just without the savings.
+    (the CLI says so unless `quiet`; not with base_fallback off): as good as the base network, just
+    without the savings.
     """
     from classsr_cli.models import get_family
     from classsr_cli.weights import load_weights, shipped_entry
@@ -231,12 +251,14 @@ def load_for_inference(model: str | None, weights: str | None, base_fallback: bo
             and shipped_entry(family, "classsr") is None
             and shipped_entry(family, "base") is not None
         ):
-            console.print(
-                f"note: no ClassSR weights are shipped for {family} yet: its base network runs on every tile",
-                style="yellow",
-                markup=False,
-                highlight=False,
-            )
+            if not quiet:
+                console.print(
+                    f"note: no ClassSR weights are shipped for {family} yet: its base network runs on "
+                    "every tile",
+                    style="yellow",
+                    markup=False,
+                    highlight=False,
+                )
             loaded = load_weights(family, kind="base")
         else:
             loaded = load_weights(family, kind="classsr")
@@ -277,72 +299,125 @@ def upscale(
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
-    """Upscale an image (or every image in a folder) x4 with ClassSR."""
+    """Upscale an image (or every image in a folder) x4 with ClassSR.
+
+    Started by torchrun, the processes share the folder's images (docs/multi-gpu.md).
+    """
     from classsr_cli.engine import Upscaler
     from classsr_cli.engine.pipeline import upscale_file
     from classsr_cli.engine.plan import plan_run
-    from classsr_cli.errors import InputError, OutputError
+    from classsr_cli.engine.ranks import joined
     from classsr_cli.imaging import DEFAULT_MAX_PIXELS
 
-    plan = plan_run(input, output, class_map, overwrite=overwrite)  # refuses a lossy plan before any work
-    for note in plan.notes:
-        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
-    network, family = load_for_inference(model, weights)
-    engine = Upscaler(network, device, precision, batch_size, branch, flops_budget, tiling, back_projection)
-    limit = max_pixels or DEFAULT_MAX_PIXELS
-    plan.make_folders()
-    reports, failures = [], []
-    with progress_bars() as progress:
-        many = len(plan.jobs) > 1
-        overall = progress.add_task("images", total=len(plan.jobs)) if many else None
-        for job in plan.jobs:
-            task = progress.add_task(job.source.name, total=None)
-            try:
-                report = upscale_file(
-                    engine,
-                    job.source,
-                    job.target,
-                    overwrite=overwrite,
-                    max_pixels=limit,
-                    class_map=job.class_map,
-                    on_progress=lambda done, total, task=task: progress.update(
-                        task, completed=done, total=total
-                    ),
+    # errors are reported before the ranks leave the group: torchrun stops the others when one exits
+    with joined() as ranks, errors_reported(debug, as_json):
+        # refuses a lossy plan before any work; made once, by rank 0, so that every rank has the same one
+        plan = ranks.from_main(lambda: plan_run(input, output, class_map, overwrite=overwrite))
+        if ranks.is_main:
+            for note in plan.notes:
+                console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
+
+        def build_engine():
+            network, family = load_for_inference(model, weights, quiet=not ranks.is_main)
+            engine = Upscaler(
+                network,
+                ranks.device_spec(device),
+                precision,
+                batch_size,
+                branch,
+                flops_budget,
+                tiling,
+                back_projection,
+            )
+            return engine, family
+
+        engine, family = ranks.agree(build_engine)
+        limit = max_pixels or DEFAULT_MAX_PIXELS
+        ranks.from_main(plan.make_folders)
+
+        def upscale_one(job, on_progress):
+            return upscale_file(
+                engine,
+                job.source,
+                job.target,
+                overwrite=overwrite,
+                max_pixels=limit,
+                class_map=job.class_map,
+                on_progress=on_progress,
+            )
+
+        reports, failures = run_jobs(plan, ranks, upscale_one, as_json)
+        if ranks.is_main:
+            if flops_budget and any(r.flops_ratio > flops_budget + 1e-9 for r in reports):
+                console.print(
+                    f"warning: a FLOPs budget of {flops_budget} is below the smallest branch plus the "
+                    "Class-Module; every tile went to branch 1",
+                    style="yellow",
+                    markup=False,
+                    highlight=False,
                 )
-                reports.append(report)
-                if report.partial_input:
-                    console.print(
-                        f"note: {report.partial_input}", style="yellow", markup=False, highlight=False
-                    )
-            except (InputError, OutputError) as error:
-                if not plan.from_folder and not as_json:
-                    raise
-                failures.append({"input": str(job.source), "error": str(error)})
-                print_error(str(error))
-            progress.remove_task(task)
-            if overall is not None:
-                progress.advance(overall)
-    if flops_budget and any(r.flops_ratio > flops_budget + 1e-9 for r in reports):
-        console.print(
-            f"warning: a FLOPs budget of {flops_budget} is below the smallest branch plus the Class-Module; "
-            "every tile went to branch 1",
-            style="yellow",
-            markup=False,
-            highlight=False,
-        )
-    if as_json:
-        documents = [r.as_json() for r in reports] + failures
-        print_json(documents if plan.from_folder else documents[0])
-    else:
-        print_upscale_summary(reports, family, engine)
-    if failures:
+            if as_json:
+                documents = [r.as_json() for r in reports] + failures
+                print_json(documents if plan.from_folder else documents[0])
+            else:
+                print_upscale_summary(reports, family, engine)
+    if failures:  # on every rank, so that torchrun reports the launch as failed
         raise typer.Exit(EXIT_USER_ERROR)
 
 
-def progress_bars():
+def run_jobs(plan: "RunPlan", ranks: "Ranks", do_one: Callable, as_json: bool) -> tuple[list, list[dict]]:
+    """Run this process's share of `plan.jobs` (all of them without torchrun) with progress bars.
+
+    `do_one(job, on_progress)` returns the job's report (an ImageReport), calling `on_progress(done,
+    total)` as it goes. Returns every rank's (reports, failures), each in plan order, on every rank; a
+    failure is `{"input": path, "error": message}`, printed once, by the rank that met it. Under torchrun
+    each report and failure also says which `rank` did it. An InputError or OutputError is a failure in a
+    folder run or under --json, and is raised otherwise (on every rank, reported by rank 0).
+    """
+    from classsr_cli.errors import InputError, OutputError
+
+    mine = ranks.share_images([job.source for job in plan.jobs])
+    results: dict[int, object] = {}
+
+    def run_mine():
+        with progress_bars(disable=not ranks.is_main) as progress:
+            overall = progress.add_task("images", total=len(mine)) if len(mine) > 1 else None
+            for index in mine:
+                job = plan.jobs[index]
+                task = progress.add_task(job.source.name, total=None)
+                try:
+                    report = do_one(
+                        job,
+                        lambda done, total, task=task: progress.update(task, completed=done, total=total),
+                    )
+                    if ranks.distributed:
+                        report.rank = ranks.rank
+                    results[index] = report
+                    if report.partial_input:
+                        console.print(
+                            f"note: {report.partial_input}", style="yellow", markup=False, highlight=False
+                        )
+                except (InputError, OutputError) as error:
+                    if not plan.from_folder and not as_json:
+                        raise
+                    results[index] = {"input": str(job.source), "error": str(error)}
+                    if ranks.distributed:
+                        results[index]["rank"] = ranks.rank
+                    print_error(str(error))
+                progress.remove_task(task)
+                if overall is not None:
+                    progress.advance(overall)
+
+    ranks.agree(run_mine)  # a rank that stops makes them all stop, rather than wait for it at the gathering
+    gathered = ranks.gather(results)
+    ordered = [gathered[index] for index in sorted(gathered)]
+    return [r for r in ordered if not isinstance(r, dict)], [r for r in ordered if isinstance(r, dict)]
+
+
+def progress_bars(disable: bool = False):
     from classsr_cli.progress import progress_bar
 
-    return progress_bar(transient=True, console=console)
+    return progress_bar(disable=disable, transient=True, console=console)
 
 
 def class_map_legend(num_classes: int) -> str:

@@ -27,3 +27,7 @@ class DataError(ClasssrError):
 
 class DependencyError(ClasssrError):
     """An optional package that a command needs is not installed (the message says which extra has it)."""
+
+
+class ReportedElsewhere(ClasssrError):
+    """Another process of the same torchrun launch reports this failure; this one only exits with code 2."""

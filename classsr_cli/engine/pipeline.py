@@ -34,6 +34,7 @@ class ImageReport:
     class_map: str | None = None
     pages: int = 1  # pages or frames in the input; only the first was upscaled
     page_word: str = "page"
+    rank: int | None = None  # the process that did it, in a run shared by torchrun
 
     @property
     def partial_input(self) -> str | None:
@@ -63,6 +64,8 @@ class ImageReport:
         if self.pages > 1:
             document["pages"] = self.pages
             document["note"] = self.partial_input
+        if self.rank is not None:
+            document["rank"] = self.rank
         return document
 
 
