@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench gpu-run clean
+.PHONY: install demo test lint bench figures gpu-run clean
 
 install: $(STAMP)
 
@@ -34,6 +34,17 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# The README's pictures (docs/figures/) from the shipped weights, the validation photos and benchmark JSON:
+# PHOTOS=<folder>, BENCH="<classsr bench --json outputs>", PEER=<benchmarks.plain_peer output>; see
+# docs/benchmarks.md. A picture whose input is not given is skipped.
+PHOTOS ?= datasets/val
+BENCH ?=
+PEER ?=
+
+figures: $(STAMP)
+	$(BIN)/python -m benchmarks.figures --photos "$(PHOTOS)" $(if $(BENCH),--bench $(BENCH)) \
+		$(if $(PEER),--peer "$(PEER)")
 
 # Fills .gpu/ (training photos, pyvips wheels) for a GPU machine without a network; prints the call to make.
 GPU_PHOTOS ?= ../shared/data/train
