@@ -47,7 +47,7 @@ figures: $(STAMP)
 		$(if $(PEER),--peer "$(PEER)")
 
 # Fills .gpu/ (training photos, pyvips wheels) for a GPU machine without a network; prints the call to make.
-GPU_PHOTOS ?= ../shared/data/train
+GPU_PHOTOS ?= datasets/photos
 
 gpu-run: $(STAMP)
 	$(BIN)/python -m benchmarks.gpu_prepare --photos "$(GPU_PHOTOS)"

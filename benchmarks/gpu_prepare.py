@@ -1,6 +1,6 @@
 """`make gpu-run`: fill .gpu/ with what a GPU machine without a network needs, and print the call to make.
 
-    python -m benchmarks.gpu_prepare [--photos ../shared/data/train]
+    python -m benchmarks.gpu_prepare [--photos datasets/photos]
 
 .gpu/photos   a copy of the training photos (the job trains on them; the checkout does not hold them)
 .gpu/wheels   pyvips, pyvips-binary, cffi and pycparser for CPython 3.12 on manylinux x86_64, for reading and
@@ -86,7 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--photos", default="../shared/data/train", help="Folder of training photos.")
+    parser.add_argument("--photos", default="datasets/photos", help="Folder of training photos.")
     args = parser.parse_args()
     photos = Path(args.photos)
     if not photos.is_absolute():
