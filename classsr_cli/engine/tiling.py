@@ -31,14 +31,14 @@ def coverage(length: int, starts: list[int], patch: int) -> np.ndarray:
 
 
 def padded_size(length: int, patch: int = PATCH) -> int:
-    """Images smaller than a tile are padded (by reflection) up to one tile."""
+    """Images smaller than a tile are padded (mirrored, edge pixel repeated) up to one tile."""
     return max(length, patch)
 
 
 def pad_to_tile(array: np.ndarray, patch: int = PATCH) -> np.ndarray:
-    """Reflect-pad an (H, W, C) array on the bottom/right so both sides are at least `patch`."""
+    """Mirror-pad an (H, W, C) array on the bottom/right so both sides are at least `patch`."""
     pad_h = max(0, patch - array.shape[0])
     pad_w = max(0, patch - array.shape[1])
     if not pad_h and not pad_w:
         return array
-    return np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+    return np.pad(array, ((0, pad_h), (0, pad_w), (0, 0)), mode="symmetric")  # as the engine mirrors

@@ -32,7 +32,7 @@ from classsr_cli.engine.regions import (
 )
 from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget, plan_for
 from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype
-from classsr_cli.engine.tiling import PATCH, STRIDE, coverage, pad_to_tile, padded_size, tile_starts
+from classsr_cli.engine.tiling import PATCH, STRIDE, coverage, padded_size, tile_starts
 from classsr_cli.errors import ModelError
 
 # A band holds at least this many batches of tiles, so each branch sees full batches even on narrow images.
@@ -306,7 +306,7 @@ class Upscaler:
         rows_per_band = max(1, math.ceil(BATCHES_PER_BAND * self.runner.batch_size / len(col_starts)))
         tally.pixels += height * width
 
-        lr_rows = _RowBuffer(strips, height, width, layout.channels)
+        lr_rows = _MirroredRows(strips, height, width, layout.channels, 0, padded_w - width)
         acc = torch.zeros(layout.channels, 0, padded_w * scale)  # HR rows still open to additions
         acc_top = 0  # the HR row that acc[:, 0] holds
         for first in range(0, len(row_starts), rows_per_band):
@@ -408,38 +408,6 @@ def _mirror(index: np.ndarray, length: int) -> np.ndarray:
     """Map positions outside [0, length) inside by symmetric reflection: 1 0 | 0 1 .. n-1 | n-1 n-2."""
     folded = np.mod(index, 2 * length)
     return np.where(folded < length, folded, 2 * length - 1 - folded)
-
-
-class _RowBuffer:
-    """Pulls input strips as needed and hands out row ranges, forgetting rows no later band needs."""
-
-    def __init__(self, strips: Iterable[tuple[int, np.ndarray]], height: int, width: int, channels: int):
-        self._strips = iter(strips)
-        self._height, self._width, self._channels = height, width, channels
-        self._rows = np.zeros((0, padded_size(width), channels), dtype=np.float32)
-        self._top = 0  # input row held in self._rows[0]
-
-    def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of the (reflect-padded) image; `start` never moves backwards between calls."""
-        self._rows = self._rows[start - self._top :]
-        self._top = start
-        wanted = min(stop, self._height)
-        pieces = [self._rows]
-        have = self._top + self._rows.shape[0]
-        while have < wanted:
-            try:
-                _, strip = next(self._strips)
-            except StopIteration:
-                raise ValueError(f"the image ended at row {have} of {self._height}") from None
-            if strip.ndim == 2:
-                strip = strip[:, :, None]
-            pieces.append(pad_to_tile(strip.astype(np.float32, copy=False))[: strip.shape[0]])
-            have += strip.shape[0]
-        if len(pieces) > 1:
-            self._rows = np.concatenate(pieces, axis=0)
-        if stop > self._height:  # only images shorter than one tile: pad by reflection
-            return pad_to_tile(self._rows)[start - self._top : stop - self._top]
-        return self._rows[: stop - self._top]
 
 
 def upscale_array(
