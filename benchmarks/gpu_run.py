@@ -59,6 +59,7 @@ from classsr_cli.train.packing import (
     publish,
     write_packed,
 )
+from classsr_cli.weights import write_json_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT = "classsr-gpu-run-1"
@@ -146,14 +147,6 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def write_json(path: Path, document: dict) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        json.dump(document, out, indent=2)
-        out.write("\n")
-    publish(temp, path)
 
 
 def copy_atomically(source: Path, target: Path, tail_bytes: int | None = None) -> None:
@@ -435,8 +428,8 @@ class Checkpoints:
         self.save_report(report)
 
     def save_report(self, report: dict) -> None:
-        write_json(self.keep / REPORT, report)
-        write_json(self.out / REPORT, report)
+        write_json_atomically(self.keep / REPORT, report)
+        write_json_atomically(self.out / REPORT, report)
         copy_atomically(self.keep / LOG, self.out / LOG, tail_bytes=LOG_BYTES)
 
 

@@ -110,7 +110,7 @@ def read_manifest(folder: Path | None = None) -> dict:
         raise WeightsError(f"weights manifest {path} is unreadable: {error}") from None
 
 
-def _publish(temp: str, path: Path) -> None:
+def publish(temp: str | Path, path: Path) -> None:
     """Rename a finished temporary file into place, readable as any new file would be (mkstemp makes 0600)."""
     umask = os.umask(0)
     os.umask(umask)
@@ -118,12 +118,13 @@ def _publish(temp: str, path: Path) -> None:
     os.replace(temp, path)
 
 
-def _write_json_atomically(path: Path, document: dict) -> None:
+def write_json_atomically(path: Path, document: dict) -> None:
+    """Write `document` as indented JSON to `path` through a temporary file renamed into place."""
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(handle, "w") as out:
         json.dump(document, out, indent=2)
         out.write("\n")
-    _publish(temp, path)
+    publish(temp, path)
 
 
 def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None) -> dict | None:
@@ -163,7 +164,7 @@ def add_to_manifest(path: Path, provenance: dict | None = None, folder: Path | N
     }
     manifest = read_manifest(folder)
     manifest["models"] = [m for m in manifest["models"] if m.get("file") != path.name] + [entry]
-    _write_json_atomically(folder / MANIFEST_NAME, manifest)
+    write_json_atomically(folder / MANIFEST_NAME, manifest)
     return entry
 
 
@@ -203,7 +204,7 @@ def save_model(
     os.close(handle)
     try:
         save_file(tensors, temp, metadata=metadata)
-        _publish(temp, path)
+        publish(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from classsr_cli.errors import WeightsError
+from classsr_cli.weights import publish
 
 FORMAT = "classsr-packed-1"
 MIB = 1 << 20
@@ -184,14 +185,6 @@ def write_packed(
         for temp, _ in written:
             Path(temp).unlink(missing_ok=True)
     return [path for _, path in written]
-
-
-def publish(temp: str | Path, path: Path) -> None:
-    """Rename a finished temporary file into place, readable as a new file would be (mkstemp makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
-    os.replace(temp, path)
 
 
 def _packed_files(sources: Iterable[Path]) -> list[Path]:
