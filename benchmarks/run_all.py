@@ -1,7 +1,9 @@
 """`make bench`: every heavy measurement behind the README's figures, one after the other.
 
 Run on a quiet machine: the timings share the CPU with anything else running. Each step prints JSON.
-Bench on the validation photos needs a data root with the photos (CLASSSR_VAL, default ./datasets/val).
+Bench on the validation photos needs a data root with the photos (CLASSSR_VAL, default ./datasets/val);
+the denoising comparison a clean test set (CLASSSR_DENOISE_SET, default ./datasets/val-2k/Test2K, made by
+`classsr make-testsets <val photos> datasets/val-2k --sizes 2k`).
 """
 
 import os
@@ -24,12 +26,23 @@ def main() -> None:
     run("benchmarks/train_speed.py", "--families", "fsrcnn,carn")
     val = Path(os.environ.get("CLASSSR_VAL", ROOT / "datasets" / "val"))
     if val.is_dir():
+        from classsr_cli.models import list_families
         from classsr_cli.weights import shipped_families
 
         for family in shipped_families("classsr"):  # bench compares a ClassSR model with its base network
-            run("-m", "classsr_cli", "bench", str(val), "--model", family, "--json")
+            if family in list_families("upscale"):
+                run("-m", "classsr_cli", "bench", str(val), "--model", family, "--json")
     else:
         print(f"\n(skipped bench: no validation photos at {val}; set CLASSSR_VAL)")
+    denoise_set = Path(os.environ.get("CLASSSR_DENOISE_SET", ROOT / "datasets" / "val-2k" / "Test2K"))
+    from classsr_cli.weights import shipped_families
+
+    if "dncnn" not in shipped_families("classsr"):
+        print("\n(skipped the denoising comparison: no ClassSR-DnCNN weights installed)")
+    elif denoise_set.is_dir():
+        run("-m", "benchmarks.denoise_nlm", str(denoise_set))
+    else:
+        print(f"\n(skipped the denoising comparison: no test set at {denoise_set}; set CLASSSR_DENOISE_SET)")
 
 
 if __name__ == "__main__":

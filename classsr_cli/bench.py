@@ -1,5 +1,9 @@
 """`classsr bench`: bicubic, the base network and ClassSR on one test set, measured the way the paper does.
 
+Denoising models (DnCNN, the paper's 4.4 and Table 5) are measured the same way with a `Protocol` of scale 1:
+the input is the HR image plus Gaussian noise of the given sigma (0-255 scale, seeded by the image's name,
+rounded to 8 bits), the reference row is that noisy input, and PSNR is taken over the whole image.
+
 The protocol of the paper (Sec. 4.1.2, Table 2):
 - LR = HR (cropped to a multiple of 4) reduced x4 with MATLAB bicubic, stored as 8-bit; a test set's own LR
   files are used when it has them.
@@ -35,6 +39,43 @@ from classsr_cli.errors import DataError, ModelError, OutputError
 
 SCALE = 4
 BORDER = SCALE  # SR papers crop the scale's worth of pixels from each side before PSNR
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How inputs are made and scored: x4 upscaling (LR by bicubic) or denoising (Gaussian noise, scale 1)."""
+
+    scale: int = SCALE
+    noise_sigma: float | None = None  # denoising: noise sigma on the 0-255 scale
+
+    def __post_init__(self):
+        if (self.scale == 1) != (self.noise_sigma is not None):
+            raise ValueError("a denoising protocol (scale 1) needs a noise sigma, and only it takes one")
+
+    @property
+    def denoise(self) -> bool:
+        return self.scale == 1
+
+    @property
+    def border(self) -> int:
+        return self.scale if self.scale > 1 else 0
+
+    @property
+    def reference(self) -> str:
+        """The reference row's kind: what a user has without any network."""
+        return "noisy" if self.denoise else "bicubic"
+
+    @property
+    def reference_name(self) -> str:
+        return f"Noisy input (sigma {self.noise_sigma:g})" if self.denoise else "Bicubic"
+
+    def describe(self) -> str:
+        if self.denoise:
+            return f"denoising, Gaussian sigma {self.noise_sigma:g}, PSNR over the whole image"
+        return f"x{self.scale}, PSNR with a {self.border}-pixel border"
+
+
+UPSCALE = Protocol()
 MIN_LR_SIDE = 3  # a 4-pixel border crop must leave something of the HR image
 PER_IMAGE_TABLE_LIMIT = 30  # more images than this: the per-image table is left to --json and --report
 REPORT_FILES = {
@@ -52,7 +93,7 @@ REPORT_FILES = {
 class ImagePair:
     name: str  # the HR file's stem
     hr: Path
-    lr: Path | None  # None: made from HR with bicubic
+    lr: Path | None  # None: made from HR with bicubic (or, denoising, with noise)
     height: int  # HR size after cropping to a multiple of the scale
     width: int
 
@@ -77,12 +118,15 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
 
 
 def find_pairs(
-    dataset: str | Path, data_root: str | Path | None = None, limit: int | None = None
+    dataset: str | Path,
+    data_root: str | Path | None = None,
+    limit: int | None = None,
+    protocol: Protocol = UPSCALE,
 ) -> tuple[Path, list[ImagePair]]:
     """The dataset folder and its (HR, LR) pairs, sorted by name; sizes are checked from headers up front.
 
     A folder with HR/ (and optionally LR/), or a folder of HR photos, or a name looked up under the data root.
-    LR files match HR files by stem (`0801.png` or `0801x4.png` for HR `0801.png`).
+    LR files match HR files by stem (`0801.png` or `0801x4.png` for HR `0801.png`); denoising uses HR only.
     """
     from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos
     from classsr_cli.data.testsets import find_dataset
@@ -91,7 +135,7 @@ def find_pairs(
         raise DataError(f"--limit must be at least 1, got {limit}")
     root = find_dataset(dataset, data_root)
     hr_dir = root / "HR" if (root / "HR").is_dir() else root
-    lr_dir = root / "LR" if (root / "LR").is_dir() else None
+    lr_dir = root / "LR" if (root / "LR").is_dir() and not protocol.denoise else None
     hr_files = list_photos(hr_dir)
     if not hr_files:
         layout = "" if hr_dir != root else " (expected HR images in it, or in its HR/ folder)"
@@ -100,14 +144,15 @@ def find_pairs(
     lr_by_stem = _by_stem(list_photos(lr_dir), lr_dir) if lr_dir else {}
     names = sorted(hr_by_stem)[:limit] if limit else sorted(hr_by_stem)
     pairs = []
+    scale, border = protocol.scale, protocol.border
     for name in names:
         hr = hr_by_stem[name]
-        lr = lr_by_stem.get(name) or lr_by_stem.get(f"{name}x{SCALE}")
+        lr = lr_by_stem.get(name) or lr_by_stem.get(f"{name}x{scale}")
         height, width = _upright_size(hr)
-        height, width = height // SCALE * SCALE, width // SCALE * SCALE
-        if min(height, width) < SCALE * MIN_LR_SIDE:
+        height, width = height // scale * scale, width // scale * scale
+        if min(height, width) < scale * MIN_LR_SIDE:
             raise DataError(
-                f"{hr}: too small for x{SCALE} with a {BORDER}-pixel border (under {SCALE * MIN_LR_SIDE} px)"
+                f"{hr}: too small for x{scale} with a {border}-pixel border (under {scale * MIN_LR_SIDE} px)"
             )
         if lr is not None:
             lr_height, lr_width = _upright_size(lr)
@@ -132,14 +177,23 @@ def make_lr(hr: np.ndarray) -> np.ndarray:
     return to_uint8(imresize(hr.astype(np.float32), scale=1 / SCALE))
 
 
-def load_pair(pair: ImagePair) -> tuple[np.ndarray, np.ndarray]:
-    """(HR uint8 cropped to a multiple of 4, LR uint8), both (h, w, 3) RGB."""
+def load_pair(pair: ImagePair, protocol: Protocol = UPSCALE) -> tuple[np.ndarray, np.ndarray]:
+    """(HR uint8 cropped to a multiple of the scale, input), both (h, w, 3) RGB: the input is the LR image
+    (uint8), or for denoising the HR image plus noise seeded by the image's name (float32 in [0, 1] on
+    1/255 steps)."""
     from classsr_cli.data.photos import read_rgb8
 
+    scale = protocol.scale
     hr = read_rgb8(pair.hr)
-    hr = np.ascontiguousarray(hr[: hr.shape[0] // SCALE * SCALE, : hr.shape[1] // SCALE * SCALE])
+    hr = np.ascontiguousarray(hr[: hr.shape[0] // scale * scale, : hr.shape[1] // scale * scale])
     if hr.shape[:2] != (pair.height, pair.width):  # the header promised another size
         raise DataError(f"{pair.hr}: decoded as {hr.shape[1]}x{hr.shape[0]}, not {pair.width}x{pair.height}")
+    if protocol.denoise:
+        import zlib
+
+        from classsr_cli.data.noise import noisy_image
+
+        return hr, noisy_image(hr, protocol.noise_sigma, zlib.crc32(pair.name.encode()))
     if pair.lr is None:
         return hr, make_lr(hr)
     lr = read_rgb8(pair.lr)
@@ -169,9 +223,9 @@ class Contender:
     """One row of the table: a way of producing the x4 image, and its results image by image."""
 
     name: str
-    kind: str  # "base", "classsr", "budget" or "bicubic"
+    kind: str  # "base", "classsr", "budget", or the reference: "bicubic" (upscale) or "noisy" (denoise)
     params: int
-    engine: object | None = None  # an Upscaler; None for bicubic
+    engine: object | None = None  # an Upscaler; None for the reference row
     note: str | None = None  # what the name cannot say
     results: list[ImageResult] = field(default_factory=list)
 
@@ -262,8 +316,10 @@ def build_contenders(
     flops_budget: float | None = None,
     tiling: str = "region",
     back_projection: bool | None = None,
+    protocol: Protocol = UPSCALE,
 ) -> list[Contender]:
-    """Rows in report order: the base network, ClassSR, ClassSR under the FLOPs budget, bicubic.
+    """Rows in report order: the base network, ClassSR, ClassSR under the FLOPs budget, the reference
+    (bicubic, or the noisy input).
 
     Every network row runs in the same `tiling` (and back-projection), so the rows differ only in routing.
     """
@@ -290,7 +346,7 @@ def build_contenders(
                 engine(classsr, budget=flops_budget),
             )
         )
-    rows.append(Contender("Bicubic", "bicubic", 0))
+    rows.append(Contender(protocol.reference_name, protocol.reference, 0))
     return rows
 
 
@@ -317,13 +373,14 @@ def _run_engine(engine, lr: np.ndarray, grid=None):
     return np.concatenate(pieces, axis=0), tally, seconds
 
 
-def _bicubic(lr: np.ndarray) -> tuple[np.ndarray, float]:
+def _reference(inputs: np.ndarray, protocol: Protocol) -> tuple[np.ndarray, float]:
+    """The reference output and its seconds: the bicubic upscale, or the noisy input itself."""
     from classsr_cli.imaging.bicubic import imresize
     from classsr_cli.metrics import to_uint8
 
     started = time.perf_counter()
-    sr = imresize(lr, scale=SCALE)
-    return to_uint8(sr), time.perf_counter() - started
+    out = inputs if protocol.denoise else imresize(inputs, scale=protocol.scale)
+    return to_uint8(out), time.perf_counter() - started
 
 
 def warm_up(contenders: list[Contender]) -> None:
@@ -345,6 +402,7 @@ class BenchResult:
     tiling: str = "region"
     back_projection: bool = True
     class_grids: dict[str, object] = field(default_factory=dict)  # image -> ClassGrid of the ClassSR row
+    protocol: Protocol = UPSCALE
 
     @property
     def base(self) -> Contender:
@@ -355,12 +413,13 @@ class BenchResult:
         return flops_per_tile / base if flops_per_tile is not None and base else None
 
     def as_json(self) -> dict:
-        bicubic = next((row for row in self.rows if row.kind == "bicubic"), None)
+        reference_kind = self.protocol.reference
+        reference = next((row for row in self.rows if row.kind == reference_kind), None)
         rows = []
         for row in self.rows:
             gains = (
-                [ours.psnr - theirs.psnr for ours, theirs in zip(row.results, bicubic.results, strict=True)]
-                if bicubic is not None and row is not bicubic
+                [ours.psnr - theirs.psnr for ours, theirs in zip(row.results, reference.results, strict=True)]
+                if reference is not None and row is not reference
                 else []
             )
             megapixels = sum(r.megapixels for r in row.results)
@@ -390,8 +449,8 @@ class BenchResult:
                     "flops": _number(row.flops_per_tile, 0),
                     "flops_ratio": _number(self.flops_ratio(row.flops_per_tile), 6),
                     "executed_ratio": _number(row.executed_ratio, 6),
-                    "gain_over_bicubic": _number(_mean(gains)),
-                    "min_gain_over_bicubic": _number(min(gains) if gains else None),
+                    f"gain_over_{reference_kind}": _number(_mean(gains)),
+                    f"min_gain_over_{reference_kind}": _number(min(gains) if gains else None),
                     "class_fractions": _rounded(row.class_fractions),
                     "seconds": _number(row.seconds_total / len(row.results) if row.results else None),
                     "seconds_total": _number(row.seconds_total),
@@ -405,8 +464,10 @@ class BenchResult:
             "path": str(self.dataset),
             "images": len(self.pairs),
             "family": self.family,
-            "scale": SCALE,
-            "border": BORDER,
+            "task": "denoise" if self.protocol.denoise else "upscale",
+            "scale": self.protocol.scale,
+            "border": self.protocol.border,
+            **({"noise_sigma": self.protocol.noise_sigma} if self.protocol.denoise else {}),
             "device": self.device,
             "flops_budget": self.flops_budget,
             "tiling": self.tiling,
@@ -444,6 +505,7 @@ def run_bench(
     flops_budget: float | None = None,
     keep_class_grids: bool = False,
     progress=None,
+    protocol: Protocol = UPSCALE,
 ) -> BenchResult:
     """Every contender on every image; each image is read once and its outputs dropped after scoring.
 
@@ -458,6 +520,7 @@ def run_bench(
     result = BenchResult(
         dataset, family, str(engines[0].device) if engines else "cpu", contenders, pairs, flops_budget
     )
+    result.protocol = protocol
     if engines:
         result.tiling, result.back_projection = engines[0].tiling, engines[0].back_projection
     warm_up(contenders)
@@ -465,14 +528,14 @@ def run_bench(
     for pair in pairs:
         if progress is not None:
             progress.update(task, description=escape(f"{pair.name}: reading"))
-        hr, lr8 = load_pair(pair)
-        lr = lr8.astype(np.float32) / 255.0
+        hr, inputs = load_pair(pair, protocol)
+        lr = inputs if protocol.denoise else inputs.astype(np.float32) / 255.0
         megapixels = hr.shape[0] * hr.shape[1] / 1e6
         for row in contenders:
             if progress is not None:
                 progress.update(task, description=escape(f"{pair.name}: {row.name}"))
             if row.engine is None:
-                sr, seconds = _bicubic(lr)
+                sr, seconds = _reference(lr, protocol)
                 tally = None
             else:
                 grid = ClassGrid() if keep_class_grids and row.kind == "classsr" else None
@@ -482,8 +545,8 @@ def run_bench(
             row.results.append(
                 ImageResult(
                     image=pair.name,
-                    psnr=psnr(sr, hr, border=BORDER),
-                    psnr_y=psnr_y(sr, hr, border=BORDER),
+                    psnr=psnr(sr, hr, border=protocol.border),
+                    psnr_y=psnr_y(sr, hr, border=protocol.border),
                     seconds=seconds,
                     megapixels=megapixels,
                     tiles=tally.tiles if tally else 0,
@@ -555,20 +618,31 @@ def _compact_table(title: str, first_column: str, columns: tuple[str, ...], min_
 def print_tables(result: BenchResult, console) -> None:
     """The summary like the paper's Table 2, then ClassSR against the base network image by image."""
     document = result.as_json()
+    reference = result.protocol.reference
     tiling = f"{result.tiling} tiling" + (", back-projected" if result.back_projection else "")
     table = _compact_table(
-        f"{document['dataset']}: {_count(document['images'], 'image')}, x{SCALE}, "
-        f"PSNR with a {BORDER}-pixel border, {tiling}, on {result.device}",
+        f"{document['dataset']}: {_count(document['images'], 'image')}, {result.protocol.describe()}, "
+        f"{tiling}, on {result.device}",
         "model",
-        ("params", "PSNR", "PSNR-Y", "vs bicubic (min)", "FLOPs", "executed", "classes", "s/img", "MP/s"),
+        (
+            "params",
+            "PSNR",
+            "PSNR-Y",
+            f"vs {reference} (min)",
+            "FLOPs",
+            "executed",
+            "classes",
+            "s/img",
+            "MP/s",
+        ),
         min_width=16,
     )
     for row in document["rows"]:
         ratio = f" ({row['flops_ratio']:.0%})" if row["flops_ratio"] is not None else ""
         gain = "-"
-        if row["gain_over_bicubic"] is not None:
-            lowest = _db(row["min_gain_over_bicubic"], signed=True)
-            gain = f"{_db(row['gain_over_bicubic'], signed=True)} ({lowest})"
+        if row[f"gain_over_{reference}"] is not None:
+            lowest = _db(row[f"min_gain_over_{reference}"], signed=True)
+            gain = f"{_db(row[f'gain_over_{reference}'], signed=True)} ({lowest})"
         table.add_row(
             row["name"],
             format_params(row["params"]),
@@ -648,13 +722,14 @@ def write_report(
         if grid is None:
             continue
         target = folder / REPORT_FILES["maps"] / f"{pair.name}.png"
-        # tiles are placed in LR pixels; the map is drawn over the HR image, SCALE times larger
+        # tiles are placed in LR pixels; the map is drawn over the HR image, `scale` times larger
+        scale = result.protocol.scale
         write_class_map(
             pair.hr,
             target,
             grid.as_array(),
-            [y * SCALE for y in grid.rows],
-            [x * SCALE for x in grid.cols],
+            [y * scale for y in grid.rows],
+            [x * scale for x in grid.cols],
             classsr.engine.num_classes,
             overwrite=True,
         )
@@ -723,8 +798,10 @@ def _write_plot(document: dict, path: Path) -> bool:
     if networks:
         overview.legend(loc="best")
     # bicubic sits far below the networks: drawn, it would flatten the differences that matter
-    bicubic = next((row for row in document["rows"] if row["kind"] == "bicubic"), None)
-    reference = f", bicubic {bicubic['psnr']:.2f} dB" if bicubic and bicubic["psnr"] is not None else ""
+    bicubic = next((row for row in document["rows"] if row["kind"] in ("bicubic", "noisy")), None)
+    reference = (
+        f", {bicubic['kind']} {bicubic['psnr']:.2f} dB" if bicubic and bicubic["psnr"] is not None else ""
+    )
     overview.set_xlabel("FLOPs per 32x32 sub-image (M)")
     overview.set_ylabel("PSNR (dB)")
     overview.set_title(f"{document['dataset']} ({_count(document['images'], 'image')}{reference})")

@@ -54,7 +54,7 @@ class CleanHelpGroup(TyperGroup):
 app = typer.Typer(
     cls=CleanHelpGroup,
     name="classsr",
-    help="Upscale large images x4 with ClassSR: easy regions go to small networks.",
+    help="Upscale large images x4 (or denoise them) with ClassSR: easy regions go to small networks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -153,7 +153,7 @@ def _root(
         False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
     ),
 ):
-    """Upscale large images x4 with ClassSR: easy regions go to small networks."""
+    """Upscale large images x4 (or denoise them) with ClassSR: easy regions go to small networks."""
 
 
 DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors.")
@@ -174,13 +174,15 @@ JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on std
 @app.command(cls=CleanHelp)
 @user_errors
 def flops(
-    model: str = typer.Option("fsrcnn", "--model", "-m", help="Family: fsrcnn, carn, srresnet or rcan."),
+    model: str = typer.Option(
+        "fsrcnn", "--model", "-m", help="Family: fsrcnn, carn, srresnet, rcan or dncnn (denoising)."
+    ),
     classes: int = typer.Option(None, "--classes", help="Number of classes M (2-5); default 3."),
     widths: str = typer.Option(None, "--widths", help="Branch widths simple->hard, e.g. 16,36,56."),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
-    """FLOPs and parameters per 32x32 sub-image (x4), in the paper's convention and as executed."""
+    """FLOPs and parameters per 32x32 sub-image (x4; dncnn: same size), as the paper counts and as run."""
     from classsr_cli.flops import classsr_costs
     from classsr_cli.models import create, get_family
 
@@ -189,9 +191,8 @@ def flops(
     if as_json:
         print_json(costs)
         return
-    table = Table(
-        title=f"ClassSR-{family.title}, x{costs['scale']}, per {costs['patch']}x{costs['patch']} sub-image"
-    )
+    task = f"x{costs['scale']}" if costs["scale"] > 1 else "denoising"
+    table = Table(title=f"ClassSR-{family.title}, {task}, per {costs['patch']}x{costs['patch']} sub-image")
     for column in ("module", "width", "params", "FLOPs (paper)", "FLOPs (executed)", "of base"):
         table.add_column(column, justify="right" if column != "module" else "left")
     base = costs["branches"][-1]["flops"]
@@ -216,36 +217,47 @@ def flops(
     Console().print(f"ClassSR parameters: {costs['params']:,}")
 
 
-def best_shipped_family() -> str:
-    """The most capable family with shipped weights (ClassSR first, else a base network)."""
+# the most capable family first, per task
+FAMILY_PREFERENCE = {"upscale": ("rcan", "srresnet", "carn", "fsrcnn"), "denoise": ("dncnn",)}
+
+
+def best_shipped_family(task: str = "upscale") -> str:
+    """The most capable family of the task with shipped weights (ClassSR first, else a base network)."""
     from classsr_cli.errors import WeightsError
     from classsr_cli.weights import shipped_families
 
     for kind in ("classsr", "base"):
         shipped = shipped_families(kind)
-        for family in ("rcan", "srresnet", "carn", "fsrcnn"):
+        for family in FAMILY_PREFERENCE[task]:
             if family in shipped:
                 return family
-    raise WeightsError("no weights are shipped with this installation: pass --weights FILE")
+    raise WeightsError(f"no {task} weights are shipped with this installation: pass --weights FILE")
 
 
 def load_for_inference(
-    model: str | None, weights: str | None, base_fallback: bool = True, quiet: bool = False
+    model: str | None,
+    weights: str | None,
+    base_fallback: bool = True,
+    quiet: bool = False,
+    task: str | None = "upscale",
 ):
     """(model, family) from --model/--weights: a file if given, else the family's shipped weights.
 
     Where a family ships no ClassSR weights yet but its base network, that network runs on every tile
     (the CLI says so unless `quiet`; not with base_fallback off): as good as the base network, just
-    without the savings.
+    without the savings. A model of another task (a denoiser for upscale) is refused in one line; task None
+    takes either.
     """
-    from classsr_cli.models import get_family
+    from classsr_cli.models import family_for_task, get_family
     from classsr_cli.weights import load_weights, shipped_entry
 
-    family = get_family(model).name if model else None
+    family = (family_for_task(model, task) if task else get_family(model)).name if model else None
     if weights:
         loaded = load_weights(weights, family=family)
+        if task:
+            family_for_task(loaded.family, task)
     else:
-        family = family or best_shipped_family()
+        family = family or best_shipped_family(task or "upscale")
         if (
             base_fallback
             and shipped_entry(family, "classsr") is None
@@ -265,6 +277,23 @@ def load_for_inference(
     return loaded.model, loaded.family
 
 
+MODEL_WEIGHTS_OPTION = typer.Option(
+    None, "--weights", "-w", help="Weights file (.safetensors, or an official .pth)."
+)
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
+PRECISION_OPTION = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16.")
+BATCH_OPTION = typer.Option(None, "--batch-size", help="Tiles per network call (default: 16 CPU, 256 GPU).")
+BRANCH_OPTION = typer.Option(
+    None, "--branch", help="Send every tile to branch K (1..M); M is the base network."
+)
+BUDGET_OPTION = typer.Option(None, "--flops-budget", help="Keep average FLOPs within F x the base (0<F<=1).")
+CLASS_MAP_OPTION = typer.Option(None, "--class-map", help="Also write the image tinted by tile class.")
+OVERWRITE_OPTION = typer.Option(False, "--overwrite", help="Replace existing output files.")
+MAX_PIXELS_OPTION = typer.Option(
+    None, "--max-pixels", min=1, help="Refuse inputs of more pixels (default: 2^30, 32768 x 32768)."
+)
+
+
 @app.command(cls=CleanHelp)
 @user_errors
 def upscale(
@@ -275,25 +304,15 @@ def upscale(
     model: str = typer.Option(
         None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
     ),
-    weights: str = typer.Option(
-        None, "--weights", "-w", help="Weights file (.safetensors, or an official .pth)."
-    ),
-    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16."),
-    batch_size: int = typer.Option(
-        None, "--batch-size", help="Tiles per network call (default: 16 CPU, 256 GPU)."
-    ),
-    branch: int = typer.Option(
-        None, "--branch", help="Send every tile to branch K (1..M); M is the base network."
-    ),
-    flops_budget: float = typer.Option(
-        None, "--flops-budget", help="Keep average FLOPs within F x the base (0<F<=1)."
-    ),
-    class_map: Path = typer.Option(None, "--class-map", help="Also write the image tinted by tile class."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing output files."),
-    max_pixels: int = typer.Option(
-        None, "--max-pixels", min=1, help="Refuse inputs of more pixels (default: 2^30, 32768 x 32768)."
-    ),
+    weights: str = MODEL_WEIGHTS_OPTION,
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
+    batch_size: int = BATCH_OPTION,
+    branch: int = BRANCH_OPTION,
+    flops_budget: float = BUDGET_OPTION,
+    class_map: Path = CLASS_MAP_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
     tiling: str = TILING_OPTION,
     back_projection: bool = BACK_PROJECTION_OPTION,
     as_json: bool = JSON_OPTION,
@@ -303,39 +322,75 @@ def upscale(
 
     Started by torchrun, the processes share the folder's images (docs/multi-gpu.md).
     """
+    restore("upscale", dict(locals()))
+
+
+@app.command(cls=CleanHelp)
+@user_errors
+def denoise(
+    input: Path = typer.Argument(..., help="Image file, or a folder of images.", show_default=False),
+    output: Path = typer.Argument(
+        ..., help="Output file (type from its extension), or a folder.", show_default=False
+    ),
+    model: str = typer.Option(None, "--model", "-m", help="dncnn (the default)."),
+    weights: str = MODEL_WEIGHTS_OPTION,
+    device: str = DEVICE_OPTION,
+    precision: str = PRECISION_OPTION,
+    batch_size: int = BATCH_OPTION,
+    branch: int = BRANCH_OPTION,
+    flops_budget: float = BUDGET_OPTION,
+    class_map: Path = CLASS_MAP_OPTION,
+    overwrite: bool = OVERWRITE_OPTION,
+    max_pixels: int = MAX_PIXELS_OPTION,
+    tiling: str = TILING_OPTION,
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Remove Gaussian-like noise from an image (or every image in a folder) with ClassSR-DnCNN.
+
+    The shipped models were trained at noise sigma 25 (0-255 scale). Same size out; bit depth, alpha and
+    metadata kept as `upscale` keeps them. Started by torchrun, the processes share a folder's images.
+    """
+    restore("denoise", {**locals(), "back_projection": None})
+
+
+def restore(task: str, options: dict) -> None:
+    """The body of `upscale` and `denoise`: plan the run, build the engine, run every image, report."""
     from classsr_cli.engine import Upscaler
     from classsr_cli.engine.pipeline import upscale_file
     from classsr_cli.engine.plan import plan_run
     from classsr_cli.engine.ranks import joined
     from classsr_cli.imaging import DEFAULT_MAX_PIXELS
 
+    o = options
+    as_json, overwrite, flops_budget = o["as_json"], o["overwrite"], o["flops_budget"]
     # errors are reported before the ranks leave the group: torchrun stops the others when one exits
-    with joined() as ranks, errors_reported(debug, as_json):
+    with joined() as ranks, errors_reported(o["debug"], as_json):
         # refuses a lossy plan before any work; made once, by rank 0, so that every rank has the same one
-        plan = ranks.from_main(lambda: plan_run(input, output, class_map, overwrite=overwrite))
+        plan = ranks.from_main(lambda: plan_run(o["input"], o["output"], o["class_map"], overwrite=overwrite))
         if ranks.is_main:
             for note in plan.notes:
                 console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
 
         def build_engine():
-            network, family = load_for_inference(model, weights, quiet=not ranks.is_main)
+            network, family = load_for_inference(o["model"], o["weights"], quiet=not ranks.is_main, task=task)
             engine = Upscaler(
                 network,
-                ranks.device_spec(device),
-                precision,
-                batch_size,
-                branch,
+                ranks.device_spec(o["device"]),
+                o["precision"],
+                o["batch_size"],
+                o["branch"],
                 flops_budget,
-                tiling,
-                back_projection,
+                o["tiling"],
+                o["back_projection"],
             )
             return engine, family
 
         engine, family = ranks.agree(build_engine)
-        limit = max_pixels or DEFAULT_MAX_PIXELS
+        limit = o["max_pixels"] or DEFAULT_MAX_PIXELS
         ranks.from_main(plan.make_folders)
 
-        def upscale_one(job, on_progress):
+        def restore_one(job, on_progress):
             return upscale_file(
                 engine,
                 job.source,
@@ -346,7 +401,7 @@ def upscale(
                 on_progress=on_progress,
             )
 
-        reports, failures = run_jobs(plan, ranks, upscale_one, as_json)
+        reports, failures = run_jobs(plan, ranks, restore_one, as_json)
         if ranks.is_main:
             if flops_budget and any(r.flops_ratio > flops_budget + 1e-9 for r in reports):
                 console.print(
@@ -466,10 +521,12 @@ app.add_typer(train_app, name="train")
 # unset options (None) come from the checkpoint on --resume, else from the stage's paper defaults
 TRAIN_DATA = typer.Option(..., "--data", help="Folder made by `classsr prepare-data`.", show_default=False)
 TRAIN_OUT = typer.Option(..., "--out", help="Run folder: weights, checkpoints and logs.", show_default=False)
-TRAIN_MODEL = typer.Option(None, "--model", "-m", help="Family: fsrcnn, carn, srresnet or rcan.")
+TRAIN_MODEL = typer.Option(None, "--model", "-m", help="Family: fsrcnn, carn, srresnet, rcan or dncnn.")
 TRAIN_ITERS = typer.Option(None, "--iters", min=1, help="Iterations (stage 1: 500k, stages 2-3: 200k).")
 TRAIN_BATCH = typer.Option(None, "--batch-size", min=1, help="Batch over all processes (16; stages 2-3: 96).")
-TRAIN_LR = typer.Option(None, "--lr", help="Initial learning rate, cosine to 1e-7 (1e-3; stages 2-3: 2e-4).")
+TRAIN_LR = typer.Option(
+    None, "--lr", help="Initial learning rate, cosine to 1e-7 (1e-3, DnCNN 1e-4; stages 2-3: 2e-4)."
+)
 TRAIN_INIT = typer.Option(None, "--init", help="Starting weights (RUN/stage1, RUN/stage2.safetensors).")
 TRAIN_RESUME = typer.Option(False, "--resume", help="Continue from RUN/<stage>.ckpt and its iteration.")
 TRAIN_DEVICE = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (torchrun: one GPU each).")
@@ -481,6 +538,9 @@ TRAIN_WIDTHS = typer.Option(None, "--widths", help="Branch widths simple->hard, 
 TRAIN_WORKERS = typer.Option(None, "--workers", min=0, help="Data loader processes (by device).")
 TRAIN_LOG_EVERY = typer.Option(None, "--log-every", min=1, help="Log to RUN/<stage>.jsonl every K (100).")
 TRAIN_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC layout (on).")
+TRAIN_NOISE_SIGMA = typer.Option(
+    None, "--noise-sigma", min=0.0, help="Denoising data: Gaussian noise sigma, 0-255 (the data's, 25)."
+)
 TRAIN_PRECISION = typer.Option(
     None, "--precision", help="Forward pass: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16."
 )
@@ -557,6 +617,7 @@ def train_branches_command(
     log_every: int = TRAIN_LOG_EVERY,
     channels_last: bool = TRAIN_CHANNELS_LAST,
     precision: str = TRAIN_PRECISION,
+    noise_sigma: float = TRAIN_NOISE_SIGMA,
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -593,6 +654,7 @@ def _classsr_stage_command(stage: str):
         log_every: int = TRAIN_LOG_EVERY,
         channels_last: bool = TRAIN_CHANNELS_LAST,
         precision: str = TRAIN_PRECISION,
+        noise_sigma: float = TRAIN_NOISE_SIGMA,
         as_json: bool = JSON_OPTION,
         debug: bool = DEBUG_OPTION,
     ):
@@ -620,7 +682,7 @@ def train_assemble_command(
     from classsr_cli.train import assemble_networks
 
     if not model:
-        raise ModelError("--model is required: fsrcnn, carn, srresnet or rcan")
+        raise ModelError("--model is required: fsrcnn, carn, srresnet, rcan or dncnn")
     target = Path(out) / "stage1.safetensors"
     if target.exists() and not overwrite:
         raise WeightsError(f"{target} exists: pass --overwrite to replace it")
@@ -678,14 +740,18 @@ def prepare_data_command(
     src: Path = typer.Argument(..., help="Folder of training photos.", show_default=False),
     out: Path = typer.Argument(..., help="Output folder (resumes a run there).", show_default=False),
     scales: str = typer.Option("1.0,0.9,0.8,0.7,0.6", "--scales", help="Factors photos are shrunk by."),
-    scale: int = typer.Option(4, "--scale", help="SR scale: LR = HR reduced by it."),
+    task: str = typer.Option("upscale", "--task", help="upscale (x4 SR data) or denoise (Gaussian noise)."),
+    noise_sigma: float = typer.Option(
+        25.0, "--noise-sigma", help="Denoise: noise sigma on the 0-255 scale (added on the fly in training)."
+    ),
+    scale: int = typer.Option(None, "--scale", help="SR scale: LR = HR reduced by it (4; denoise: 1)."),
     patch: int = typer.Option(32, "--patch", help="LR sub-image size."),
     stride: int = typer.Option(16, "--stride", help="LR sub-image stride."),
     classes: int = typer.Option(3, "--classes", help="Number of classes M (equal thirds for 3)."),
     rank_model: str = typer.Option(
         None,
         "--rank-model",
-        help="bicubic, fsrcnn, carn, srresnet, rcan or a weights FILE (default: best shipped, else bicubic).",
+        help="bicubic (denoise: blur), a family or a weights FILE (default: best shipped, else bicubic).",
     ),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of photos held out."),
     workers: int = typer.Option(None, "--workers", help="Processes (default: min(4, CPU cores))."),
@@ -700,7 +766,7 @@ def prepare_data_command(
         src,
         out,
         parse_scales(scales),
-        scale,
+        scale if scale is not None else (1 if task == "denoise" else 4),
         patch,
         stride,
         classes,
@@ -709,6 +775,8 @@ def prepare_data_command(
         workers,
         seed,
         log=lambda message: console.print(message, markup=False, highlight=False),
+        task=task,
+        noise_sigma=noise_sigma,
     )
     if as_json:
         print_json(summary)
@@ -763,9 +831,12 @@ def bench_command(
         show_default=False,
     ),
     model: str = typer.Option(
-        None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
+        None, "--model", "-m", help="fsrcnn, carn, srresnet, rcan or dncnn (default: best shipped SR)."
     ),
     weights: str = typer.Option(None, "--weights", "-w", help="ClassSR weights file (default: shipped)."),
+    noise_sigma: float = typer.Option(
+        None, "--noise-sigma", help="Denoising models: Gaussian noise added to the images, 0-255 (25)."
+    ),
     base_weights: str = typer.Option(
         None, "--base-weights", help="Base (-O) network weights (default: shipped, else ClassSR's branch M)."
     ),
@@ -787,11 +858,23 @@ def bench_command(
     from functools import partial
 
     from classsr_cli import bench as benchmark
+    from classsr_cli.errors import DataError
+    from classsr_cli.models import get_family
 
-    root, pairs = benchmark.find_pairs(dataset, data_root, limit)
+    # a comparison needs ClassSR, of either task
+    network, family = load_for_inference(model, weights, base_fallback=False, task=None)
+    if get_family(family).task == "denoise":
+        noise_sigma = 25.0 if noise_sigma is None else noise_sigma
+        if not 0 < noise_sigma <= 255:
+            raise DataError(f"--noise-sigma must lie in (0, 255] (0-255 scale), got {noise_sigma}")
+        protocol = benchmark.Protocol(scale=1, noise_sigma=noise_sigma)
+    elif noise_sigma is not None:
+        raise DataError("--noise-sigma is for denoising models (dncnn); upscaling benches add no noise")
+    else:
+        protocol = benchmark.UPSCALE
+    root, pairs = benchmark.find_pairs(dataset, data_root, limit, protocol)
     if report is not None:
         benchmark.prepare_report_dir(report)
-    network, family = load_for_inference(model, weights, base_fallback=False)  # a comparison needs ClassSR
     base = benchmark.choose_base(family, base_weights, network)
     rows = benchmark.build_contenders(
         network,
@@ -803,6 +886,7 @@ def bench_command(
         flops_budget=flops_budget,
         tiling=tiling,
         back_projection=back_projection,
+        protocol=protocol,
     )
     with progress_bars() as progress:
         result = benchmark.run_bench(
@@ -813,6 +897,7 @@ def bench_command(
             flops_budget=flops_budget,
             keep_class_grids=report is not None,
             progress=progress,
+            protocol=protocol,
         )
     if report is not None:
         benchmark.write_report(result, report, log=partial(console.print, markup=False, highlight=False))

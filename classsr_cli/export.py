@@ -151,6 +151,8 @@ def _describe(model: ClassSR, family: str, names: list[str], opset: int, source:
     from classsr_cli.flops import measure
 
     scale, classes = model.scale, model.num_classes
+    context = max(getattr(branch, "engine_context", CONTEXT) for branch in model.branches)
+    finish = ", then one back-projection step" if scale > 1 else ""
     classifier_cost = measure(model.classifier)
     branches = []
     for index, (branch, name) in enumerate(zip(model.branches, names, strict=True), start=1):
@@ -224,11 +226,11 @@ def _describe(model: ClassSR, family: str, names: list[str], opset: int, source:
             ),
             "region_mode": (
                 "the default of `classsr upscale`: same-class sub-images' cells run together through their "
-                f"branch as larger regions with {CONTEXT} LR pixels of real context around them, cross-faded "
-                f"over {2 * FADE} LR pixels where classes meet, then one back-projection step; see the "
+                f"branch as larger regions with {context} LR pixels of real context around them, cross-faded "
+                f"over {2 * FADE} LR pixels where classes meet{finish}; see the "
                 "README and classsr_cli/engine/upscaler.py"
             ),
-            "context": CONTEXT,
+            "context": context,
             "fade": FADE,
         },
     }

@@ -301,6 +301,10 @@ def _detect(state: dict, family_hint: str | None) -> tuple[str, str, list[int]]:
         if found and family_hint not in found:
             raise WeightsError(f"the checkpoint is a {found[0]} model, not {family_hint}")
         found = [family_hint]
+    if found and found[0] not in _FAMILY_SIGNATURES:
+        raise WeightsError(
+            f"no official checkpoint layout is known for {found[0]}: use our .safetensors files"
+        )
     if not found:
         raise WeightsError("cannot tell which family this checkpoint is (no known layout matched)")
     family = found[0]

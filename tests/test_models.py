@@ -6,7 +6,9 @@ from classsr_cli.models import ClassSR, create, create_base, get_family, list_fa
 
 
 def test_families_listed():
-    assert list_families() == ["fsrcnn", "carn", "srresnet", "rcan"]
+    assert list_families() == ["fsrcnn", "carn", "srresnet", "rcan", "dncnn"]
+    assert list_families("upscale") == ["fsrcnn", "carn", "srresnet", "rcan"]
+    assert list_families("denoise") == ["dncnn"]
 
 
 @pytest.mark.parametrize("family", ["fsrcnn", "carn", "srresnet", "rcan"])

@@ -1,5 +1,9 @@
 """prepare-data: photos -> scaled HR/LR pairs, a sub-image index ranked by restoration difficulty, M classes.
 
+For denoising (`task="denoise"`, the paper's 4.4) the SR scale is 1 and the "LR" image is the clean photo
+itself (one file serves as both): training adds Gaussian noise of `noise_sigma` (0-255 scale) on the fly, and
+the ranking model sees each sub-image with seeded noise of that sigma.
+
 The paper's recipe (Sec. 3.1, 4.1): every photo is shrunk by 1.0, 0.9, ..., 0.6 (MATLAB bicubic), cropped to
 a multiple of the SR scale and reduced x4 to its LR image; 32x32 LR sub-images at stride 16 are cut from
 every LR image; each is super-resolved by a ranking model and the PSNR against its HR sub-image measures how
@@ -46,8 +50,13 @@ INDEX_DTYPE = np.dtype(
 # an exact reconstruction (flat sub-images) has infinite PSNR; a finite cap keeps sorting and JSON sane
 PSNR_CAP = 100.0
 # the strongest shipped base network ranks best (the paper used MSRResNet); bicubic when none is shipped
-RANK_PREFERENCE = ("rcan", "srresnet", "carn", "fsrcnn")
+RANK_PREFERENCE = {"upscale": ("rcan", "srresnet", "carn", "fsrcnn"), "denoise": ("dncnn",)}
 BICUBIC = "bicubic"
+# the denoising stand-in for bicubic when no denoiser is shipped: a Gaussian blur (sigma 1 px) of the noisy
+# sub-image, which restores smooth sub-images well and textured ones badly
+BLUR = "blur"
+BLUR_SIGMA = 1.0
+DEFAULT_NOISE_SIGMA = 25.0  # DnCNN's standard setting, on the 0-255 scale
 
 
 # -- small pure pieces ----------------------------------------------------------------------------------
@@ -141,10 +150,11 @@ def scale_tag(scale: float) -> str:
 
 @dataclass(frozen=True)
 class RankModel:
-    """What rates the sub-images: `bicubic`, a family's shipped base network, or a weights file."""
+    """What rates the sub-images: `bicubic` (or `blur` for denoising), a family's shipped base network, or a
+    weights file."""
 
-    kind: str  # "bicubic", "family" or "file"
-    name: str  # "bicubic", the family name, or the file path
+    kind: str  # "bicubic", "blur", "family" or "file"
+    name: str  # "bicubic", "blur", the family name, or the file path
     identity: str  # changes whenever its outputs may change (resumed results are reused only if equal)
 
     @property
@@ -154,10 +164,13 @@ class RankModel:
         return self.name
 
 
-def resolve_rank_model(choice: str | None) -> RankModel:
-    """`bicubic`, a family name, or a weights file; None picks the best shipped base network, else bicubic."""
-    from classsr_cli.models import FAMILIES
+def resolve_rank_model(choice: str | None, task: str = "upscale") -> RankModel:
+    """`bicubic` (upscale) or `blur` (denoise), a family name, or a weights file; None picks the best shipped
+    base network of the task, else bicubic or blur."""
+    from classsr_cli.models import list_families
 
+    families = list_families(task)
+    simple = BICUBIC if task == "upscale" else BLUR
     if choice is None:
         try:
             from classsr_cli.weights import shipped_families
@@ -168,19 +181,20 @@ def resolve_rank_model(choice: str | None) -> RankModel:
             ClasssrError,
         ):  # no weights module or an unreadable manifest: bicubic needs neither
             shipped = set()
-        for family in RANK_PREFERENCE:
+        for family in RANK_PREFERENCE[task]:
             if family in shipped:
                 return _family_rank_model(family)
-        return RankModel(BICUBIC, BICUBIC, BICUBIC)
+        return RankModel(simple, simple, simple)
     text = choice.strip()
-    if text.lower() == BICUBIC:
-        return RankModel(BICUBIC, BICUBIC, BICUBIC)
-    if text.lower() in FAMILIES:
+    if text.lower() == simple:
+        return RankModel(simple, simple, simple)
+    if text.lower() in families:
         return _family_rank_model(text.lower())
     path = Path(text).expanduser()
     if not path.is_file():
         raise DataError(
-            f"--rank-model '{text}' is neither bicubic, a family ({', '.join(FAMILIES)}) nor a file"
+            f"--rank-model '{text}' is neither {simple}, a family of the {task} task "
+            f"({', '.join(families)}) nor a file"
         )
     stat = path.stat()
     return RankModel("file", str(path.resolve()), f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
@@ -217,6 +231,52 @@ class BicubicRanker:
         return (up + 0.5).floor_().clamp_(0, 255)
 
 
+class BlurRanker:
+    """A Gaussian blur (sigma BLUR_SIGMA px, edges mirrored) of each sub-image: denoising's bicubic."""
+
+    batch = 64
+
+    def __init__(self):
+        import torch
+
+        radius = 3
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / BLUR_SIGMA) ** 2)
+        self.taps = taps / taps.sum()
+        self.radius = radius
+
+    def __call__(self, noisy):
+        """(N, 3, p, p) float tensor of 8-bit values -> the blurred sub-images, rounded and clipped."""
+        import torch.nn.functional as F
+
+        channels = noisy.shape[1]
+        padded = F.pad(noisy, [self.radius] * 4, mode="reflect")
+        rows = self.taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+        cols = self.taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+        out = F.conv2d(F.conv2d(padded, rows, groups=channels), cols, groups=channels)
+        return (out + 0.5).floor_().clamp_(0, 255)
+
+
+class NoisyInput:
+    """Ranks denoising: adds Gaussian noise of `sigma` (0-255 scale) to each clean batch, rounds to 8 bits
+    as a stored noisy photo would be, and passes it to `inner`. The noise is seeded by the batch's pixels,
+    so a resumed or parallel run ranks every sub-image exactly as an uninterrupted one."""
+
+    def __init__(self, inner, sigma: float):
+        self.inner = inner
+        self.sigma = float(sigma)
+        self.batch = inner.batch
+
+    def __call__(self, clean):
+        import zlib
+
+        import torch
+
+        seed = zlib.crc32(clean.to(torch.uint8).numpy().tobytes())
+        noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed))
+        noisy = (clean + self.sigma * noise).round_().clamp_(0, 255)
+        return self.inner(noisy)
+
+
 class NetworkRanker:
     """A network's output on batches of LR sub-images, quantised to 8 bits as a stored image would be."""
 
@@ -224,6 +284,7 @@ class NetworkRanker:
         import torch
 
         from classsr_cli import weights
+        from classsr_cli.engine.inference_graph import optimize_for_inference
 
         if rank.kind == "family":
             model = weights.load_model(rank.name, kind="base")
@@ -235,7 +296,8 @@ class NetworkRanker:
         if model_scale != scale:
             raise ModelError(f"the ranking model {rank.label} upscales x{model_scale}, not x{scale}")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = model.eval().to(self.device)
+        # batch norms folded (DnCNN, CARN): the same outputs up to float rounding, in one pass instead of two
+        self.model = optimize_for_inference(model.eval(), subpixel=False).to(self.device)
         self.batch = 256 if self.device.type == "cuda" else 64
 
     def __call__(self, lr):
@@ -246,10 +308,12 @@ class NetworkRanker:
             return (out.clamp(0, 1) * 255.0 + 0.5).floor().cpu()
 
 
-def make_ranker(rank: RankModel, patch: int, scale: int):
+def make_ranker(rank: RankModel, patch: int, scale: int, noise_sigma: float = 0.0):
+    """The ranker of an upscale (noise_sigma 0) or denoise (scale 1, noise_sigma > 0) data set."""
     if rank.kind == BICUBIC:
         return BicubicRanker(patch, scale)
-    return NetworkRanker(rank, scale)
+    ranker = BlurRanker() if rank.kind == BLUR else NetworkRanker(rank, scale)
+    return NoisyInput(ranker, noise_sigma) if noise_sigma > 0 else ranker
 
 
 def rank_subimages(lr: np.ndarray, hr: np.ndarray, ys, xs, patch: int, scale: int, ranker) -> np.ndarray:
@@ -285,15 +349,16 @@ class PhotoJob:
     stride: int
     rank: RankModel
     fingerprint: str
+    noise_sigma: float = 0.0  # > 0: a denoising set (sr_scale 1), ranked on noisy sub-images
 
 
 _RANKERS: dict = {}  # one ranker per process and model, loaded on first use
 
 
 def _ranker_for(job: PhotoJob):
-    cache_key = (job.rank.identity, job.patch, job.sr_scale)
+    cache_key = (job.rank.identity, job.patch, job.sr_scale, job.noise_sigma)
     if cache_key not in _RANKERS:
-        _RANKERS[cache_key] = make_ranker(job.rank, job.patch, job.sr_scale)
+        _RANKERS[cache_key] = make_ranker(job.rank, job.patch, job.sr_scale, job.noise_sigma)
     return _RANKERS[cache_key]
 
 
@@ -349,13 +414,15 @@ def process_photo(job: PhotoJob) -> dict:
             continue
         hr = np.ascontiguousarray(scaled[:height, :width])
         lr_shape = (height // job.sr_scale, width // job.sr_scale)
-        lr = to_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
+        # denoising (scale 1): the clean image is the input too; the noise is added when it is used
+        lr = hr if job.sr_scale == 1 else to_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
         ys = subimage_positions(lr.shape[0], job.patch, job.stride)
         xs = subimage_positions(lr.shape[1], job.patch, job.stride)
         psnr = rank_subimages(lr, hr, ys, xs, job.patch, job.sr_scale, ranker)
         tag = scale_tag(factor)
         _atomic_save(out / "images" / f"{job.key}_{tag}_hr.npy", lambda f, a=hr: np.save(f, a))
-        _atomic_save(out / "images" / f"{job.key}_{tag}_lr.npy", lambda f, a=lr: np.save(f, a))
+        if job.sr_scale > 1:  # at scale 1 the HR file serves as the input as well
+            _atomic_save(out / "images" / f"{job.key}_{tag}_lr.npy", lambda f, a=lr: np.save(f, a))
         grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
         scale_ids.append(np.full(grid_y.size, scale_id, dtype=np.uint8))
         all_y.append(grid_y.ravel().astype(np.int32))
@@ -399,7 +466,7 @@ def _load_part(out: Path, job: PhotoJob) -> dict | None:
                 continue
             tag = scale_tag(factor)
             hr = np.load(out / "images" / f"{job.key}_{tag}_hr.npy", mmap_mode="r")
-            lr = np.load(out / "images" / f"{job.key}_{tag}_lr.npy", mmap_mode="r")
+            lr = np.load(out / "images" / f"{job.key}_{tag}_{_input_kind(job.sr_scale)}.npy", mmap_mode="r")
             if hr.shape != (height, width, 3) or lr.shape != (
                 height // job.sr_scale,
                 width // job.sr_scale,
@@ -411,14 +478,23 @@ def _load_part(out: Path, job: PhotoJob) -> dict | None:
         return None
 
 
+def _input_kind(sr_scale: int) -> str:
+    """Which stored image is the network's input: the LR image, or at scale 1 (denoising) the HR one."""
+    return "lr" if sr_scale > 1 else "hr"
+
+
 # -- the whole run --------------------------------------------------------------------------------------
 
 
-def _fingerprint(source: Path, scales, sr_scale: int, patch: int, stride: int, rank: RankModel) -> str:
+def _fingerprint(
+    source: Path, scales, sr_scale: int, patch: int, stride: int, rank: RankModel, noise_sigma: float = 0.0
+) -> str:
     """Everything a photo's part depends on; a rerun reuses a part only when this is unchanged."""
     stat = source.stat()
+    denoise = {"noise_sigma": noise_sigma} if noise_sigma > 0 else {}
     return json.dumps(
         {
+            **denoise,
             "format": FORMAT_VERSION,
             "source": [source.name, stat.st_size, stat.st_mtime_ns],
             "scales": list(scales),
@@ -453,8 +529,13 @@ def prepare_data(
     seed: int = 0,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    task: str = "upscale",
+    noise_sigma: float = DEFAULT_NOISE_SIGMA,
 ) -> dict:
     """Build (or resume) a prepared training folder at `out` from the photos in `src`; return a summary.
+
+    task "denoise" (scale 1) ranks the clean sub-images with Gaussian noise of `noise_sigma` (0-255 scale)
+    added; training adds fresh noise of that sigma on the fly. Raises DataError or InputError on bad input.
 
     The summary: images, subimages, class_counts (training split), psnr_thresholds, skipped (file names),
     and more (val_images, train/val sub-images, val_class_counts, rank_model, resumed, seconds, out).
@@ -464,8 +545,19 @@ def prepare_data(
     src, out = Path(src).expanduser(), Path(out).expanduser()
     scales = tuple(float(s) for s in scales)
     check_scales(scales)
-    if sr_scale < 2:
-        raise DataError(f"--scale must be at least 2, got {sr_scale}")
+    from classsr_cli.models import TASKS
+
+    if task not in TASKS:
+        raise DataError(f"--task must be {' or '.join(TASKS)}, got '{task}'")
+    if task == "denoise":
+        if sr_scale != 1:
+            raise DataError(f"denoising keeps the size: --scale must be 1 (or left out), got {sr_scale}")
+        if not 0 < noise_sigma <= 255:
+            raise DataError(f"--noise-sigma must lie in (0, 255] (0-255 scale), got {noise_sigma}")
+    else:
+        noise_sigma = 0.0
+        if sr_scale < 2:
+            raise DataError(f"--scale must be at least 2 for upscaling, got {sr_scale}")
     if patch < 4 or stride < 1:
         raise DataError(f"--patch must be at least 4 and --stride at least 1, got {patch} and {stride}")
     if not 1 <= classes <= 5:
@@ -484,11 +576,12 @@ def prepare_data(
         raise InputError(f"no photos in {src} (looked for {', '.join(PHOTO_SUFFIXES)})")
     if out.exists() and not out.is_dir():
         raise DataError(f"output {out} exists and is not a folder")
-    rank = resolve_rank_model(rank_model)
-    log(f"ranking sub-images by the PSNR of: {rank.label}")
-    if rank.kind != BICUBIC:
-        _RANKERS[(rank.identity, patch, sr_scale)] = make_ranker(
-            rank, patch, sr_scale
+    rank = resolve_rank_model(rank_model, task)
+    noisy = f" on sub-images with Gaussian noise of sigma {noise_sigma:g}" if noise_sigma else ""
+    log(f"ranking sub-images by the PSNR of: {rank.label}{noisy}")
+    if rank.kind not in (BICUBIC, BLUR):
+        _RANKERS[(rank.identity, patch, sr_scale, noise_sigma)] = make_ranker(
+            rank, patch, sr_scale, noise_sigma
         )  # fail fast on bad weights
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
@@ -505,7 +598,8 @@ def prepare_data(
             patch,
             stride,
             rank,
-            _fingerprint(p, scales, sr_scale, patch, stride, rank),
+            _fingerprint(p, scales, sr_scale, patch, stride, rank, noise_sigma),
+            noise_sigma,
         )
         for p in photos
     ]
@@ -529,7 +623,20 @@ def prepare_data(
             parts[job.key] = part
 
     summary = _finish(
-        out, jobs, parts, skipped, scales, sr_scale, patch, stride, classes, rank, val_fraction, seed
+        out,
+        jobs,
+        parts,
+        skipped,
+        scales,
+        sr_scale,
+        patch,
+        stride,
+        classes,
+        rank,
+        val_fraction,
+        seed,
+        task,
+        noise_sigma,
     )
     summary["resumed"] = resumed
     summary["disk_bytes"] = disk_bytes(out)
@@ -589,7 +696,20 @@ def _run_jobs(
 
 
 def _finish(
-    out, jobs, parts, skipped, scales, sr_scale, patch, stride, classes, rank, val_fraction, seed
+    out,
+    jobs,
+    parts,
+    skipped,
+    scales,
+    sr_scale,
+    patch,
+    stride,
+    classes,
+    rank,
+    val_fraction,
+    seed,
+    task,
+    noise_sigma,
 ) -> dict:
     """Rank all sub-images (from every part, old and new), split, classify; write index.npy and meta.json."""
     kept = [job for job in jobs if job.key in parts]
@@ -613,7 +733,7 @@ def _finish(
                 {
                     "scale": factor,
                     "hr": f"images/{job.key}_{tag}_hr.npy" if has else None,
-                    "lr": f"images/{job.key}_{tag}_lr.npy" if has else None,
+                    "lr": f"images/{job.key}_{tag}_{_input_kind(sr_scale)}.npy" if has else None,
                     "hr_size": [int(width), int(height)],
                     "lr_size": [int(width) // sr_scale, int(height) // sr_scale],
                     "subimages": int(np.count_nonzero(part["scale"] == scale_id)),
@@ -656,6 +776,8 @@ def _finish(
         "arguments": {
             "src": str(Path(jobs[0].source).parent.resolve()),
             "scales": list(scales),
+            "task": task,
+            "noise_sigma": noise_sigma if task == "denoise" else None,
             "scale": sr_scale,
             "patch": patch,
             "stride": stride,
@@ -691,6 +813,7 @@ def _finish(
         "val_subimages": int((~train).sum()),
         "val_class_counts": val_class_counts,
         "rank_model": rank.name,
+        "task": task,
         "out": str(out),
     }
 

@@ -96,7 +96,8 @@ def upscale_file(
     class_map: Path | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> ImageReport:
-    """Upscale one image file x4 into `target` (written atomically); returns what happened."""
+    """Upscale (x4) or denoise one image file into `target`, at the engine's scale (written atomically);
+    returns what happened."""
     started = time.perf_counter()
     source, target = Path(source), Path(target)
     output_format(target)  # an unknown output type fails before any work

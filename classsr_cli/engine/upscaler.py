@@ -40,7 +40,7 @@ BATCHES_PER_BAND = 4
 TILINGS = ("region", "paper")
 # LR pixels of real image around every piece. Cells run alone with 4 came within 75 dB (CARN-M) and 67 dB
 # (FSRCNN) of the whole-image output, with 2 within 58 and 55 dB, with none 43 dB, on a validation photo
-# (`python -m benchmarks.context_margin PHOTO`).
+# (`python -m benchmarks.context_margin PHOTO`). A network that needs more says so (`engine_context`).
 CONTEXT = 4
 # Half-width, in LR pixels, of the cross-fade between neighbouring pieces.
 FADE = 2
@@ -64,7 +64,7 @@ class Layout:
 
 
 class Upscaler:
-    """Upscale x4 with a ClassSR model (or a single network) on one device."""
+    """Upscale x4 (or denoise: a model of scale 1) with a ClassSR model or a single network, on one device."""
 
     def __init__(
         self,
@@ -81,21 +81,32 @@ class Upscaler:
         if tiling not in TILINGS:
             raise ModelError(f"unknown tiling '{tiling}': use {' or '.join(TILINGS)}")
         self.tiling = tiling
-        # the paper's mode reproduces the official outputs, so it adds nothing unless asked
-        self.back_projection = tiling == "region" if back_projection is None else back_projection
+        self.scale = getattr(model, "scale", 4)
+        # the paper's mode reproduces the official outputs, so it adds nothing unless asked; at scale 1
+        # (denoising) back-projection would return the noisy input itself
+        if back_projection is None:
+            back_projection = tiling == "region" and self.scale > 1
+        self.back_projection = back_projection
         if self.back_projection and tiling == "paper":
             raise ModelError("back-projection needs the region tiling: the paper's tiles have no context")
+        if self.back_projection and self.scale == 1:
+            raise ModelError("back-projection is for upscaling: at scale 1 it would give back the input")
         self.plan: RoutingPlan = plan_for(model, branch, flops_budget)
+        # real pixels around every piece: what the branches need to match their whole-image output
+        self.context = max(getattr(b, "engine_context", CONTEXT) for b in self.plan.branches)
         self.device = pick_device(device)
         if piece_rows is not None and not 1 <= piece_rows <= MAX_PIECE_ROWS:
             raise ModelError(f"piece_rows must be 1 to {MAX_PIECE_ROWS}, got {piece_rows}")
         # the layout of the pieces changes outputs only where 4 pixels of context fall short (rarely over a
         # grey level): fixed, it makes two devices' outputs comparable
-        self.piece_rows = piece_rows or (PIECE_ROWS_ON_CPU if self.device.type == "cpu" else MAX_PIECE_ROWS)
+        # (one-row pieces suit the CPU's caches only while their context is thin)
+        thin = self.context <= CONTEXT
+        self.piece_rows = piece_rows or (
+            PIECE_ROWS_ON_CPU if self.device.type == "cpu" and thin else MAX_PIECE_ROWS
+        )
         self.runner = BatchRunner(self.device, pick_dtype(precision, self.device), batch_size)
         self.branches = [self.runner.prepare(b) for b in self.plan.branches]
         self.classifier = self.runner.prepare(self.plan.classifier) if self.plan.classifies else None
-        self.scale = getattr(model, "scale", 4)
 
     @property
     def num_classes(self) -> int:
@@ -141,7 +152,7 @@ class Upscaler:
         tally: RoutingTally | None = None,
         on_tiles: Callable[[int, np.ndarray, list[int], list[int]], None] | None = None,
     ) -> Iterator[np.ndarray]:
-        """Yield the x4 output as float32 (h, 4*width, C) strips in [0, 1], top to bottom.
+        """Yield the output as float32 (h, scale*width, C) strips in [0, 1], top to bottom.
 
         `strips` yields (y0, float32 (h, width, C) array) covering the input top to bottom. `on_tiles`, if
         given, is called after each band with (tile count, classes, row starts, column starts).
@@ -166,12 +177,12 @@ class Upscaler:
         tiles = tiles.permute(0, 3, 1, 2, 4).reshape(len(rows) * len(cols), lr.shape[0], PATCH, PATCH)
         classes = self._route(tiles, tally).reshape(len(rows), len(cols))
         if self.tiling == "region" and self.plan.classifies and self.plan.flops_budget is None:
-            classes = promote_short_runs(classes, self.plan.branch_executed, STRIDE, CONTEXT)
+            classes = promote_short_runs(classes, self.plan.branch_executed, STRIDE, self.context)
         tally.add(classes.ravel(), self.plan)
         return classes
 
     def _stream_regions(self, height, width, strips, layout, tally, on_tiles):
-        scale, context, fade = self.scale, CONTEXT, FADE
+        scale, context, fade = self.scale, self.context, FADE
         device = self.device
         row_starts, col_starts = tile_starts(padded_size(height)), tile_starts(padded_size(width))
         row_bounds, col_bounds = cell_bounds(height, row_starts), cell_bounds(width, col_starts)
@@ -241,7 +252,7 @@ class Upscaler:
         and weight (h', W) hold output rows from `acc_top` on; colors: 1 for grey images (the branches'
         three channels are averaged), 3 for colour.
         """
-        scale, context, fade = self.scale, CONTEXT, FADE
+        scale, context, fade = self.scale, self.context, FADE
         first, top, left = origin
         row_bounds, col_bounds = bounds
         image_h, image_w = row_bounds[-1], col_bounds[-1]
@@ -353,7 +364,7 @@ class Upscaler:
     def upscale_array(
         self, lr: np.ndarray, layout: Layout | None = None, tally: RoutingTally | None = None
     ) -> tuple[np.ndarray, RoutingTally]:
-        """Whole-array convenience: float32 (H, W, C) in [0, 1] -> (x4 output, routing tally).
+        """Whole-array convenience: float32 (H, W, C) in [0, 1] -> (output at the model's scale, routing).
 
         Pass the same `tally` for several images to total their routing."""
         if lr.ndim == 2:

@@ -3,11 +3,23 @@
 from classsr_cli.models.classsr import ClassSR
 from classsr_cli.models.registry import (
     FAMILIES,
+    TASKS,
     create,
     create_base,
+    family_for_task,
     get_family,
     list_families,
     resolve_widths,
 )
 
-__all__ = ["ClassSR", "FAMILIES", "create", "create_base", "get_family", "list_families", "resolve_widths"]
+__all__ = [
+    "TASKS",
+    "ClassSR",
+    "FAMILIES",
+    "create",
+    "create_base",
+    "family_for_task",
+    "get_family",
+    "list_families",
+    "resolve_widths",
+]

@@ -8,6 +8,7 @@ from torch import nn
 from classsr_cli.errors import ModelError
 from classsr_cli.models.carn import CARN
 from classsr_cli.models.classsr import ClassSR
+from classsr_cli.models.dncnn import DnCNN
 from classsr_cli.models.fsrcnn import FSRCNN
 from classsr_cli.models.rcan import RCAN
 from classsr_cli.models.srresnet import SRResNet
@@ -22,6 +23,8 @@ class Family:
     presets: dict[int, tuple[int, ...]]  # class count -> branch widths, simple -> hard (the paper's)
     width_multiple: int = 1  # widths must be a multiple of this (CARN's grouped convolutions)
     min_width: int = 4
+    task: str = "upscale"  # "upscale" (x4 super-resolution) or "denoise" (same size out)
+    branch_lr: float | None = None  # stage 1's learning rate where the paper's 1e-3 does not suit the family
     notes: dict = field(default_factory=dict)
 
     def widths_for(self, classes: int) -> tuple[int, ...]:
@@ -46,11 +49,30 @@ FAMILIES: dict[str, Family] = {
     "carn": Family("carn", "CARN-M", lambda w: CARN(nf=w), 64, {3: (36, 52, 64)}, width_multiple=4),
     "srresnet": Family("srresnet", "SRResNet", lambda w: SRResNet(nf=w), 64, {3: (36, 52, 64)}),
     "rcan": Family("rcan", "RCAN", lambda w: RCAN(n_feats=w), 64, {3: (36, 50, 64)}, min_width=16),
+    # DnCNN (batch norm, 17 layers) sat at "output = input" for 300+ steps at 1e-3 with Adam and batch 16 and
+    # then learned one colour channel at a time; at 1e-4 (DnCNN's usual rate with Adam) it learned at once
+    "dncnn": Family(
+        "dncnn", "DnCNN", lambda w: DnCNN(width=w), 64, {3: (38, 52, 64)}, task="denoise", branch_lr=1e-4
+    ),
 }
+TASKS = ("upscale", "denoise")
 
 
-def list_families() -> list[str]:
-    return list(FAMILIES)
+def list_families(task: str | None = None) -> list[str]:
+    """Family names, all or those of one task ("upscale" or "denoise")."""
+    return [name for name, family in FAMILIES.items() if task is None or family.task == task]
+
+
+def family_for_task(name: str, task: str) -> "Family":
+    """The family called `name`, refused in one line if it does another task (e.g. DnCNN for upscale)."""
+    family = get_family(name)
+    if family.task != task:
+        kind = {"upscale": "an upscaling", "denoise": "a denoising"}[family.task]
+        raise ModelError(
+            f"{family.title} is {kind} model: use `classsr {family.task}` "
+            f"(models for {task}: {', '.join(list_families(task))})"
+        )
+    return family
 
 
 def get_family(name: str) -> Family:

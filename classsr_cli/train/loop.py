@@ -20,6 +20,7 @@ from rich.text import Text
 from torch import nn
 from torch.utils.data import Dataset
 
+from classsr_cli.data.noise import add_noise
 from classsr_cli.errors import ModelError, OutputError, WeightsError
 from classsr_cli.train import distributed
 from classsr_cli.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -52,6 +53,7 @@ class Settings:
     workers: int | None = None  # None: chosen for the device
     channels_last: bool = True  # NHWC: 1.3-2x faster training steps on a CPU too (narrow CARN branches most)
     precision: str = "auto"  # of the forward pass: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16
+    noise_sigma: float | None = None  # denoising data: Gaussian noise (0-255 scale); None: the data's sigma
 
     def to_record(self) -> dict:
         record = asdict(self)
@@ -134,6 +136,27 @@ def resolve_settings(options: dict, checkpoint: dict | None, defaults: dict) -> 
     if values.get("precision", "auto") not in PRECISIONS:
         raise ModelError(f"unknown --precision '{values['precision']}': use {', '.join(PRECISIONS)}")
     return Settings(**values, loss_weights=LossWeights(**weights))
+
+
+def _noise_sigma(model: nn.Module, settings: Settings, data_root: Path) -> float | None:
+    """The Gaussian noise a denoising stage adds to its inputs (0-255 scale); None for upscaling data.
+
+    Refuses data prepared for another task or scale than the model's."""
+    from classsr_cli.data.dataset import prepared_info
+
+    arguments = prepared_info(data_root)["arguments"]
+    data_scale, model_scale = int(arguments["scale"]), getattr(model, "scale", 4)
+    if data_scale != model_scale:
+        what = "denoising (scale 1)" if data_scale == 1 else f"x{data_scale} upscaling"
+        raise ModelError(f"{data_root} was prepared for {what}; this model's scale is {model_scale}")
+    if arguments.get("task", "upscale") != "denoise":
+        if settings.noise_sigma:
+            raise ModelError(f"--noise-sigma is for denoising data; {data_root} was prepared for upscaling")
+        return None
+    sigma = settings.noise_sigma if settings.noise_sigma is not None else arguments.get("noise_sigma")
+    if not sigma or not 0 < float(sigma) <= 255:
+        raise ModelError(f"--noise-sigma must lie in (0, 255] (0-255 scale), got {sigma}")
+    return float(sigma)
 
 
 def training_autocast(precision: str, device: torch.device):
@@ -392,6 +415,9 @@ def run_stage(
     )
     photos = None
     autocast = training_autocast(settings.precision, device)
+    noise_sigma = _noise_sigma(model, settings, data_root)
+    settings.noise_sigma = noise_sigma  # recorded in checkpoints: a resume adds the same noise
+    noise = torch.Generator(device=device) if noise_sigma else None
 
     def save(iteration: int) -> None:
         if not context.is_main:
@@ -423,7 +449,9 @@ def run_stage(
         nonlocal photos, last_val
         if context.is_main:
             if photos is None:
-                photos = load_val_photos(data_root, settings.val_crop, getattr(model, "scale", 4))
+                photos = load_val_photos(
+                    data_root, settings.val_crop, getattr(model, "scale", 4), noise_sigma
+                )
             result = validate(model, photos, device, settings.val_batch_size)
             _set_modes(model, stage.frozen)
             if result:
@@ -437,9 +465,12 @@ def run_stage(
                 console.print(text, highlight=False)
         distributed.barrier(context)
 
-    def train_step(low_res: torch.Tensor, high_res: torch.Tensor, classes) -> tuple:
+    def train_step(low_res: torch.Tensor, high_res: torch.Tensor, classes, iteration: int) -> tuple:
         low_res = low_res.to(device, non_blocking=True)
         high_res = high_res.to(device, non_blocking=True)
+        if noise is not None:  # fresh noise every step, a function of (seed, process, iteration) for resumes
+            noise.manual_seed((settings.seed * 2**32 + iteration) * context.world_size + context.rank)
+            low_res = add_noise(low_res, noise_sigma, noise)
         if channels_last:
             low_res = low_res.contiguous(memory_format=torch.channels_last)
         return training_step(
@@ -498,7 +529,7 @@ def run_stage(
                 lr_now = cosine_lr(iteration - 1, settings)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_now
-                total, terms, probs = train_step(*next(batches))
+                total, terms, probs = train_step(*next(batches), iteration)
                 completed = iteration
                 window.add(total, terms, probs)
 
@@ -538,6 +569,8 @@ def run_stage(
     save(settings.iters)
     if context.is_main:
         val_text = {f"val_{k}": f"{v:.4f}" for k, v in last_val.items() if isinstance(v, float)}
+        if noise_sigma:  # what a denoiser was trained for
+            val_text["noise_sigma"] = f"{noise_sigma:g}"
         save_model(
             model,
             stage.output,

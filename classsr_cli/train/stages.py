@@ -167,10 +167,12 @@ def train_branches(
 
     console = console or Console(stderr=True)
     if not request.model:
-        raise ModelError("--model is required to train branches: fsrcnn, carn, srresnet or rcan")
+        raise ModelError("--model is required to train branches: fsrcnn, carn, srresnet, rcan or dncnn")
     family = get_family(request.model)
     classes = int(prepared_info(request.data)["arguments"]["classes"])
-    defaults = STAGE_DEFAULTS["branches"]
+    defaults = dict(STAGE_DEFAULTS["branches"])
+    if family.branch_lr is not None:
+        defaults["lr"] = family.branch_lr
 
     if all_data:
         if request.widths and len(request.widths) != 1:

@@ -27,26 +27,36 @@ def central_crop(lr: np.ndarray, hr: np.ndarray, size: int, scale: int = 4) -> t
     return lr, hr
 
 
-def load_val_photos(root: Path, crop: int | None, scale: int = 4) -> list[ValPhoto]:
-    """The prepared held-out photos, cut to their central `crop` LR pixels (None or 0: whole photos)."""
+def load_val_photos(
+    root: Path, crop: int | None, scale: int = 4, noise_sigma: float | None = None
+) -> list[ValPhoto]:
+    """The prepared held-out photos, cut to their central `crop` LR pixels (None or 0: whole photos).
+
+    With `noise_sigma` (denoising, scale 1) the input is the clean photo plus seeded Gaussian noise of that
+    sigma (0-255 scale), the same at every validation.
+    """
     from classsr_cli.data.dataset import val_images
+    from classsr_cli.data.noise import noisy_image
 
     photos = []
-    for name, hr_path, lr_path in val_images(root):
+    for seed, (name, hr_path, lr_path) in enumerate(val_images(root)):
         lr, hr = np.load(lr_path, mmap_mode="r"), np.load(hr_path, mmap_mode="r")  # only the crop is read
         if crop:
             lr, hr = central_crop(lr, hr, crop, scale)
         hr = hr[: lr.shape[0] * scale, : lr.shape[1] * scale]  # HR may be a few pixels larger than 4x LR
-        photos.append(
-            ValPhoto(name, np.ascontiguousarray(lr, dtype=np.float32) / 255.0, np.ascontiguousarray(hr))
-        )
+        if noise_sigma:
+            inputs = noisy_image(lr, noise_sigma, seed)
+        else:
+            inputs = np.ascontiguousarray(lr, dtype=np.float32) / 255.0
+        photos.append(ValPhoto(name, inputs, np.ascontiguousarray(hr)))
     return photos
 
 
 def validate(
     model: nn.Module, photos: list[ValPhoto], device: torch.device, batch_size: int | None = None
 ) -> dict:
-    """Mean PSNR (RGB and Y, border 4, on 8-bit output), FLOPs ratio and class fractions over the photos."""
+    """Mean PSNR (RGB and Y, border = the scale for SR, none for denoising, on 8-bit output), FLOPs ratio
+    and class fractions over the photos."""
     from classsr_cli.engine import Upscaler
 
     if not photos:
@@ -54,11 +64,12 @@ def validate(
     engine = Upscaler(model, device=str(device), batch_size=batch_size)  # it runs a copy: ours keeps training
     tally = engine.new_tally()  # routing totalled over all photos
     rgb, luma = [], []
+    border = engine.scale if engine.scale > 1 else 0  # as bench: SR crops the scale, denoising nothing
     for photo in photos:
         sr, _ = engine.upscale_array(photo.lr, tally=tally)
         sr = to_uint8(sr)
-        rgb.append(psnr(sr, photo.hr, border=engine.scale))
-        luma.append(psnr_y(sr, photo.hr, border=engine.scale))
+        rgb.append(psnr(sr, photo.hr, border=border))
+        luma.append(psnr_y(sr, photo.hr, border=border))
     return {
         "psnr": float(np.mean(rgb)),
         "psnr_y": float(np.mean(luma)),

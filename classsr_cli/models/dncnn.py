@@ -1,0 +1,45 @@
+"""DnCNN (Zhang et al., "Beyond a Gaussian Denoiser", IEEE TIP 2017): the paper's denoising network (4.4).
+
+ClassSR's Denoise-Modules are DnCNNs of 38, 52 and 64 channels (the -O network has 64).
+"""
+
+from torch import nn
+
+
+class DnCNN(nn.Module):
+    """17 convolutions (3x3): conv+ReLU, 15 x conv+BatchNorm+ReLU, conv; the network predicts the noise.
+
+    Input and output are (N, 3, H, W) RGB in [0, 1], the same size (`scale` is 1): output = x - noise(x).
+    `width` is the channel count of the hidden layers.
+    """
+
+    # LR pixels of real image the engine gives every piece (its CONTEXT is 4): 17 layers reach 17 pixels, and
+    # cells run alone with 8 came within 76 dB of the whole-image output, with 4 only 53 dB (up to 24 grey
+    # levels off at cell edges), with 12 108 dB (`python -m benchmarks.context_margin PHOTO --families dncnn`)
+    engine_context = 8
+
+    def __init__(self, width: int = 64, depth: int = 17, channels: int = 3):
+        super().__init__()
+        if depth < 3:
+            raise ValueError(f"DnCNN needs at least 3 layers, got {depth}")
+        self.width = width
+        self.scale = 1
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [
+                nn.Conv2d(width, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        # the residual starts near zero: the untrained network returns its input, not noise of its own
+        nn.init.normal_(layers[-1].weight, std=1e-3)
+
+    def forward(self, x):
+        return x - self.body(x)
