@@ -217,18 +217,15 @@ def flops(
     Console().print(f"ClassSR parameters: {costs['params']:,}")
 
 
-# the most capable family first, per task
-FAMILY_PREFERENCE = {"upscale": ("rcan", "srresnet", "carn", "fsrcnn"), "denoise": ("dncnn",)}
-
-
 def best_shipped_family(task: str = "upscale") -> str:
     """The most capable family of the task with shipped weights (ClassSR first, else a base network)."""
     from classsr_cli.errors import WeightsError
+    from classsr_cli.models import PREFERENCE
     from classsr_cli.weights import shipped_families
 
     for kind in ("classsr", "base"):
         shipped = shipped_families(kind)
-        for family in FAMILY_PREFERENCE[task]:
+        for family in PREFERENCE[task]:
             if family in shipped:
                 return family
     raise WeightsError(f"no {task} weights are shipped with this installation: pass --weights FILE")

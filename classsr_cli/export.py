@@ -147,11 +147,11 @@ def _inference_copy(model: ClassSR) -> ClassSR:
 def _describe(model: ClassSR, family: str, names: list[str], opset: int, source: Path | None) -> dict:
     from classsr_cli import __version__
     from classsr_cli.engine.tiling import PATCH, STRIDE
-    from classsr_cli.engine.upscaler import CONTEXT, FADE
+    from classsr_cli.engine.upscaler import FADE, context_for
     from classsr_cli.flops import measure
 
     scale, classes = model.scale, model.num_classes
-    context = max(getattr(branch, "engine_context", CONTEXT) for branch in model.branches)
+    context = context_for(model.branches)
     finish = ", then one back-projection step" if scale > 1 else ""
     classifier_cost = measure(model.classifier)
     branches = []

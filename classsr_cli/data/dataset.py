@@ -43,6 +43,18 @@ def prepared_info(root: Path) -> dict:
     return {**meta, "root": str(root)}
 
 
+def input_noise(root: Path, scale: int) -> float | None:
+    """The Gaussian noise sigma (0-255 scale) the inputs of a prepared folder get: None for upscaling data.
+
+    Raises DataError when the folder was prepared for another scale (task) than `scale`."""
+    arguments = prepared_info(root)["arguments"]
+    data_scale = int(arguments["scale"])
+    if data_scale != scale:
+        what = "denoising (scale 1)" if data_scale == 1 else f"x{data_scale} upscaling"
+        raise DataError(f"{root} was prepared for {what}; this model's scale is {scale}")
+    return arguments.get("noise_sigma") if arguments.get("task", "upscale") == "denoise" else None
+
+
 def load_index(root: Path) -> np.ndarray:
     """The sub-image index (structured array, INDEX_DTYPE) of a prepared folder."""
     path = Path(root) / "index.npy"

@@ -49,8 +49,8 @@ INDEX_DTYPE = np.dtype(
 )
 # an exact reconstruction (flat sub-images) has infinite PSNR; a finite cap keeps sorting and JSON sane
 PSNR_CAP = 100.0
-# the strongest shipped base network ranks best (the paper used MSRResNet); bicubic when none is shipped
-RANK_PREFERENCE = {"upscale": ("rcan", "srresnet", "carn", "fsrcnn"), "denoise": ("dncnn",)}
+# the strongest shipped base network ranks best (the paper used MSRResNet, models.PREFERENCE); bicubic when
+# none is shipped
 BICUBIC = "bicubic"
 # the denoising stand-in for bicubic when no denoiser is shipped: a Gaussian blur (sigma 1 px) of the noisy
 # sub-image, which restores smooth sub-images well and textured ones badly
@@ -167,7 +167,7 @@ class RankModel:
 def resolve_rank_model(choice: str | None, task: str = "upscale") -> RankModel:
     """`bicubic` (upscale) or `blur` (denoise), a family name, or a weights file; None picks the best shipped
     base network of the task, else bicubic or blur."""
-    from classsr_cli.models import list_families
+    from classsr_cli.models import PREFERENCE, list_families
 
     families = list_families(task)
     simple = BICUBIC if task == "upscale" else BLUR
@@ -181,7 +181,7 @@ def resolve_rank_model(choice: str | None, task: str = "upscale") -> RankModel:
             ClasssrError,
         ):  # no weights module or an unreadable manifest: bicubic needs neither
             shipped = set()
-        for family in RANK_PREFERENCE[task]:
+        for family in PREFERENCE[task]:
             if family in shipped:
                 return _family_rank_model(family)
         return RankModel(simple, simple, simple)
@@ -232,28 +232,19 @@ class BicubicRanker:
 
 
 class BlurRanker:
-    """A Gaussian blur (sigma BLUR_SIGMA px, edges mirrored) of each sub-image: denoising's bicubic."""
+    """OpenCV's Gaussian blur (sigma BLUR_SIGMA px, 7x7, edges mirrored) of each sub-image: denoising's
+    bicubic."""
 
     batch = 64
 
-    def __init__(self):
-        import torch
-
-        radius = 3
-        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / BLUR_SIGMA) ** 2)
-        self.taps = taps / taps.sum()
-        self.radius = radius
-
     def __call__(self, noisy):
         """(N, 3, p, p) float tensor of 8-bit values -> the blurred sub-images, rounded and clipped."""
-        import torch.nn.functional as F
+        import cv2
+        import torch
 
-        channels = noisy.shape[1]
-        padded = F.pad(noisy, [self.radius] * 4, mode="reflect")
-        rows = self.taps.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-        cols = self.taps.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
-        out = F.conv2d(F.conv2d(padded, rows, groups=channels), cols, groups=channels)
-        return (out + 0.5).floor_().clamp_(0, 255)
+        images = noisy.permute(0, 2, 3, 1).numpy()
+        out = np.stack([cv2.GaussianBlur(image, (7, 7), BLUR_SIGMA) for image in images])
+        return (torch.from_numpy(out).permute(0, 3, 1, 2) + 0.5).floor_().clamp_(0, 255)
 
 
 class NoisyInput:

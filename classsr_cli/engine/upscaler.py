@@ -63,6 +63,11 @@ class Layout:
         return self.color_channels + int(self.has_alpha)
 
 
+def context_for(branches) -> int:
+    """LR pixels of real image around every piece: CONTEXT, or more where a branch says it needs more."""
+    return max(getattr(branch, "engine_context", CONTEXT) for branch in branches)
+
+
 class Upscaler:
     """Upscale x4 (or denoise: a model of scale 1) with a ClassSR model or a single network, on one device."""
 
@@ -93,7 +98,7 @@ class Upscaler:
             raise ModelError("back-projection is for upscaling: at scale 1 it would give back the input")
         self.plan: RoutingPlan = plan_for(model, branch, flops_budget)
         # real pixels around every piece: what the branches need to match their whole-image output
-        self.context = max(getattr(b, "engine_context", CONTEXT) for b in self.plan.branches)
+        self.context = context_for(self.plan.branches)
         self.device = pick_device(device)
         if piece_rows is not None and not 1 <= piece_rows <= MAX_PIECE_ROWS:
             raise ModelError(f"piece_rows must be 1 to {MAX_PIECE_ROWS}, got {piece_rows}")

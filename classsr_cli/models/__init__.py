@@ -3,6 +3,7 @@
 from classsr_cli.models.classsr import ClassSR
 from classsr_cli.models.registry import (
     FAMILIES,
+    PREFERENCE,
     TASKS,
     create,
     create_base,
@@ -16,6 +17,7 @@ __all__ = [
     "TASKS",
     "ClassSR",
     "FAMILIES",
+    "PREFERENCE",
     "create",
     "create_base",
     "family_for_task",

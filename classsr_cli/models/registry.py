@@ -56,6 +56,8 @@ FAMILIES: dict[str, Family] = {
     ),
 }
 TASKS = ("upscale", "denoise")
+# per task, the most capable family first: the default model, and the default ranking network of prepare-data
+PREFERENCE = {"upscale": ("rcan", "srresnet", "carn", "fsrcnn"), "denoise": ("dncnn",)}
 
 
 def list_families(task: str | None = None) -> list[str]:

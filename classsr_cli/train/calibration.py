@@ -81,18 +81,14 @@ def calibrate_routing(
 
 def calibrate_file(source: Path, data: Path, target: Path, flops_ratio: float, crop: int) -> dict:
     """Calibrate the ClassSR weights in `source` on the held-out photos of `data`; write them to `target`."""
-    from classsr_cli.data.dataset import prepared_info
+    from classsr_cli.data.dataset import input_noise
     from classsr_cli.train.validation import load_val_photos
     from classsr_cli.weights import load_weights, save_model
 
     loaded = load_weights(source, kind="classsr")
-    arguments = prepared_info(Path(data))["arguments"]
-    if int(arguments["scale"]) != loaded.model.scale:
-        raise ModelError(
-            f"{data} was prepared for scale {arguments['scale']}; {source} works at {loaded.model.scale}"
-        )
     # denoising data: the Class-Module must see the noisy inputs it routes at inference
-    photos = load_val_photos(Path(data), crop, loaded.model.scale, arguments.get("noise_sigma"))
+    sigma = input_noise(Path(data), loaded.model.scale)
+    photos = load_val_photos(Path(data), crop, loaded.model.scale, sigma)
     if not photos:
         raise ModelError(f"{data} has no held-out photos to calibrate on (prepare-data with a val fraction)")
     result = calibrate_routing(loaded.model, held_out_tiles([photo.lr for photo in photos]), flops_ratio)

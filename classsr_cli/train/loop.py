@@ -142,18 +142,14 @@ def _noise_sigma(model: nn.Module, settings: Settings, data_root: Path) -> float
     """The Gaussian noise a denoising stage adds to its inputs (0-255 scale); None for upscaling data.
 
     Refuses data prepared for another task or scale than the model's."""
-    from classsr_cli.data.dataset import prepared_info
+    from classsr_cli.data.dataset import input_noise
 
-    arguments = prepared_info(data_root)["arguments"]
-    data_scale, model_scale = int(arguments["scale"]), getattr(model, "scale", 4)
-    if data_scale != model_scale:
-        what = "denoising (scale 1)" if data_scale == 1 else f"x{data_scale} upscaling"
-        raise ModelError(f"{data_root} was prepared for {what}; this model's scale is {model_scale}")
-    if arguments.get("task", "upscale") != "denoise":
+    data_sigma = input_noise(data_root, getattr(model, "scale", 4))
+    if data_sigma is None:
         if settings.noise_sigma:
             raise ModelError(f"--noise-sigma is for denoising data; {data_root} was prepared for upscaling")
         return None
-    sigma = settings.noise_sigma if settings.noise_sigma is not None else arguments.get("noise_sigma")
+    sigma = settings.noise_sigma if settings.noise_sigma is not None else data_sigma
     if not sigma or not 0 < float(sigma) <= 255:
         raise ModelError(f"--noise-sigma must lie in (0, 255] (0-255 scale), got {sigma}")
     return float(sigma)
