@@ -25,11 +25,11 @@ CARRY_LIMIT = 64 << 20
 SECONDS = 540  # the job's own budget: everything, the engine table included, ends inside it
 TIMEOUT = 570  # the call's limit: 30 s for Python and CUDA to start and for the last files to be written
 PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64")
-BINARY_WHEELS = ("pyvips-binary", "cffi", "pycparser", "pytest")
+BINARY_WHEELS = ("pyvips-binary", "cffi", "pycparser", "pytest", "platformdirs")
 PYTHON = "P=$(command -v python || command -v python3)"
 INSTALL = (
     '$P -m pip install -q --no-index --find-links .gpu/wheels --target "$PWD/.gpu-site" pyvips pyvips-binary'
-    ' pytest || echo "the wheels did not install: the checks that need them will be skipped"'
+    ' pytest platformdirs || echo "the wheels did not install: the checks that need them will be skipped"'
 )
 
 

@@ -443,6 +443,9 @@ def engine_table(
     against one tile per call on a crop. A measurement is skipped within `margin` seconds of the deadline
     (monotonic clock): the profile's final_seconds or 5% of the time left, whichever is less."""
     margin = min(profile.final_seconds, 0.05 * max(0.0, deadline - time.monotonic()))
+    # as `classsr upscale` runs: cuDNN's autotuning (on for training) would be paid again for every new piece
+    # shape, and the region engine makes many
+    torch.backends.cudnn.benchmark = False
     import cv2
 
     from benchmarks.engine_speed import timed
@@ -510,6 +513,70 @@ def engine_table(
         rows.append(row)
         log(json.dumps(row))
     return rows
+
+
+FRAME_8K_LR = (1920, 1080)  # x4: a 7680x4320 output
+
+
+def frame_rows(
+    held_out: np.ndarray, device: torch.device, families: list[str], size: tuple[int, int], repeats: int, log
+) -> list[dict]:
+    """Engine seconds (no reading or encoding) for an output of 4x `size` (width, height; 1920x1080: an 8K
+    frame), ClassSR and `--branch M`, for each of `families` with shipped ClassSR weights. The input is the
+    held-out photo resized to `size` with OpenCV's area filter: a real photo's content at that size."""
+    import cv2
+
+    from benchmarks.engine_speed import timed
+    from classsr_cli.engine import Upscaler
+    from classsr_cli.weights import load_weights, shipped_entry
+
+    lr = cv2.resize(held_out, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    rows = []
+    for family in families:
+        if not shipped_entry(family, "classsr"):
+            continue
+        model = load_weights(family, kind="classsr").model
+        classsr = Upscaler(model, str(device))
+        classsr_s, tally = timed(classsr, lr, repeats)
+        base_s, _ = timed(Upscaler(model, str(device), branch=model.num_classes), lr, repeats)
+        row = {
+            "family": family,
+            "input": f"{size[0]}x{size[1]}",
+            "output": f"{4 * size[0]}x{4 * size[1]}",
+            "classsr_s": round(classsr_s, 4),
+            "base_s": round(base_s, 4),
+            "flops_ratio": round(tally.flops_ratio(classsr.plan), 4),
+            "class_counts": tally.class_counts,
+        }
+        rows.append(row)
+        log(json.dumps(row))
+    return rows
+
+
+def run_engine_only(args, device: torch.device, profile: Profile, report: dict, out: Path, keep: Path, log):
+    """The engine table and the 8K frame rows without training: branches of families without shipped
+    weights are untrained, which changes their routing but not the time a given routing takes."""
+    deadline = time.monotonic() + args.seconds
+    photos, _ = load_photos(Path(args.photos), profile.photos, log)
+    held_name, held = max(photos, key=lambda item: (engine_pixels(item[1]), item[0]))
+    del photos
+    families = [get_family(f).name for f in args.families.split(",") if f.strip()]
+    networks = build_networks(families, device, args.seed)
+    for network in networks:
+        network.model.eval()
+    report["engine_only"] = {"photo": held_name, "branches": "shipped where shipped, else untrained"}
+    label = report["device"]
+    rows = engine_table(networks, held, device, profile, deadline, keep, log)
+    report["engine"] = rows
+    write_json_atomically(out / REPORT, report)
+    log("")
+    log(f"engine on {label} (seconds, median of 2 after a warm-up):")
+    log(format_engine_table(rows))
+    size = (64, 36) if args.dry_run else FRAME_8K_LR
+    report["frame_8k"] = frame_rows(held, device, families, size, 1 if args.dry_run else 2, log)
+    write_json_atomically(out / REPORT, report)
+    copy_atomically(keep / LOG, out / LOG, tail_bytes=LOG_BYTES)
+    return report
 
 
 def _cli_runner():
@@ -584,6 +651,8 @@ def run_job(args) -> dict:
     with graceful_stop() as stop:
         if not args.no_checks:
             report["checks"] = run_checks(min(profile.checks_seconds, 0.2 * args.seconds), log)
+        if args.engine_only:
+            return run_engine_only(args, device, profile, report, out, keep, log)
 
         phase = time.monotonic()
         photos, failed = load_photos(Path(args.photos), profile.photos, log)
@@ -755,6 +824,9 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--part-mib", type=float, default=PART_BYTES / MIB, help=argparse.SUPPRESS)
     parser.add_argument("--no-checks", action="store_true", help="Skip the CUDA tests.")
     parser.add_argument("--no-engine", action="store_true", help="Skip the engine table.")
+    parser.add_argument(
+        "--engine-only", action="store_true", help="No training: the engine table and the 8K frame rows."
+    )
     parser.add_argument("--collect", type=int, metavar="K", help="Copy part K of an earlier call to --out.")
     parser.add_argument("--export", nargs="+", metavar="DIR", help="Folders of parts to convert.")
     parser.add_argument("--to", help="With --export: folder for the project's weights files.")

@@ -1,11 +1,12 @@
 """ClassSR against the plain network run the way users run it, side by side in one process.
 
     python -m benchmarks.plain_peer PHOTOS... [--families fsrcnn,carn] [--crop 1920x1080] [--repeats 2]
-                                    [--reduce 2]
+                                    [--reduce 2] [--device cuda]
 
 The peer is what a user would otherwise do: the base (-O) network over the whole image in 64-pixel LR
 tiles with 8 pixels of real context on each side (the tiling of the usual upscalers), given every help the
-engine has (batch norms folded, channels-last, inference mode), and no back-projection. Against it, on the
+engine has (its device and precision, e.g. fp16 on a GPU; batch norms folded, channels-last, inference mode),
+and no back-projection. Against it, on the
 same central crop of each photo (HR cropped, LR made with MATLAB bicubic x1/4, as bench does):
 - ClassSR as `classsr upscale` runs it (region tiling, back-projection);
 - the base network through the engine (`--branch M`), and ClassSR in the paper's tiling (`--tiling paper`).
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from classsr_cli.engine import Upscaler
 from classsr_cli.engine.inference_graph import optimize_for_inference
+from classsr_cli.engine.runner import pick_device, pick_dtype
 from classsr_cli.imaging import read_image
 from classsr_cli.imaging.bicubic import imresize
 from classsr_cli.metrics import psnr, to_uint8
@@ -36,19 +38,28 @@ PEER_TILE, PEER_CONTEXT = 64, 8
 class PlainTiles:
     """The base network over an image in square LR tiles with real (mirrored at the edges) context."""
 
-    def __init__(self, network: torch.nn.Module, tile: int = PEER_TILE, context: int = PEER_CONTEXT):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        device: str = "cpu",
+        tile: int = PEER_TILE,
+        context: int = PEER_CONTEXT,
+    ):
+        # on the device and in the precision the engine uses there (fp16 on a GPU), as a user's upscaler would
+        self.device = pick_device(device)
+        self.dtype = pick_dtype("auto", self.device)
         network = optimize_for_inference(network.eval())
-        self.network = network.to(memory_format=torch.channels_last)
+        self.network = network.to(self.device, self.dtype, memory_format=torch.channels_last)
         self.tile, self.context = tile, context
 
     @torch.inference_mode()
     def __call__(self, lr: np.ndarray) -> np.ndarray:
         """float32 (H, W, 3) in [0, 1] -> float32 (4H, 4W, 3)."""
         tile, pad = self.tile, self.context
-        image = torch.from_numpy(lr).permute(2, 0, 1)[None]
+        image = torch.from_numpy(lr).permute(2, 0, 1)[None].to(self.device, self.dtype)
         padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")
         height, width = lr.shape[:2]
-        out = torch.empty(1, 3, 4 * height, 4 * width)
+        out = torch.empty(1, 3, 4 * height, 4 * width, device=self.device)
         for y in range(0, height, tile):
             for x in range(0, width, tile):
                 h, w = min(tile, height - y), min(tile, width - x)
@@ -56,8 +67,8 @@ class PlainTiles:
                 result = self.network(piece.contiguous(memory_format=torch.channels_last))
                 out[:, :, 4 * y : 4 * (y + h), 4 * x : 4 * (x + w)] = result[
                     :, :, 4 * pad : 4 * (pad + h), 4 * pad : 4 * (pad + w)
-                ]
-        return out.clamp_(0, 1)[0].permute(1, 2, 0).numpy()
+                ].float()
+        return out.clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
 
 
 def central_crop(path: Path, width: int, height: int, reduce: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +90,7 @@ def contenders(family: str, device: str) -> dict:
     classsr = load_weights(family, kind="classsr").model
     base = load_weights(family, kind="base").model
     return {
-        f"{family}-O plain, {PEER_TILE}-px tiles": PlainTiles(base),
+        f"{family}-O plain, {PEER_TILE}-px tiles": PlainTiles(base, device),
         f"ClassSR-{family} (upscale)": Upscaler(classsr, device),
         f"{family}-O through the engine (--branch M)": Upscaler(classsr, device, branch=classsr.num_classes),
         f"ClassSR-{family} --tiling paper": Upscaler(classsr, device, tiling="paper"),

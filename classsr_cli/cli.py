@@ -598,7 +598,10 @@ def train_branches_command(
     branch: int = typer.Option(None, "--branch", help="Only branch K (1 = simple), e.g. one per process."),
     all_data: bool = typer.Option(False, "--all-data", help="Train the base network on all data: RUN/base."),
     init: Path = typer.Option(
-        None, "--init", help="Start from a trained network of the same width (with --branch K or --all-data)."
+        None,
+        "--init",
+        help="Start from a trained network of the same width, or (DnCNN) a wider one, narrowed "
+        "(with --branch K or --all-data).",
     ),
     iters: int = TRAIN_ITERS,
     batch_size: int = TRAIN_BATCH,

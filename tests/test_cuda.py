@@ -140,8 +140,9 @@ def test_training_pairs_on_cuda_match_the_cpu_ones():
     moved = Positions(*(getattr(positions, name).cpu() for name in ("image", "y", "x", "code")))
     for on_gpu, on_cpu in zip(gpu.crops(positions), cpu.crops(moved), strict=True):
         difference = (on_gpu.cpu() - on_cpu).abs()
-        # the pyramid's float32 sums may round across a half grey level differently on the GPU
-        assert difference.max() <= 1 / 255 + 1e-6 and (difference > 0).float().mean() < 1e-3
+        # the pyramid's float32 sums may round across a half grey level differently on the GPU (a grey level
+        # apart, rarely), and the division by 255 may differ in its last bit (measured on an H200: 3e-8)
+        assert difference.max() <= 1 / 255 + 1e-6 and (difference > 1e-6).float().mean() < 1e-3
 
 
 def test_a_bf16_channels_last_training_step_on_cuda_learns():

@@ -16,7 +16,7 @@ from classsr_cli.data.dataset import SubImageDataset, prepared_info
 from classsr_cli.data.noise import add_noise, noisy_image
 from classsr_cli.data.prepare import prepare_data
 from classsr_cli.engine import Upscaler
-from classsr_cli.errors import DataError, ModelError
+from classsr_cli.errors import DataError, ModelError, WeightsError
 from classsr_cli.models import create, create_base
 from classsr_cli.train import TrainRequest, train_branches
 from classsr_cli.weights import load_weights, save_model
@@ -243,3 +243,61 @@ def test_an_official_checkpoint_cannot_claim_to_be_dncnn(tmp_path):
         app, ["denoise", str(source), str(tmp_path / "o.png"), "-m", "dncnn", "-w", str(path)]
     )
     assert result.exit_code == 2 and "no official checkpoint layout" in result.output
+
+
+def test_a_narrowed_dncnn_keeps_the_channels_that_matter():
+    """Channels whose BatchNorm scale and shift are zero carry nothing: narrowing drops exactly them, and the
+    narrow network computes what the wide one did."""
+    from classsr_cli.models.dncnn import DnCNN
+
+    torch.manual_seed(0)
+    wide = DnCNN(width=12, depth=5).eval()
+    dead = torch.tensor([1, 4, 5, 9])  # 12 - 4 = 8 channels live in every hidden layer
+    with torch.no_grad():
+        convs = [m for m in wide.body if isinstance(m, torch.nn.Conv2d)]
+        convs[0].weight[dead] = 0
+        convs[0].bias[dead] = 0
+        for norm in (m for m in wide.body if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.weight[dead] = 0
+            norm.bias[dead] = 0
+            norm.running_mean.uniform_(-0.1, 0.1)
+            norm.running_var.uniform_(0.5, 2.0)
+        convs[-1].weight.normal_(std=0.1)  # a residual that matters
+    narrow = wide.narrowed(8).eval()
+    assert narrow.width == 8 and narrow.scale == 1
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in wide.parameters())
+    image = torch.rand(1, 3, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(narrow(image), wide(image), atol=1e-5, rtol=0)
+        assert (wide(image) - image).abs().mean() > 1e-3  # the comparison is not of two identities
+    with pytest.raises(ValueError):
+        wide.narrowed(12)
+
+
+def test_init_from_a_wider_denoiser_narrows_it(data, tmp_path):
+    """--init with a wider DnCNN: the narrow network starts from its most important channels (at a learning
+    rate of 1e-9 it ends where it started); a wider FSRCNN cannot be narrowed and is refused."""
+    from classsr_cli.models.dncnn import DnCNN
+
+    torch.manual_seed(2)
+    wide = DnCNN(width=8)
+    wide_path = save_model(wide, tmp_path / "wide.safetensors", "dncnn")
+    request = TrainRequest(
+        data=data,
+        out=tmp_path / "run",
+        model="dncnn",
+        widths=[6],
+        init=wide_path,
+        options={"iters": 1, "batch_size": 4, "val_every": 0, "log_every": 1, "val_crop": 24, "workers": 0,
+                 "lr": 1e-9},
+    )  # fmt: skip
+    summary = train_branches(request, all_data=True, console=Console(file=io.StringIO()))
+    start = dict(wide.narrowed(6).named_parameters())  # a training step moves the BatchNorm statistics
+    tuned = load_weights(summary["weights"]).model.state_dict()
+    for key, value in start.items():
+        torch.testing.assert_close(tuned[key], value.detach(), atol=1e-5, rtol=0, msg=key)
+
+    fsrcnn = save_model(create_base("fsrcnn", 12), tmp_path / "fsrcnn.safetensors", "fsrcnn")
+    refused = TrainRequest(data, tmp_path / "refused", model="fsrcnn", widths=[8], init=fsrcnn)
+    with pytest.raises(WeightsError, match="width 12"):
+        train_branches(refused, all_data=True, console=Console(file=io.StringIO()))

@@ -267,3 +267,17 @@ def test_a_sigterm_leaves_a_complete_checkpoint(photos, tmp_path):
     report = json.loads((out / gpu_run.REPORT).read_text())
     assert report["stopped_early"] and report["elapsed"] < 50
     assert sorted(load_packed([out])) == ["fsrcnn-16", "fsrcnn-36", "fsrcnn-56"]
+
+
+def test_engine_only_times_the_shipped_models_without_training(photos, tmp_path):
+    pytest.importorskip("pyvips")  # the engine table runs `classsr upscale` on files
+    out = tmp_path / "out"
+    arguments = ["--dry-run", "--engine-only", "--no-checks", "--families", "fsrcnn", "--photos", str(photos)]
+    report = gpu_run.main([*arguments, "--out", str(out), "--keep", str(tmp_path / "keep")])
+    assert json.loads((out / gpu_run.REPORT).read_text()) == json.loads(json.dumps(report))
+    assert "networks" not in report and report["engine_only"]["photo"] == "photo1.png"
+    (row,) = report["engine"]
+    assert row["family"] == "fsrcnn" and row["routing"] == "shipped Class-Module" and row["classsr_s"] > 0
+    (frame,) = report["frame_8k"]  # at 64x36 in a dry run, 1920x1080 on a GPU
+    assert frame["output"] == "256x144" and frame["classsr_s"] > 0 and frame["base_s"] > 0
+    assert sum(frame["class_counts"]) > 0

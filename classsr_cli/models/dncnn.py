@@ -3,6 +3,7 @@
 ClassSR's Denoise-Modules are DnCNNs of 38, 52 and 64 channels (the -O network has 64).
 """
 
+import torch
 from torch import nn
 
 
@@ -43,3 +44,35 @@ class DnCNN(nn.Module):
 
     def forward(self, x):
         return x - self.body(x)
+
+    def narrowed(self, width: int) -> "DnCNN":
+        """A copy of this network with `width` hidden channels: each hidden layer keeps its most important
+        channels, scored by |BatchNorm scale| (the first layer: its filters' L1 norm) times the L1 norm of the
+        next layer's weights on that channel, as in channel pruning (Li et al., "Pruning Filters for
+        Efficient ConvNets", ICLR 2017; Liu et al., "Network Slimming", ICCV 2017). A starting point for
+        training a narrow branch, not a finished network. Raises ValueError when `width` is not smaller."""
+        if not 0 < width < self.width:
+            raise ValueError(f"a narrowed DnCNN needs a width below {self.width}, got {width}")
+        convs = [m for m in self.body if isinstance(m, nn.Conv2d)]
+        norms = [m for m in self.body if isinstance(m, nn.BatchNorm2d)]
+        narrow = DnCNN(width=width, depth=len(convs), channels=convs[0].in_channels)
+        new_convs = [m for m in narrow.body if isinstance(m, nn.Conv2d)]
+        new_norms = [m for m in narrow.body if isinstance(m, nn.BatchNorm2d)]
+        with torch.no_grad():
+            kept_in = torch.arange(convs[0].in_channels)
+            for index, (conv, new_conv) in enumerate(zip(convs, new_convs, strict=True)):
+                if index == len(convs) - 1:  # the output layer keeps its RGB channels
+                    kept_out = torch.arange(conv.out_channels)
+                else:
+                    outgoing = convs[index + 1].weight.abs().sum(dim=(0, 2, 3))
+                    own = norms[index - 1].weight.abs() if index else conv.weight.abs().sum(dim=(1, 2, 3))
+                    kept_out = torch.argsort(own * outgoing, descending=True)[:width].sort().values
+                new_conv.weight.copy_(conv.weight[kept_out][:, kept_in])
+                if conv.bias is not None:
+                    new_conv.bias.copy_(conv.bias[kept_out])
+                if 0 < index < len(convs) - 1:
+                    norm, new_norm = norms[index - 1], new_norms[index - 1]
+                    for name in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(new_norm, name).copy_(getattr(norm, name)[kept_out])
+                kept_in = kept_out
+        return narrow

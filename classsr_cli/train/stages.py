@@ -143,15 +143,18 @@ def _network_stage(
 
 
 def _load_init_network(model: nn.Module, init: Path, family: str, width: int) -> None:
-    """Fine-tuning: e.g. the hard branch starts as the -O network, which has the hard branch's width."""
+    """Fine-tuning: e.g. the hard branch starts as the -O network, which has the hard branch's width. A wider
+    network of a family that can be narrowed (DnCNN) gives a narrow branch its most important channels."""
     from classsr_cli.weights import load_weights
 
     if not init.exists():
         raise WeightsError(f"--init {init} not found")
-    loaded = load_weights(init, kind="base", family=family)
-    if loaded.model.width != width:
-        raise WeightsError(f"--init {init} has width {loaded.model.width}; this network needs {width}")
-    model.load_state_dict(loaded.model.state_dict())
+    source = load_weights(init, kind="base", family=family).model
+    if source.width > width and hasattr(source, "narrowed"):
+        source = source.narrowed(width)
+    if source.width != width:
+        raise WeightsError(f"--init {init} has width {source.width}; this network needs {width}")
+    model.load_state_dict(source.state_dict())
 
 
 def train_branches(
