@@ -173,3 +173,28 @@ def test_taller_pieces_as_on_a_gpu_give_the_same_picture(shipped):
     assert tall_tally.executed_flops < short_tally.executed_flops  # fewer context margins
     assert np.abs(short - tall).max() < 2 / 255
     assert 10 * np.log10(1 / np.mean((short - tall) ** 2)) > 60
+
+
+def test_fixed_shapes_as_on_a_gpu_give_the_same_picture_with_a_few_shapes(shipped):
+    """On a GPU pieces are cut at sizes fixed by their cell counts and batches padded to powers of two, so
+    that images of any size need the same few shapes; the picture stays the one of exact pieces."""
+    model = shipped["classsr-fsrcnn.safetensors"]
+    seen: set[tuple[int, ...]] = set()
+    exact_engine = Upscaler(model, "cpu", piece_rows=4, fixed_shapes=False)
+    fixed_engine = Upscaler(model, "cpu", piece_rows=4, fixed_shapes=True)
+    for branch in fixed_engine.branches:
+        branch.register_forward_hook(lambda module, inputs, output: seen.add(tuple(inputs[0].shape)))
+    image = read_image(SAMPLE).astype(np.float32)
+    for height, width in [(120, 160), (97, 133), (61, 45), (7, 5)]:
+        lr = image[:height, :width]
+        exact, exact_tally = exact_engine.upscale_array(lr)
+        fixed, fixed_tally = fixed_engine.upscale_array(lr)
+        assert exact_tally.class_counts == fixed_tally.class_counts
+        assert np.abs(exact - fixed).max() < 2 / 255, (height, width)  # more context, never less
+        if min(height, width) > 32:
+            assert 10 * np.log10(1 / np.mean((exact - fixed) ** 2)) > 60, (height, width)
+    context = fixed_engine.context
+    sizes = {cells * 28 + 4 + 2 * context for cells in (1, 2, 3, 4, 8)}
+    for batch, channels, height, width in seen:
+        assert batch & (batch - 1) == 0 and channels == 3, (batch, channels)
+        assert height in sizes and width in sizes, (height, width)

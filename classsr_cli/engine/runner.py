@@ -65,18 +65,32 @@ def _is_out_of_memory(error: BaseException) -> bool:
 class BatchRunner:
     """Runs a module over many tiles in batches on one device; halves the batch on out-of-memory."""
 
-    def __init__(self, device: torch.device, dtype: torch.dtype, batch_size: int | None = None):
+    def __init__(
+        self,
+        device: torch.device,
+        dtype: torch.dtype,
+        batch_size: int | None = None,
+        pad_batches: bool = False,
+    ):
         if batch_size is not None and batch_size < 1:
             raise ModelError(f"--batch-size must be at least 1, got {batch_size}")
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size or default_batch_size(device)
+        # a short batch padded to a power of two: a few batch shapes instead of any count (see Upscaler)
+        self.pad_batches = pad_batches
 
     def prepare(self, module: nn.Module) -> nn.Module:
         # A copy, so that the caller's model (e.g. one being trained) is untouched. Channels-last lets oneDNN
         # (CPU) and cuDNN (GPU) pick their fast kernels: about 2x for the narrow branches on a CPU.
         module = optimize_for_inference(copy.deepcopy(module).eval())
         return module.to(device=self.device, dtype=self.dtype, memory_format=torch.channels_last)
+
+    def padded_count(self, count: int) -> int:
+        """Tiles a call of `count` (at most one batch) runs: with pad_batches, the next power of two."""
+        if not self.pad_batches:
+            return count
+        return max(count, min(self.batch_size, 1 << (count - 1).bit_length()))
 
     def __call__(self, module: nn.Module, tiles: torch.Tensor, to_cpu: bool = True) -> torch.Tensor:
         """module(tiles) in float32, computed batch by batch on the device; on the CPU unless `to_cpu` is
@@ -88,7 +102,10 @@ class BatchRunner:
             try:
                 with torch.inference_mode():
                     batch = chunk.to(self.device, self.dtype, non_blocking=True)
-                    result = module(batch.contiguous(memory_format=torch.channels_last))
+                    count, padded = batch.shape[0], self.padded_count(batch.shape[0])
+                    if padded > count:
+                        batch = torch.cat([batch, batch[-1:].expand(padded - count, -1, -1, -1)])
+                    result = module(batch.contiguous(memory_format=torch.channels_last))[:count]
                     outputs.append(result.float().cpu() if to_cpu else result.float())
             except Exception as error:  # noqa: BLE001 - only out-of-memory is retried, the rest re-raised
                 if not _is_out_of_memory(error) or self.batch_size == 1:

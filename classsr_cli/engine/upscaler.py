@@ -47,6 +47,11 @@ FADE = 2
 # Pieces one cell row tall ran fastest per output pixel on a CPU (CARN-M: 9.4 us per LR pixel at 36x232,
 # 12.9 at 64x232, 14.0 at 120x232, with 2 threads: their features stay in the caches); GPUs want size.
 PIECE_ROWS_ON_CPU = 1
+# On a GPU every new tensor shape costs setup (cuDNN builds plans for it, autotunes where asked), and region
+# pieces come in many shapes (edge cells differ in size, groups in count). There pieces are cut at fixed
+# sizes, their cell counts times the stride plus this many LR pixels of the edge cells' slack (taken from
+# further real or mirrored context), and batches are padded to powers of two: a few shapes, for any image.
+EDGE_SLACK = 4
 # Below this alpha a pixel's colour is not recovered from premultiplied values (it is all but invisible).
 ALPHA_FLOOR = 1.0 / 1024
 
@@ -82,6 +87,7 @@ class Upscaler:
         tiling: str = "region",
         back_projection: bool | None = None,
         piece_rows: int | None = None,
+        fixed_shapes: bool | None = None,
     ):
         if tiling not in TILINGS:
             raise ModelError(f"unknown tiling '{tiling}': use {' or '.join(TILINGS)}")
@@ -109,7 +115,12 @@ class Upscaler:
         self.piece_rows = piece_rows or (
             PIECE_ROWS_ON_CPU if self.device.type == "cpu" and thin else MAX_PIECE_ROWS
         )
-        self.runner = BatchRunner(self.device, pick_dtype(precision, self.device), batch_size)
+        # None: on any device but the CPU, where exact shapes cost nothing to set up and padding would
+        self.fixed_shapes = self.device.type != "cpu" if fixed_shapes is None else fixed_shapes
+        self.runner = BatchRunner(
+            self.device, pick_dtype(precision, self.device), batch_size, pad_batches=self.fixed_shapes
+        )
+        self._ramps: dict[tuple[int, bool, bool], torch.Tensor] = {}  # cross-fade weights, on the device
         self.branches = [self.runner.prepare(b) for b in self.plan.branches]
         self.classifier = self.runner.prepare(self.plan.classifier) if self.plan.classifies else None
 
@@ -193,7 +204,9 @@ class Upscaler:
         row_bounds, col_bounds = cell_bounds(height, row_starts), cell_bounds(width, col_starts)
         # columns of the padded band: `context` mirrored ones on the left, enough on the right for both
         # the context and the classification tiles of images narrower than one tile
-        left, right = context, max(context, PATCH - width)
+        # fixed piece shapes reach up to a cell further right and down than the pieces themselves
+        slack = PATCH if self.fixed_shapes else 0
+        left, right = context, max(context, PATCH - width) + slack
         # whole pieces per band, and enough tiles per band for full Class-Module batches on narrow images
         tile_rows = math.ceil(BATCHES_PER_BAND * self.runner.batch_size / len(col_starts))
         rows_per_band = MAX_PIECE_ROWS * max(1, math.ceil(tile_rows / MAX_PIECE_ROWS))
@@ -206,7 +219,7 @@ class Upscaler:
         for first in range(0, len(row_starts), rows_per_band):
             last = min(first + rows_per_band, len(row_starts))
             top = min(row_bounds[first] - context, row_starts[first])
-            bottom = max(row_bounds[last] + context, row_starts[last - 1] + PATCH)
+            bottom = max(row_bounds[last] + context, row_starts[last - 1] + PATCH) + slack
             lr = torch.from_numpy(source.rows(top, bottom)).to(device).permute(2, 0, 1)  # C, h, left+w+right
             color = lr[:colors]
             if layout.has_alpha:  # premultiplied: what lies under transparent pixels cannot matter
@@ -261,48 +274,57 @@ class Upscaler:
         first, top, left = origin
         row_bounds, col_bounds = bounds
         image_h, image_w = row_bounds[-1], col_bounds[-1]
+        # pieces of one branch and one crop size run together: their exact size, or with fixed shapes the
+        # size their cell counts fix (every piece of r x c cells is at most r * STRIDE + EDGE_SLACK high...)
         groups: dict[tuple[int, int, int], list] = {}
         for piece in pieces:
             y0, y1 = row_bounds[first + piece.row0], row_bounds[first + piece.row1]
             x0, x1 = col_bounds[piece.col0], col_bounds[piece.col1]
-            groups.setdefault((piece.branch, y1 - y0, x1 - x0), []).append((y0, x0))
+            crop_h, crop_w = y1 - y0, x1 - x0
+            if self.fixed_shapes:
+                crop_h = max(crop_h, (piece.row1 - piece.row0) * STRIDE + EDGE_SLACK)
+                crop_w = max(crop_w, (piece.col1 - piece.col0) * STRIDE + EDGE_SLACK)
+            groups.setdefault((piece.branch, crop_h, crop_w), []).append((y0, x0, y1 - y0, x1 - x0))
         # a call holds as many LR pixels as `batch_size` tiles would: larger pieces, fewer per call, so that
         # the features stay as cache-sized as the tiles' (batches of whole pieces ran 1.3x slower on a CPU)
         pixels_per_call = self.runner.batch_size * PATCH**2
-        for (branch, h, w), origins in groups.items():
-            padded_pixels = (h + 2 * context) * (w + 2 * context)
+        for (branch, crop_h, crop_w), members in groups.items():
+            padded_pixels = (crop_h + 2 * context) * (crop_w + 2 * context)
             per_call = max(1, pixels_per_call // padded_pixels)
             executed = self.plan.branch_executed[branch] / PATCH**2  # per LR pixel
-            tally.executed_flops += int(len(origins) * padded_pixels * executed)
-            for first_piece in range(0, len(origins), per_call):
-                chunk = origins[first_piece : first_piece + per_call]
+            for first_piece in range(0, len(members), per_call):
+                chunk = members[first_piece : first_piece + per_call]
+                tally.executed_flops += int(self.runner.padded_count(len(chunk)) * padded_pixels * executed)
                 crops = torch.stack(
                     [
                         rgb[
                             :,
-                            y0 - top - context : y0 - top + h + context,
-                            x0 + left - context : x0 + left + w + context,
+                            y0 - top - context : y0 - top + crop_h + context,
+                            x0 + left - context : x0 + left + crop_w + context,
                         ]
-                        for y0, x0 in chunk
+                        for y0, x0, _, _ in chunk
                     ]
                 )
                 sr = self.runner(self.branches[branch], crops, to_cpu=False)
                 if self.back_projection:
                     sr = back_project(sr, crops.to(sr.dtype), scale)
-                inner = slice((context - fade) * scale, (context + fade) * scale + h * scale)
-                inner_w = slice((context - fade) * scale, (context + fade) * scale + w * scale)
-                sr = sr[:, :, inner, inner_w]
                 if colors == 1:
                     sr = sr.mean(dim=1, keepdim=True)
-                for index, (y0, x0) in enumerate(chunk):
-                    self._add_faded(sr[index], y0, x0, h, w, (image_h, image_w), acc, weight, acc_top)
+                start = (context - fade) * scale
+                for index, (y0, x0, h, w) in enumerate(chunk):
+                    own = sr[
+                        index,
+                        :,
+                        start : start + (h + 2 * fade) * scale,
+                        start : start + (w + 2 * fade) * scale,
+                    ]
+                    self._add_faded(own, y0, x0, h, w, (image_h, image_w), acc, weight, acc_top)
 
     def _add_faded(self, sr, y0, x0, h, w, image_size, acc, weight, acc_top) -> None:
         """Add one piece's output (C, (h + 2 fade) * scale, (w + 2 fade) * scale), cross-faded, into acc."""
         scale, fade = self.scale, FADE
         image_h, image_w = image_size
-        ramp_y = torch.from_numpy(blend_ramp(y0, y0 + h, 0, image_h, fade, scale)).to(sr.device)
-        ramp_x = torch.from_numpy(blend_ramp(x0, x0 + w, 0, image_w, fade, scale)).to(sr.device)
+        ramp_y, ramp_x = self._ramp(y0, h, image_h, sr.device), self._ramp(x0, w, image_w, sr.device)
         # clip to the image: rows and columns beyond its edges are mirrored context
         oy, ox = (y0 - fade) * scale, (x0 - fade) * scale
         ty0, ty1 = max(oy, 0), min(oy + ramp_y.numel(), image_h * scale)
@@ -311,6 +333,15 @@ class Upscaler:
         part = sr[:, ty0 - oy : ty1 - oy, tx0 - ox : tx1 - ox]
         acc[: part.shape[0], ty0 - acc_top : ty1 - acc_top, tx0:tx1] += part * mask
         weight[ty0 - acc_top : ty1 - acc_top, tx0:tx1] += mask
+
+    def _ramp(self, start: int, length: int, image_length: int, device: torch.device) -> torch.Tensor:
+        """blend_ramp for a piece owning LR pixels [start, start + length), kept on the device: the weights
+        depend only on the length and on which image edges the piece touches (no copy per piece)."""
+        key = (length, start <= 0, start + length >= image_length)
+        if key not in self._ramps:  # the weights do not move with the piece: compute them at 0
+            lo, hi = 0 if key[1] else -1, length if key[2] else length + 1
+            self._ramps[key] = torch.from_numpy(blend_ramp(0, length, lo, hi, FADE, self.scale)).to(device)
+        return self._ramps[key]
 
     def _stream_paper(self, height, width, strips, layout, tally, on_tiles):
         scale, out_patch = self.scale, PATCH * self.scale
