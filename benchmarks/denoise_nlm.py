@@ -1,6 +1,7 @@
 """ClassSR-DnCNN and DnCNN-O against OpenCV's non-local means, on the same noisy images (the paper's Table 5).
 
     python -m benchmarks.denoise_nlm DATASET [--noise-sigma 25] [--strengths 15,20,25,30,35] [--out F.json]
+                                     [--weights CLASSSR.safetensors] [--base-weights DNCNN-O.safetensors]
 
 DATASET is what `classsr bench` takes (a folder of clean images, or one with HR/). Every image gets the
 noise `classsr bench --model dncnn` gives it (Gaussian, seeded by the image's name, rounded to 8 bits), so
@@ -45,6 +46,8 @@ def main() -> None:
     parser.add_argument("--noise-sigma", type=float, default=25.0)
     parser.add_argument("--strengths", default="15,20,25,30,35")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--weights", help="ClassSR-DnCNN weights (default: the shipped ones)")
+    parser.add_argument("--base-weights", help="DnCNN-O weights (default: the shipped ones)")
     args = parser.parse_args()
     protocol = benchmark.Protocol(scale=1, noise_sigma=args.noise_sigma)
     root, pairs = benchmark.find_pairs(args.dataset, protocol=protocol)
@@ -71,8 +74,8 @@ def main() -> None:
         seconds = time.perf_counter() - started
         nlm.append({"image": name, "psnr": psnr(out, clean, border=0), "seconds": seconds})
 
-    classsr = load_weights("dncnn", kind="classsr").model
-    base = benchmark.choose_base("dncnn", None, classsr)
+    classsr = load_weights(args.weights or "dncnn", kind="classsr", family="dncnn").model
+    base = benchmark.choose_base("dncnn", args.base_weights, classsr)
     rows = benchmark.build_contenders(classsr, "dncnn", base, device="cpu", protocol=protocol)
     result = benchmark.run_bench(root, pairs, rows, "dncnn", protocol=protocol).as_json()
     table = [

@@ -538,6 +538,13 @@ TRAIN_CHANNELS_LAST = typer.Option(None, "--channels-last/--no-channels-last", h
 TRAIN_NOISE_SIGMA = typer.Option(
     None, "--noise-sigma", min=0.0, help="Denoising data: Gaussian noise sigma, 0-255 (the data's, 25)."
 )
+TRAIN_CLEAN_FRACTION = typer.Option(
+    None,
+    "--clean-fraction",
+    min=0.0,
+    max=1.0,
+    help="Denoising: this share of each batch trained without noise, input = target (0).",
+)
 TRAIN_PRECISION = typer.Option(
     None, "--precision", help="Forward pass: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16."
 )
@@ -618,6 +625,7 @@ def train_branches_command(
     channels_last: bool = TRAIN_CHANNELS_LAST,
     precision: str = TRAIN_PRECISION,
     noise_sigma: float = TRAIN_NOISE_SIGMA,
+    clean_fraction: float = TRAIN_CLEAN_FRACTION,
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):

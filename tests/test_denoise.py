@@ -301,3 +301,16 @@ def test_init_from_a_wider_denoiser_narrows_it(data, tmp_path):
     refused = TrainRequest(data, tmp_path / "refused", model="fsrcnn", widths=[8], init=fsrcnn)
     with pytest.raises(WeightsError, match="width 12"):
         train_branches(refused, all_data=True, console=Console(file=io.StringIO()))
+
+
+def test_a_clean_fraction_of_the_batch_trains_without_noise(data, tmp_path):
+    """--clean-fraction 1: every input is the clean sub-image, so the untrained DnCNN (output = input) starts
+    at an L1 near zero instead of the noise's 0.078; recorded in the checkpoint's settings."""
+    out = tmp_path / "run"
+    options = {"iters": 2, "batch_size": 4, "val_every": 0, "log_every": 1, "val_crop": 24, "workers": 0}
+    request = TrainRequest(data, out, model="dncnn", widths=[8], options={**options, "clean_fraction": 1.0})
+    train_branches(request, all_data=True, console=Console(file=io.StringIO()))
+    records = [json.loads(line) for line in (out / "base.jsonl").read_text().splitlines()]
+    assert [r["l1"] for r in records if r["type"] == "train"][0] < 0.01
+    checkpoint = torch.load(out / "base.ckpt", weights_only=False)
+    assert checkpoint["options"]["clean_fraction"] == 1.0

@@ -436,3 +436,10 @@ def test_calibration_refuses_what_it_cannot_do(data, tmp_path):
         result = CliRunner().invoke(app, ["train", "calibrate", *arguments, "--data", str(data), *out])
         assert result.exit_code == 2 and message in result.output, result.output
     assert taken.read_bytes() == b"keep" and not (tmp_path / "x.safetensors").exists()
+
+
+def test_a_clean_fraction_is_refused_for_upscaling_data(data, tmp_path):
+    arguments = ["train", "branches", "--data", str(data), "-m", "fsrcnn", "--all-data", "--widths", "4"]
+    arguments += ["--iters", "1", "--clean-fraction", "0.1", "--out", str(tmp_path / "run"), *QUICK]
+    result = CliRunner().invoke(app, arguments)
+    assert result.exit_code == 2 and "--clean-fraction is for denoising" in result.output

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from classsr_cli.data.noise import add_noise
-from classsr_cli.errors import ModelError, OutputError, WeightsError
+from classsr_cli.errors import DataError, ModelError, OutputError, WeightsError
 from classsr_cli.train import distributed
 from classsr_cli.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from classsr_cli.train.data import make_loader
@@ -54,6 +54,9 @@ class Settings:
     channels_last: bool = True  # NHWC: 1.3-2x faster training steps on a CPU too (narrow CARN branches most)
     precision: str = "auto"  # of the forward pass: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16
     noise_sigma: float | None = None  # denoising data: Gaussian noise (0-255 scale); None: the data's sigma
+    # denoising: the share of each batch left clean (target = input), so that a denoiser given a clean area
+    # leaves it as it is instead of "removing" noise that is not there (a tint on flat colours otherwise)
+    clean_fraction: float = 0.0
 
     def to_record(self) -> dict:
         record = asdict(self)
@@ -414,6 +417,8 @@ def run_stage(
     noise_sigma = _noise_sigma(model, settings, data_root)
     settings.noise_sigma = noise_sigma  # recorded in checkpoints: a resume adds the same noise
     noise = torch.Generator(device=device) if noise_sigma else None
+    if settings.clean_fraction and not noise_sigma:
+        raise DataError("--clean-fraction is for denoising: this data adds no noise")
 
     def save(iteration: int) -> None:
         if not context.is_main:
@@ -466,7 +471,11 @@ def run_stage(
         high_res = high_res.to(device, non_blocking=True)
         if noise is not None:  # fresh noise every step, a function of (seed, process, iteration) for resumes
             noise.manual_seed((settings.seed * 2**32 + iteration) * context.world_size + context.rank)
-            low_res = add_noise(low_res, noise_sigma, noise)
+            noisy = add_noise(low_res, noise_sigma, noise)
+            if settings.clean_fraction:
+                clean = torch.rand(low_res.shape[0], generator=noise, device=device) < settings.clean_fraction
+                noisy[clean] = low_res[clean]
+            low_res = noisy
         if channels_last:
             low_res = low_res.contiguous(memory_format=torch.channels_last)
         return training_step(
