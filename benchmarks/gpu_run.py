@@ -3,6 +3,7 @@
     python -m benchmarks.gpu_run --out DIR [--seconds 540] [--families fsrcnn,carn,srresnet,rcan]
     python -m benchmarks.gpu_run --out DIR --dry-run          # the same job on the CPU, tiny, in minutes
     python -m benchmarks.gpu_run --collect 2 --out DIR        # what did not fit in the first call's files
+    python -m benchmarks.gpu_run --out DIR --engine-only --photos PHOTOS   # step 4 alone, no training
     python -m benchmarks.gpu_run --export DIR [DIR ...] --to RUN   # as the project's weights files
 
 The job, inside --seconds of wall time:

@@ -275,7 +275,8 @@ class Upscaler:
         row_bounds, col_bounds = bounds
         image_h, image_w = row_bounds[-1], col_bounds[-1]
         # pieces of one branch and one crop size run together: their exact size, or with fixed shapes the
-        # size their cell counts fix (every piece of r x c cells is at most r * STRIDE + EDGE_SLACK high...)
+        # size their cell counts fix (a piece of r x c cells is at most r * STRIDE + EDGE_SLACK by
+        # c * STRIDE + EDGE_SLACK LR pixels)
         groups: dict[tuple[int, int, int], list] = {}
         for piece in pieces:
             y0, y1 = row_bounds[first + piece.row0], row_bounds[first + piece.row1]
