@@ -798,9 +798,9 @@ def _write_plot(document: dict, path: Path) -> bool:
     if networks:
         overview.legend(loc="best")
     # bicubic sits far below the networks: drawn, it would flatten the differences that matter
-    bicubic = next((row for row in document["rows"] if row["kind"] in ("bicubic", "noisy")), None)
+    baseline = next((row for row in document["rows"] if row["kind"] in ("bicubic", "noisy")), None)
     reference = (
-        f", {bicubic['kind']} {bicubic['psnr']:.2f} dB" if bicubic and bicubic["psnr"] is not None else ""
+        f", {baseline['kind']} {baseline['psnr']:.2f} dB" if baseline and baseline["psnr"] is not None else ""
     )
     overview.set_xlabel("FLOPs per 32x32 sub-image (M)")
     overview.set_ylabel("PSNR (dB)")

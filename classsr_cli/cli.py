@@ -274,6 +274,10 @@ def load_for_inference(
     return loaded.model, loaded.family
 
 
+INPUT_ARGUMENT = typer.Argument(..., help="Image file, or a folder of images.", show_default=False)
+OUTPUT_ARGUMENT = typer.Argument(
+    ..., help="Output file (type from its extension), or a folder.", show_default=False
+)
 MODEL_WEIGHTS_OPTION = typer.Option(
     None, "--weights", "-w", help="Weights file (.safetensors, or an official .pth)."
 )
@@ -294,10 +298,8 @@ MAX_PIXELS_OPTION = typer.Option(
 @app.command(cls=CleanHelp)
 @user_errors
 def upscale(
-    input: Path = typer.Argument(..., help="Image file, or a folder of images.", show_default=False),
-    output: Path = typer.Argument(
-        ..., help="Output file (type from its extension), or a folder.", show_default=False
-    ),
+    input: Path = INPUT_ARGUMENT,
+    output: Path = OUTPUT_ARGUMENT,
     model: str = typer.Option(
         None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
     ),
@@ -325,10 +327,8 @@ def upscale(
 @app.command(cls=CleanHelp)
 @user_errors
 def denoise(
-    input: Path = typer.Argument(..., help="Image file, or a folder of images.", show_default=False),
-    output: Path = typer.Argument(
-        ..., help="Output file (type from its extension), or a folder.", show_default=False
-    ),
+    input: Path = INPUT_ARGUMENT,
+    output: Path = OUTPUT_ARGUMENT,
     model: str = typer.Option(None, "--model", "-m", help="dncnn (the default)."),
     weights: str = MODEL_WEIGHTS_OPTION,
     device: str = DEVICE_OPTION,
@@ -345,8 +345,11 @@ def denoise(
 ):
     """Remove Gaussian-like noise from an image (or every image in a folder) with ClassSR-DnCNN.
 
-    The shipped models were trained at noise sigma 25 (0-255 scale). Same size out; bit depth, alpha and
-    metadata kept as `upscale` keeps them. Started by torchrun, the processes share a folder's images.
+    A model removes noise of the sigma it was trained at (25 on the 0-255 scale by default; docs/denoise.md).
+
+    Same size out; bit depth, alpha and metadata kept as `upscale` keeps them.
+
+    Started by torchrun, the processes share the folder's images (docs/multi-gpu.md).
     """
     restore("denoise", {**locals(), "back_projection": None})
 

@@ -442,4 +442,4 @@ def test_a_clean_fraction_is_refused_for_upscaling_data(data, tmp_path):
     arguments = ["train", "branches", "--data", str(data), "-m", "fsrcnn", "--all-data", "--widths", "4"]
     arguments += ["--iters", "1", "--clean-fraction", "0.1", "--out", str(tmp_path / "run"), *QUICK]
     result = CliRunner().invoke(app, arguments)
-    assert result.exit_code == 2 and "--clean-fraction is for denoising" in result.output
+    assert result.exit_code == 2 and "--clean-fraction is for denoising data" in result.output

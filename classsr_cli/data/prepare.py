@@ -613,22 +613,19 @@ def prepare_data(
                 )
             parts[job.key] = part
 
-    summary = _finish(
-        out,
-        jobs,
-        parts,
-        skipped,
-        scales,
-        sr_scale,
-        patch,
-        stride,
-        classes,
-        rank,
-        val_fraction,
-        seed,
-        task,
-        noise_sigma,
-    )
+    arguments = {
+        "scales": list(scales),
+        "task": task,
+        "noise_sigma": noise_sigma if task == "denoise" else None,
+        "scale": sr_scale,
+        "patch": patch,
+        "stride": stride,
+        "classes": classes,
+        "rank_model": rank.name,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
+    summary = _finish(out, jobs, parts, skipped, arguments, rank)
     summary["resumed"] = resumed
     summary["disk_bytes"] = disk_bytes(out)
     summary["seconds"] = round(time.perf_counter() - started, 2)
@@ -686,27 +683,16 @@ def _run_jobs(
     return skipped
 
 
-def _finish(
-    out,
-    jobs,
-    parts,
-    skipped,
-    scales,
-    sr_scale,
-    patch,
-    stride,
-    classes,
-    rank,
-    val_fraction,
-    seed,
-    task,
-    noise_sigma,
-) -> dict:
-    """Rank all sub-images (from every part, old and new), split, classify; write index.npy and meta.json."""
+def _finish(out, jobs, parts, skipped, arguments: dict, rank: RankModel) -> dict:
+    """Rank all sub-images (from every part, old and new), split, classify; write index.npy and meta.json.
+
+    `arguments`: the run's settings as meta.json records them (scales, scale, patch, classes, ...)."""
+    scales, sr_scale, patch = arguments["scales"], arguments["scale"], arguments["patch"]
+    classes = arguments["classes"]
     kept = [job for job in jobs if job.key in parts]
     if not kept:
         raise DataError("no photo could be used: every one was unreadable or too small")
-    val_mask = choose_val_photos(len(kept), val_fraction, seed)
+    val_mask = choose_val_photos(len(kept), arguments["val_fraction"], arguments["seed"])
     blocks, images = [], []
     for image_id, job in enumerate(kept):
         part = parts[job.key]
@@ -764,19 +750,7 @@ def _finish(
         "version": FORMAT_VERSION,
         "classsr_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "arguments": {
-            "src": str(Path(jobs[0].source).parent.resolve()),
-            "scales": list(scales),
-            "task": task,
-            "noise_sigma": noise_sigma if task == "denoise" else None,
-            "scale": sr_scale,
-            "patch": patch,
-            "stride": stride,
-            "classes": classes,
-            "rank_model": rank.name,
-            "val_fraction": val_fraction,
-            "seed": seed,
-        },
+        "arguments": {"src": str(Path(jobs[0].source).parent.resolve()), **arguments},
         "rank_model": {**asdict(rank), "label": rank.label},
         "patch_lr": patch,
         "patch_hr": patch * sr_scale,
@@ -804,7 +778,7 @@ def _finish(
         "val_subimages": int((~train).sum()),
         "val_class_counts": val_class_counts,
         "rank_model": rank.name,
-        "task": task,
+        "task": arguments["task"],
         "out": str(out),
     }
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from classsr_cli.data.noise import add_noise
-from classsr_cli.errors import DataError, ModelError, OutputError, WeightsError
+from classsr_cli.errors import ModelError, OutputError, WeightsError
 from classsr_cli.train import distributed
 from classsr_cli.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from classsr_cli.train.data import make_loader
@@ -149,8 +149,12 @@ def _noise_sigma(model: nn.Module, settings: Settings, data_root: Path) -> float
 
     data_sigma = input_noise(data_root, getattr(model, "scale", 4))
     if data_sigma is None:
-        if settings.noise_sigma:
-            raise ModelError(f"--noise-sigma is for denoising data; {data_root} was prepared for upscaling")
+        for option, value in (
+            ("--noise-sigma", settings.noise_sigma),
+            ("--clean-fraction", settings.clean_fraction),
+        ):
+            if value:
+                raise ModelError(f"{option} is for denoising data; {data_root} was prepared for upscaling")
         return None
     sigma = settings.noise_sigma if settings.noise_sigma is not None else data_sigma
     if not sigma or not 0 < float(sigma) <= 255:
@@ -417,8 +421,6 @@ def run_stage(
     noise_sigma = _noise_sigma(model, settings, data_root)
     settings.noise_sigma = noise_sigma  # recorded in checkpoints: a resume adds the same noise
     noise = torch.Generator(device=device) if noise_sigma else None
-    if settings.clean_fraction and not noise_sigma:
-        raise DataError("--clean-fraction is for denoising: this data adds no noise")
 
     def save(iteration: int) -> None:
         if not context.is_main:
