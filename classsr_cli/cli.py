@@ -548,6 +548,13 @@ TRAIN_CLEAN_FRACTION = typer.Option(
     max=1.0,
     help="Denoising: this share of each batch trained without noise, input = target (0).",
 )
+TRAIN_SMOOTH_FRACTION = typer.Option(
+    None,
+    "--smooth-fraction",
+    min=0.0,
+    max=1.0,
+    help="This share of each batch drawn from synthetic smooth colour fields (0).",
+)
 TRAIN_PRECISION = typer.Option(
     None, "--precision", help="Forward pass: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16."
 )
@@ -629,6 +636,7 @@ def train_branches_command(
     precision: str = TRAIN_PRECISION,
     noise_sigma: float = TRAIN_NOISE_SIGMA,
     clean_fraction: float = TRAIN_CLEAN_FRACTION,
+    smooth_fraction: float = TRAIN_SMOOTH_FRACTION,
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):

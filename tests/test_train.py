@@ -443,3 +443,51 @@ def test_a_clean_fraction_is_refused_for_upscaling_data(data, tmp_path):
     arguments += ["--iters", "1", "--clean-fraction", "0.1", "--out", str(tmp_path / "run"), *QUICK]
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code == 2 and "--clean-fraction is for denoising data" in result.output
+
+
+def test_smooth_pairs_are_smooth_and_shrink_as_the_training_data_does():
+    from classsr_cli.imaging.bicubic import imresize
+    from classsr_cli.train.smooth import smooth_pairs
+
+    first = smooth_pairs(6, 16, 4, torch.Generator().manual_seed(3))
+    again = smooth_pairs(6, 16, 4, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))  # seeded: resumes repeat
+    low_res, high_res = first
+    assert low_res.shape == (6, 3, 16, 16) and high_res.shape == (6, 3, 64, 64)
+    assert 0 <= float(high_res.min()) and float(high_res.max()) <= 1
+    # the LR is the HR shrunk by MATLAB's bicubic, up to its very edges (the field reaches beyond the crop)
+    hr = high_res[0].permute(1, 2, 0).double().numpy()
+    inside = imresize(hr, 0.25)[2:-2, 2:-2]
+    assert np.abs(low_res[0].permute(1, 2, 0).numpy()[2:-2, 2:-2] - inside).max() < 1e-5
+    # smooth: no step between neighbouring HR pixels is more than a few grey levels
+    assert float(high_res.diff(dim=3).abs().max()) < 8 / 255
+    same, _ = smooth_pairs(2, 8, 1, torch.Generator().manual_seed(0))
+    assert same.shape == (2, 3, 8, 8)
+
+
+def test_a_smooth_fraction_replaces_that_share_of_each_batch(data, tmp_path, monkeypatch):
+    import classsr_cli.train.loop as loop
+
+    drawn, original = [], loop.smooth_pairs
+
+    def counting(count, *args):
+        drawn.append(count)
+        return original(count, *args)
+
+    monkeypatch.setattr(loop, "smooth_pairs", counting)
+    out = tmp_path / "run"
+    options = {"iters": 3, "batch_size": 4, "val_every": 0, "val_crop": 24, "workers": 0}
+    options["smooth_fraction"] = 1.0
+    train_branches_api(TrainRequest(data, out, model="fsrcnn", widths=[4], options=options))
+    assert drawn == [4, 4, 4]  # the whole batch, every iteration
+    assert load_checkpoint(out / "base.ckpt")["options"]["smooth_fraction"] == 1.0
+    drawn.clear()
+    options["smooth_fraction"] = 0.0
+    train_branches_api(TrainRequest(data, tmp_path / "plain", model="fsrcnn", widths=[4], options=options))
+    assert drawn == []
+
+
+def train_branches_api(request):
+    from classsr_cli.train import train_branches
+
+    return train_branches(request, all_data=True, console=quiet())

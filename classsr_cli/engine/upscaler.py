@@ -46,6 +46,7 @@ CONTEXT = 4
 FADE = 2
 # Pieces one cell row tall ran fastest per output pixel on a CPU (CARN-M: 9.4 us per LR pixel at 36x232,
 # 12.9 at 64x232, 14.0 at 120x232, with 2 threads: their features stay in the caches); GPUs want size.
+# A network whose features are small enough says otherwise (`cpu_piece_rows`).
 PIECE_ROWS_ON_CPU = 1
 # On a GPU every new tensor shape costs setup (cuDNN builds plans for it, autotunes where asked), and region
 # pieces come in many shapes (edge cells differ in size, groups in count). There pieces are cut at fixed
@@ -112,9 +113,8 @@ class Upscaler:
         # grey level): fixed, it makes two devices' outputs comparable
         # (one-row pieces suit the CPU's caches only while their context is thin)
         thin = self.context <= CONTEXT
-        self.piece_rows = piece_rows or (
-            PIECE_ROWS_ON_CPU if self.device.type == "cpu" and thin else MAX_PIECE_ROWS
-        )
+        on_cpu = max(getattr(b, "cpu_piece_rows", PIECE_ROWS_ON_CPU) for b in self.plan.branches)
+        self.piece_rows = piece_rows or (on_cpu if self.device.type == "cpu" and thin else MAX_PIECE_ROWS)
         # None: on any device but the CPU, where exact shapes cost nothing to set up and padding would
         self.fixed_shapes = self.device.type != "cpu" if fixed_shapes is None else fixed_shapes
         self.runner = BatchRunner(

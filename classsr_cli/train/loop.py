@@ -26,6 +26,7 @@ from classsr_cli.train import distributed
 from classsr_cli.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
 from classsr_cli.train.data import make_loader
 from classsr_cli.train.losses import LossWeights, classsr_loss, image_loss
+from classsr_cli.train.smooth import smooth_pairs
 from classsr_cli.train.validation import load_val_photos, validate
 
 # a class taking more than this share of a window's sub-images means the Class-Module is collapsing
@@ -57,6 +58,9 @@ class Settings:
     # denoising: the share of each batch left clean (target = input), so that a denoiser given a clean area
     # leaves it as it is instead of "removing" noise that is not there (a tint on flat colours otherwise)
     clean_fraction: float = 0.0
+    # the share of each batch replaced by synthetic smooth fields (`train/smooth.py`): smooth input should
+    # come back smooth, without the faint pattern of the scale's period that photos alone leave
+    smooth_fraction: float = 0.0
 
     def to_record(self) -> dict:
         record = asdict(self)
@@ -421,6 +425,9 @@ def run_stage(
     noise_sigma = _noise_sigma(model, settings, data_root)
     settings.noise_sigma = noise_sigma  # recorded in checkpoints: a resume adds the same noise
     noise = torch.Generator(device=device) if noise_sigma else None
+    if settings.smooth_fraction and stage.classify:
+        raise ModelError("--smooth-fraction is for single networks: smooth fields have no class to learn")
+    smooth = torch.Generator(device=device) if settings.smooth_fraction else None
 
     def save(iteration: int) -> None:
         if not context.is_main:
@@ -471,6 +478,15 @@ def run_stage(
     def train_step(low_res: torch.Tensor, high_res: torch.Tensor, classes, iteration: int) -> tuple:
         low_res = low_res.to(device, non_blocking=True)
         high_res = high_res.to(device, non_blocking=True)
+        if smooth is not None:  # a function of (seed, process, iteration), as the noise, for resumes
+            draw = (settings.seed * 2**32 + iteration) * context.world_size + context.rank
+            smooth.manual_seed(draw + 2**62)  # not the noise's sequence
+            chosen = torch.rand(low_res.shape[0], generator=smooth, device=device) < settings.smooth_fraction
+            if chosen.any():
+                scale = high_res.shape[-1] // low_res.shape[-1]
+                fields = smooth_pairs(int(chosen.sum()), low_res.shape[-1], scale, smooth, device)
+                low_res, high_res = low_res.clone(), high_res.clone()
+                low_res[chosen], high_res[chosen] = fields
         if noise is not None:  # fresh noise every step, a function of (seed, process, iteration) for resumes
             noise.manual_seed((settings.seed * 2**32 + iteration) * context.world_size + context.rank)
             noisy = add_noise(low_res, noise_sigma, noise)
