@@ -693,6 +693,11 @@ def train_assemble_command(
     out: Path = TRAIN_OUT,
     model: str = TRAIN_MODEL,
     seed: int = typer.Option(0, "--seed", help="Seed of the fresh Class-Module."),
+    classifier: Path = typer.Option(
+        None,
+        "--classifier",
+        help="Take the Class-Module from this ClassSR model instead (fine-tuned branches).",
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing RUN/stage1.safetensors."),
 ):
     """Stage 1 from networks trained elsewhere (e.g. on all data) -> RUN/stage1.safetensors."""
@@ -705,7 +710,7 @@ def train_assemble_command(
     target = Path(out) / "stage1.safetensors"
     if target.exists() and not overwrite:
         raise WeightsError(f"{target} exists: pass --overwrite to replace it")
-    written = assemble_networks(networks, out, get_family(model).name, seed=seed)
+    written = assemble_networks(networks, out, get_family(model).name, seed=seed, classifier_from=classifier)
     console.print(
         f"stage 1 assembled from {len(networks)} networks -> {written}", markup=False, highlight=False
     )

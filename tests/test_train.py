@@ -155,6 +155,23 @@ def test_a_branch_can_start_from_a_trained_base_network(data, tmp_path):
     assert refused.exit_code == 2 and "width 12" in refused.output
 
 
+def test_a_branch_can_start_from_its_branch_of_a_classsr_model(data, tmp_path):
+    """--init CLASSSR --branch K: fine-tune branch K of a trained model (the smooth-field fine-tune)."""
+    torch.manual_seed(2)
+    trained = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "classsr.safetensors", "fsrcnn")
+    common = ["--data", str(data), "-m", "fsrcnn", "--widths", WIDTHS, "--iters", "1", *QUICK]
+    result = run_cli(
+        "train", "branches", *common, "--branch", "1", "--init", str(trained), "--lr", "1e-9",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    start = load_weights(trained).model.branches[0].state_dict()
+    tuned = load_weights(result["weights"]).model.state_dict()
+    assert all(torch.allclose(start[key], tuned[key], atol=1e-6) for key in start)
+    other = ["--widths", "5,8,12", "--branch", "1", "--init", str(trained), "--out", str(tmp_path / "b")]
+    refused = CliRunner().invoke(app, ["train", "branches", *common[:4], *other, "--iters", "1", *QUICK])
+    assert refused.exit_code == 2 and "branches [4, 8, 12]" in refused.output
+
+
 def test_stage_one_assembled_from_networks_trained_on_all_data(data, tmp_path):
     from classsr_cli.models import create_base
 
@@ -190,6 +207,26 @@ def test_stage_one_assembled_from_networks_trained_on_all_data(data, tmp_path):
         ],
     )
     assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def test_fine_tuned_branches_reassembled_behind_the_trained_class_module(tmp_path):
+    from classsr_cli.models import create_base
+
+    torch.manual_seed(5)
+    trained = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "trained.safetensors", "fsrcnn")
+    networks = [
+        str(save_model(create_base("fsrcnn", w), tmp_path / f"o{w}.safetensors", "fsrcnn"))
+        for w in (4, 8, 12)
+    ]
+    arguments = ["train", "assemble", *networks, "-m", "fsrcnn", "--classifier", str(trained)]
+    done = CliRunner().invoke(app, [*arguments, "--out", str(tmp_path / "run")])
+    assert done.exit_code == 0, done.output
+    model = load_weights(tmp_path / "run" / "stage1.safetensors").model
+    kept = load_weights(trained).model.classifier.state_dict()
+    assert all(torch.equal(value, model.classifier.state_dict()[key]) for key, value in kept.items())
+    two = CliRunner().invoke(app, ["train", "assemble", *networks[1:], "-m", "fsrcnn", "--classifier",
+                                   str(trained), "--out", str(tmp_path / "two")])  # fmt: skip
+    assert two.exit_code == 2 and "3 classes" in two.output
 
 
 def settings_for(iters: int) -> dict:

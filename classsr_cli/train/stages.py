@@ -144,12 +144,21 @@ def _network_stage(
 
 def _load_init_network(model: nn.Module, init: Path, family: str, width: int) -> None:
     """Fine-tuning: e.g. the hard branch starts as the -O network, which has the hard branch's width. A wider
-    network of a family that can be narrowed (DnCNN) gives a narrow branch its most important channels."""
+    network of a family that can be narrowed (DnCNN) gives a narrow branch its most important channels. A
+    ClassSR model gives its branch of this width (e.g. to fine-tune one branch of a trained model)."""
+    from classsr_cli.models import ClassSR
     from classsr_cli.weights import load_weights
 
     if not init.exists():
         raise WeightsError(f"--init {init} not found")
-    source = load_weights(init, kind="base", family=family).model
+    source = load_weights(init, family=family).model
+    if isinstance(source, ClassSR):
+        same = [branch for branch in source.branches if branch.width == width]
+        if not same:
+            raise WeightsError(
+                f"--init {init} has branches {source.widths}; this network needs width {width}"
+            )
+        source = same[0]
     if source.width > width and hasattr(source, "narrowed"):
         source = source.narrowed(width)
     if source.width != width:
@@ -256,10 +265,15 @@ def assemble_branches(run_dir: Path, family: str, widths, seed: int = 0) -> Path
     return assemble_networks(paths, run_dir, family, widths, seed)
 
 
-def assemble_networks(paths, run_dir: Path, family: str, widths=None, seed: int = 0) -> Path:
-    """RUN/stage1.safetensors from single networks, simple -> hard, behind a fresh Class-Module.
+def assemble_networks(
+    paths, run_dir: Path, family: str, widths=None, seed: int = 0, classifier_from: Path | None = None
+) -> Path:
+    """RUN/stage1.safetensors from single networks, simple -> hard, behind a fresh Class-Module, or the
+    Class-Module of the ClassSR model `classifier_from` (its routing, calibration included, kept).
 
-    Stage 1 by other means: e.g. networks of the branch widths trained on all data.
+    Stage 1 by other means: e.g. networks of the branch widths trained on all data; or a trained model
+    whose branches were fine-tuned one by one (`train branches --branch K --init MODEL`).
+    Raises WeightsError where the networks' widths or the Class-Module's class count do not fit.
     """
     from classsr_cli.models import create
     from classsr_cli.weights import load_weights, save_model
@@ -277,6 +291,13 @@ def assemble_networks(paths, run_dir: Path, family: str, widths=None, seed: int 
     model = create(family, widths)
     for branch, network in zip(model.branches, loaded, strict=True):
         branch.load_state_dict(network.state_dict())
+    if classifier_from is not None:
+        source = load_weights(classifier_from, kind="classsr", family=family).model
+        if source.num_classes != model.num_classes:
+            raise WeightsError(
+                f"{classifier_from} sorts into {source.num_classes} classes; these are {len(widths)} networks"
+            )
+        model.classifier.load_state_dict(source.classifier.state_dict())
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     return save_model(model, Path(run_dir) / "stage1.safetensors", family, stage="stage1")
 
