@@ -553,7 +553,8 @@ TRAIN_SMOOTH_FRACTION = typer.Option(
     "--smooth-fraction",
     min=0.0,
     max=1.0,
-    help="This share of each batch drawn from synthetic smooth colour fields (0).",
+    help="Share of each batch from synthetic smooth colour fields: smooth gradients then come back "
+    "without a faint 4-pixel pattern (default 0).",
 )
 TRAIN_PRECISION = typer.Option(
     None, "--precision", help="Forward pass: auto (bf16 on a GPU, fp32 on a CPU), fp32 or bf16."
