@@ -482,8 +482,20 @@ def class_map_legend(num_classes: int) -> str:
 
 
 def print_upscale_summary(reports, family: str, engine) -> None:
+    from classsr_cli.models import get_family
+
+    title = get_family(family).title
+    # which model ran: the default is the best shipped one, so name it
+    if engine.plan.classifies:
+        model = f"ClassSR-{title}"
+    elif engine.num_classes == 1:
+        model = f"{title}, one network"
+    else:
+        model = f"ClassSR-{title}, branch {engine.plan.fixed_branch + 1} only"
     for report in reports:
-        table = Table(title=f"{Path(report.output).name}: tiles per class", show_header=True)
+        # a line of its own: a table's title wraps at the (narrow) table's width
+        console.print(f"{Path(report.output).name}: {model}, tiles per class", markup=False, highlight=False)
+        table = Table(show_header=True)
         table.add_column("class")
         table.add_column("width", justify="right")
         table.add_column("tiles", justify="right")
