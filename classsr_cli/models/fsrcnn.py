@@ -7,8 +7,8 @@ class FSRCNN(nn.Module):
     """x4 FSRCNN with d feature channels, s shrinking channels and m mapping layers; input [0, 1]."""
 
     # Region pieces four cell rows tall on a CPU: its features are small, so less context per output
-    # pixel pays more than cache-sized pieces (FSRCNN-O through the engine 1.09 against 1.64 times the
-    # plain network's time with one-row pieces, ClassSR-FSRCNN 1.79 against 1.92; benchmarks/plain_peer.py)
+    # pixel pays more than cache-sized pieces (FSRCNN-O through the engine 1.09 to 1.16 against 1.64 times
+    # the plain network's time with one-row pieces, ClassSR-FSRCNN 1.79 to 1.94 against 1.92; plain_peer.py)
     cpu_piece_rows = 4
 
     def __init__(self, d: int = 56, s: int = 12, m: int = 4, scale: int = 4, channels: int = 3):
