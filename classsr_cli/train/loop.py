@@ -478,8 +478,9 @@ def run_stage(
     def train_step(low_res: torch.Tensor, high_res: torch.Tensor, classes, iteration: int) -> tuple:
         low_res = low_res.to(device, non_blocking=True)
         high_res = high_res.to(device, non_blocking=True)
-        if smooth is not None:  # a function of (seed, process, iteration), as the noise, for resumes
-            draw = (settings.seed * 2**32 + iteration) * context.world_size + context.rank
+        # fields and noise are functions of (seed, process, iteration), so that a resume repeats them
+        draw = (settings.seed * 2**32 + iteration) * context.world_size + context.rank
+        if smooth is not None:
             smooth.manual_seed(draw + 2**62)  # not the noise's sequence
             chosen = torch.rand(low_res.shape[0], generator=smooth, device=device) < settings.smooth_fraction
             if chosen.any():
@@ -487,8 +488,8 @@ def run_stage(
                 fields = smooth_pairs(int(chosen.sum()), low_res.shape[-1], scale, smooth, device)
                 low_res, high_res = low_res.clone(), high_res.clone()
                 low_res[chosen], high_res[chosen] = fields
-        if noise is not None:  # fresh noise every step, a function of (seed, process, iteration) for resumes
-            noise.manual_seed((settings.seed * 2**32 + iteration) * context.world_size + context.rank)
+        if noise is not None:  # fresh noise every step
+            noise.manual_seed(draw)
             noisy = add_noise(low_res, noise_sigma, noise)
             if settings.clean_fraction:
                 clean = torch.rand(low_res.shape[0], generator=noise, device=device) < settings.clean_fraction

@@ -2,9 +2,9 @@
 
 Photos hold few areas that are smooth in every channel at once, and networks trained on them alone return
 a smooth gradient with a faint pattern of the upscaling factor's period (each of the scale x scale output
-phases of a sub-pixel layer biased its own way): up to 3 or 4 grey levels against bicubic on random linear
-gradients, for every shipped network. A share of each batch drawn from smooth fields teaches what such an
-input should give: a smooth output.
+phases of a sub-pixel layer biased its own way): the shipped networks were up to 4.6 grey levels off
+bicubic on random linear gradients before a fine-tune with these fields (docs/training.md). A share of
+each batch drawn from smooth fields teaches what such an input should give: a smooth output.
 """
 
 import torch
