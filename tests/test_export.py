@@ -132,7 +132,7 @@ def test_manifest_describes_the_graphs_and_the_routing(ort, tmp_path):
             cost["executed_flops"],
         )
     routing = document["routing"]
-    assert (routing["patch"], routing["stride"], routing["context"], routing["fade"]) == (32, 28, 4, 2)
+    assert (routing["patch"], routing["stride"], routing["context"], routing["fade"]) == (32, 28, 6, 2)
     assert "argmax" in routing["rule"]
 
     def dims(value_info):

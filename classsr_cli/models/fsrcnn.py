@@ -10,6 +10,10 @@ class FSRCNN(nn.Module):
     # pixel pays more than cache-sized pieces (FSRCNN-O through the engine 1.09 to 1.16 against 1.64 times
     # the plain network's time with one-row pieces, ClassSR-FSRCNN 1.79 to 1.94 against 1.92; plain_peer.py)
     cpu_piece_rows = 4
+    # LR pixels of real context around each region piece (the engine's default is 4): its receptive field
+    # reaches about 7 LR pixels, and with 4 the zero padding beyond showed on smooth input, random smooth
+    # gradients through ClassSR-FSRCNN up to 2.4 grey levels off bicubic, 1.8 with 6 (tests/test_regions.py)
+    engine_context = 6
 
     def __init__(self, d: int = 56, s: int = 12, m: int = 4, scale: int = 4, channels: int = 3):
         super().__init__()
