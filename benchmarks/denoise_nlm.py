@@ -9,6 +9,7 @@ the network rows here are exactly bench's. Non-local means (`cv2.fastNlMeansDeno
 templates, 21x21 search) is given its best strength: h = hColor is swept over --strengths on a central
 512x512 crop of every image, and the strength with the best mean PSNR there runs on the whole images.
 PSNR on RGB over the whole image, 8-bit outputs; seconds per image on this machine.
+Where no ClassSR-DnCNN weights are given or shipped, DnCNN-O runs alone (no ClassSR row).
 """
 
 import argparse
@@ -20,8 +21,10 @@ import cv2
 import numpy as np
 
 from classsr_cli import bench as benchmark
+from classsr_cli.engine import Upscaler
+from classsr_cli.flops import count_params
 from classsr_cli.metrics import psnr, to_uint8
-from classsr_cli.weights import load_weights
+from classsr_cli.weights import load_weights, shipped_entry
 
 CROP = 512
 
@@ -74,9 +77,16 @@ def main() -> None:
         seconds = time.perf_counter() - started
         nlm.append({"image": name, "psnr": psnr(out, clean, border=0), "seconds": seconds})
 
-    classsr = load_weights(args.weights or "dncnn", kind="classsr", family="dncnn").model
-    base = benchmark.choose_base("dncnn", args.base_weights, classsr)
-    rows = benchmark.build_contenders(classsr, "dncnn", base, device="cpu", protocol=protocol)
+    if args.weights or shipped_entry("dncnn", "classsr") is not None:
+        classsr = load_weights(args.weights or "dncnn", kind="classsr", family="dncnn").model
+        base = benchmark.choose_base("dncnn", args.base_weights, classsr)
+        rows = benchmark.build_contenders(classsr, "dncnn", base, device="cpu", protocol=protocol)
+    else:
+        network = load_weights(args.base_weights or "dncnn", kind="base", family="dncnn").model
+        rows = [
+            benchmark.Contender("DnCNN-O", "base", count_params(network), Upscaler(network, "cpu")),
+            benchmark.Contender(protocol.reference_name, protocol.reference, 0),
+        ]
     result = benchmark.run_bench(root, pairs, rows, "dncnn", protocol=protocol).as_json()
     table = [
         {
@@ -90,7 +100,7 @@ def main() -> None:
         for row in result["rows"]
     ]
     table.insert(
-        2,
+        len(table) - 1,  # before the noisy input
         {
             "name": f"OpenCV non-local means (h = hColor = {best:g})",
             "psnr": round(float(np.mean([entry["psnr"] for entry in nlm])), 4),

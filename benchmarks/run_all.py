@@ -37,8 +37,8 @@ def main() -> None:
     denoise_set = Path(os.environ.get("CLASSSR_DENOISE_SET", ROOT / "datasets" / "val-2k" / "Test2K"))
     from classsr_cli.weights import shipped_families
 
-    if "dncnn" not in shipped_families("classsr"):
-        print("\n(skipped the denoising comparison: no ClassSR-DnCNN weights installed)")
+    if "dncnn" not in shipped_families("classsr") + shipped_families("base"):
+        print("\n(skipped the denoising comparison: no DnCNN weights installed)")
     elif denoise_set.is_dir():
         run("-m", "benchmarks.denoise_nlm", str(denoise_set))
     else:
