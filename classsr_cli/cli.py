@@ -1010,7 +1010,7 @@ def _compact(value) -> str:
 @user_errors
 def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
     """Installed weights (shipped, then your own) with widths, training provenance and validation figures."""
-    from classsr_cli.weights import listed_models, weights_folders
+    from classsr_cli.weights import latest_val_psnr, listed_models, weights_folders
 
     folders = weights_folders()
     models = listed_models()
@@ -1035,7 +1035,7 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
             entry["kind"],
             ",".join(map(str, entry["widths"])),
             _compact(entry.get("iterations", "-")),
-            str(entry.get("val_psnr", "-")),
+            str(latest_val_psnr(entry) or "-"),
             str(entry.get("flops_ratio", "-")),
         )
     Console().print(table)

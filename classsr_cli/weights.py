@@ -86,6 +86,14 @@ def listed_models() -> list[dict]:
     ]
 
 
+def latest_val_psnr(entry: dict) -> float | None:
+    """A manifest entry's validation PSNR in dB as today's engine gives it: the figure measured after the
+    entry's later fine-tune where it records one (`smooth_fine_tune`), else the one from its training;
+    None if neither was measured. The set it was measured on is the entry's `val_set`."""
+    later = entry.get("smooth_fine_tune") or {}
+    return later.get("val_psnr_default_engine", entry.get("val_psnr"))
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

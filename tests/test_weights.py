@@ -176,3 +176,11 @@ def test_added_weights_go_to_the_user_folder_and_come_before_the_shipped(tmp_pat
     assert listed["folders"] == {"shipped": str(weights_dir()), "user": str(tmp_path / "user")}
     assert [m["origin"] for m in listed["models"]][-1] == "user"
     assert "shipped (read-only)" in runner.invoke(app, ["weights", "list"]).stderr
+
+
+def test_weights_list_gives_the_validation_psnr_after_the_latest_fine_tune():
+    from classsr_cli.weights import latest_val_psnr
+
+    assert latest_val_psnr({"val_psnr": 37.0}) == 37.0
+    assert latest_val_psnr({"val_psnr": 37.0, "smooth_fine_tune": {"val_psnr_default_engine": 37.3}}) == 37.3
+    assert latest_val_psnr({}) is None
