@@ -12,13 +12,16 @@ from rich.progress import (
 
 
 def progress_bar(disable: bool = False, transient: bool = False, console: Console | None = None) -> Progress:
+    """A bar on `console` (stderr by default). A transient bar is left out where stderr is no terminal:
+    there rich draws only the final state, which for a transient bar is an empty line (before an error)."""
+    console = console or Console(stderr=True)
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console or Console(stderr=True),
-        disable=disable,
+        console=console,
+        disable=disable or (transient and not console.is_terminal),
         transient=transient,
     )

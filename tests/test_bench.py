@@ -231,7 +231,7 @@ def test_folder_of_photos_and_the_base_branch_when_no_base_weights(dataset, weig
 
 def one_line_error(result) -> str:
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = result.output.splitlines()  # no blank line before or after it either
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     return lines[0]
 

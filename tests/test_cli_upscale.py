@@ -177,7 +177,7 @@ def test_folder_in_folder_out(weights, tmp_path):
 
 def one_line_error(result) -> str:
     assert result.exit_code == 2, result.output
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = result.output.splitlines()  # no blank line before or after it either
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     return lines[0]
 

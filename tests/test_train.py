@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -528,3 +529,22 @@ def train_branches_api(request):
     from classsr_cli.train import train_branches
 
     return train_branches(request, all_data=True, console=quiet())
+
+
+def test_training_keeps_the_users_thread_count(monkeypatch):
+    """OMP_NUM_THREADS set by the user stands (two trainings on one machine); unset, a process takes the cores
+    its machine's processes share."""
+    from classsr_cli.train import distributed
+
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        distributed.setup("cpu")
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        distributed.setup("cpu")
+        assert torch.get_num_threads() == cores
+    finally:
+        torch.set_num_threads(threads)

@@ -80,7 +80,7 @@ class Ranks:
                 )
             device = torch.device("cuda", index)
             torch.cuda.set_device(device)
-        elif device.type == "cpu":
+        elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the user's count stands
             # oversubscribed cores make every process slower
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             torch.set_num_threads(max(1, cores // max(1, self.local_world_size)))

@@ -62,7 +62,7 @@ def setup(device_spec: str = "auto") -> Context:
     device = pick_training_device(device_spec, local_rank, world_size > 1)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    else:
+    elif "OMP_NUM_THREADS" not in os.environ:  # the user's thread count stands
         # the processes on one machine share its cores; oversubscribing them makes every process slower
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // max(1, local_world)))
