@@ -763,6 +763,45 @@ def train_calibrate_command(
     )
 
 
+@train_app.command("relabel", cls=CleanHelp)
+@user_errors
+def train_relabel_command(
+    weights: Path = typer.Argument(..., help="ClassSR weights whose branches are trained (stage 1)."),
+    data: Path = TRAIN_DATA,
+    out: Path = typer.Option(
+        ..., "--out", help="New prepared folder (shares DATA's images).", show_default=False
+    ),
+    flops_ratio: float = typer.Option(
+        0.6, "--flops-ratio", help="FLOPs the labels spend, as a share of the base's."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """Class each sub-image by what the trained branches do on it: the cheapest trade of error and FLOPs."""
+    from classsr_cli.train.relabel import relabel
+
+    with progress_bars(disable=as_json) as progress:
+        task = progress.add_task("running the branches", total=None)
+        summary = relabel(
+            weights,
+            data,
+            out,
+            flops_ratio,
+            device,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"labels at {summary['flops_ratio']:.1%} of the base's FLOPs, classes {summary['class_counts']} "
+        f"(held out {summary['val_class_counts']}) -> {out}",
+        markup=False,
+        highlight=False,
+    )
+
+
 train_app.command(
     "classifier", cls=CleanHelp, help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors."
 )(_classsr_stage_command("classifier"))

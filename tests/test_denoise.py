@@ -314,3 +314,58 @@ def test_a_clean_fraction_of_the_batch_trains_without_noise(data, tmp_path):
     assert [r["l1"] for r in records if r["type"] == "train"][0] < 0.01
     checkpoint = torch.load(out / "base.ckpt", weights_only=False)
     assert checkpoint["options"]["clean_fraction"] == 1.0
+
+
+def test_cheapest_labels_trade_error_against_flops_within_the_ratio():
+    from classsr_cli.train.relabel import cheapest_labels
+
+    costs = np.array([0.35, 0.66, 1.0])
+    rng = np.random.default_rng(0)
+    base = rng.uniform(10, 1000, 500)
+    # the narrow branches lose more where the base network already errs most (textured sub-images)
+    errors = np.stack([base * (1 + rng.uniform(0, 0.6, 500)), base * 1.1, base], axis=1)
+    errors[:50] = 5.0  # all three equally good: these must go to the cheapest branch
+    labels, lam = cheapest_labels(errors, costs, 0.6)
+    assert costs[labels].mean() <= 0.6 and lam > 0 and (labels[:50] == 0).all()
+    # the smallest such lambda: a little less spends more than the ratio
+    looser = np.argmin(errors + 0.99 * lam * costs, axis=1)
+    assert costs[looser].mean() > 0.6
+    # a ratio the base alone meets keeps every sub-image on its most accurate branch
+    labels, lam = cheapest_labels(errors, costs, 1.0)
+    assert lam == 0 and (labels == np.argmin(errors, axis=1)).all()
+    with pytest.raises(ModelError):
+        cheapest_labels(errors, costs, 0.2)
+
+
+def test_relabelled_data_shares_the_images_and_trains_a_class_module(data, tiny_models, tmp_path):
+    out = tmp_path / "relabelled"
+    summary = run_cli(
+        "train",
+        "relabel",
+        str(tiny_models[0]),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--flops-ratio",
+        "0.7",
+    )
+    assert summary["flops_ratio"] <= 0.7 and sum(summary["class_counts"]) == len(SubImageDataset(data))
+    errors = np.load(out / "branch_errors.npy")
+    index = np.load(out / "index.npy")
+    from classsr_cli.flops import measure
+
+    flops = np.array([measure(branch).flops for branch in load_weights(tiny_models[0]).model.branches])
+    expected = np.argmin(errors + summary["lambda"] * flops / flops[-1], axis=1)
+    assert (index["cls"] == expected).all()
+    assert (out / "images").resolve() == (data / "images").resolve()
+    assert SubImageDataset(out).class_counts() == summary["class_counts"]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "stage1.safetensors").write_bytes(tiny_models[0].read_bytes())
+    args = ["--data", str(out), "--model", "dncnn", "--out", str(run), "--iters", "2", "--batch-size", "6"]
+    run_cli("train", "classifier", *args, *QUICK, "--w-image", "0", "--w-label", "1")
+    result = CliRunner().invoke(
+        app, ["train", "relabel", str(tiny_models[0]), "--data", str(data), "--out", str(out)]
+    )
+    assert result.exit_code == 2 and result.output.startswith("error: ")  # never over an existing folder
