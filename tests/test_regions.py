@@ -115,8 +115,8 @@ def test_a_smooth_gradient_stays_within_two_levels_of_bicubic(shipped, name):
     sr, _ = engine.upscale_array(lr)
     reference = imresize(lr, 4).clip(0, 1) if engine.scale == 4 else lr  # a denoiser: the clean input
     error = np.abs(sr - reference) * 255
-    # measured: up to 1.2 levels at the 99.9th percentile, 0.83 to 1.88 at worst for the SR networks, 0
-    # for DnCNN-O (before the smooth-field fine-tunes of docs/training.md up to 2.9, in a pattern of period 4)
+    # measured: up to 1.2 levels at the 99.9th percentile, 0.83 to 1.88 at worst for the SR networks, 0 for
+    # the denoisers (before the smooth-field fine-tunes of docs/training.md up to 2.9, in a 4-pixel pattern)
     assert np.percentile(error, 99.9) <= 2 and error.max() <= 2
 
 
@@ -143,7 +143,7 @@ def test_random_smooth_gradients_come_back_near_bicubic(shipped, name):
         sr, _ = engine.upscale_array(lr)
         reference = imresize(lr, 4).clip(0, 1) if engine.scale == 4 else lr
         worst = max(worst, float(np.abs(sr - reference).max() * 255))
-    # measured: 0.95 (FSRCNN-O) to 1.79 (ClassSR-FSRCNN) levels at worst, 0 for DnCNN-O; 4.4 and 4.6 for
+    # measured: 0.95 (FSRCNN-O) to 1.79 (ClassSR-FSRCNN) levels at worst, 0 for the denoisers; 4.4 and 4.6 for
     # the ClassSR models before the smooth-field fine-tunes, 2.4 for ClassSR-FSRCNN with 4 pixels of context
     assert worst <= 2
 
