@@ -369,3 +369,8 @@ def test_relabelled_data_shares_the_images_and_trains_a_class_module(data, tiny_
         app, ["train", "relabel", str(tiny_models[0]), "--data", str(data), "--out", str(out)]
     )
     assert result.exit_code == 2 and result.output.startswith("error: ")  # never over an existing folder
+    unreachable = tmp_path / "cheaper-than-branch-1"
+    args = [str(tiny_models[0]), "--data", str(data), "--out", str(unreachable), "--flops-ratio", "0.1"]
+    result = CliRunner().invoke(app, ["train", "relabel", *args])
+    assert result.exit_code == 2 and "--flops-ratio must lie between" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relabelled", "run"]  # nothing half-made

@@ -14,6 +14,7 @@ photos. The labelled copy shares the source folder's images (symbolic links) and
 """
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,14 +73,19 @@ def branch_errors(
     return errors
 
 
-def cheapest_labels(errors: np.ndarray, costs: np.ndarray, flops_ratio: float) -> tuple[np.ndarray, float]:
-    """argmin_k errors[:, k] + lam * costs[k] per row, with the smallest lam >= 0 whose labels cost at most
-    `flops_ratio` on average (`costs` relative to the last branch, which costs 1). Returns (labels, lam)."""
-    costs = np.asarray(costs, dtype=np.float64)
+def check_ratio(costs: np.ndarray, flops_ratio: float) -> None:
+    """ModelError unless `flops_ratio` lies between the cheapest and the dearest branch's cost."""
     if not costs[0] <= flops_ratio <= costs[-1]:
         raise ModelError(
             f"--flops-ratio must lie between {costs[0]:.3f} and {costs[-1]:.3f}, got {flops_ratio}"
         )
+
+
+def cheapest_labels(errors: np.ndarray, costs: np.ndarray, flops_ratio: float) -> tuple[np.ndarray, float]:
+    """argmin_k errors[:, k] + lam * costs[k] per row, with the smallest lam >= 0 whose labels cost at most
+    `flops_ratio` on average (`costs` relative to the last branch, which costs 1). Returns (labels, lam)."""
+    costs = np.asarray(costs, dtype=np.float64)
+    check_ratio(costs, flops_ratio)
 
     def labels(lam: float) -> np.ndarray:
         return np.argmin(errors + lam * costs, axis=1)
@@ -118,18 +124,13 @@ def relabel(
         raise DataError(f"{out} exists: choose another folder")
     costs = np.array([measure(branch).flops for branch in model.branches], dtype=np.float64)
     costs /= costs[-1]
+    check_ratio(costs, flops_ratio)  # before the long pass over the data
     errors = branch_errors(model.eval(), data, device, progress=progress)
     index = load_index(data)
     train = index["split"] == SPLIT_TRAIN
     labels, lam = cheapest_labels(errors[train], costs, flops_ratio)
     index["cls"][train] = labels
     index["cls"][~train] = np.argmin(errors[~train] + lam * costs, axis=1)
-    source = Path(info["root"]).resolve()
-    out.mkdir(parents=True)
-    for name in os.listdir(source):
-        if name not in ("index.npy", "meta.json"):
-            (out / name).symlink_to(source / name)
-    np.save(out / "index.npy", index)
     counts = np.bincount(labels, minlength=model.num_classes).tolist()
     summary = {
         "weights": str(weights),
@@ -140,6 +141,19 @@ def relabel(
     }
     meta = {k: v for k, v in info.items() if k != "root"}
     meta.update(class_counts=counts, val_class_counts=summary["val_class_counts"], relabelled=summary)
-    write_json_atomically(out / "meta.json", meta)
-    np.save(out / "branch_errors.npy", errors)
+    # written beside `out` and renamed when complete: an interrupted run leaves no half-made folder
+    source = Path(info["root"]).resolve()
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")
+    try:
+        partial.mkdir(parents=True)
+        for name in os.listdir(source):
+            if name not in ("index.npy", "meta.json", "branch_errors.npy") and not name.startswith("."):
+                (partial / name).symlink_to(source / name)
+        np.save(partial / "index.npy", index)
+        np.save(partial / "branch_errors.npy", errors)
+        write_json_atomically(partial / "meta.json", meta)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
     return summary
