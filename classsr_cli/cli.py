@@ -343,7 +343,7 @@ def denoise(
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
-    """Remove Gaussian-like noise from an image (or every image in a folder) with ClassSR-DnCNN.
+    """Remove additive Gaussian noise from an image (or every image in a folder) with ClassSR-DnCNN.
 
     A model removes noise of the sigma it was trained at (25 on the 0-255 scale by default; docs/denoise.md).
 
@@ -412,7 +412,7 @@ def restore(task: str, options: dict) -> None:
                     highlight=False,
                 )
             if as_json:
-                documents = [r.as_json() for r in reports] + failures
+                documents = [{**r.as_json(), "model": model_ran(family, engine)} for r in reports] + failures
                 print_json(documents if plan.from_folder else documents[0])
             else:
                 print_upscale_summary(reports, family, engine)
@@ -481,17 +481,20 @@ def class_map_legend(num_classes: int) -> str:
     return f"green: branch 1 (simplest) through yellow to red: branch {num_classes} (hardest)"
 
 
-def print_upscale_summary(reports, family: str, engine) -> None:
+def model_ran(family: str, engine) -> str:
+    """Which model ran, in words: the default is the best shipped one, so summaries name it."""
     from classsr_cli.models import get_family
 
     title = get_family(family).title
-    # which model ran: the default is the best shipped one, so name it
     if engine.plan.classifies:
-        model = f"ClassSR-{title}"
-    elif engine.num_classes == 1:
-        model = f"{title}, one network"
-    else:
-        model = f"ClassSR-{title}, branch {engine.plan.fixed_branch + 1} only"
+        return f"ClassSR-{title}"
+    if engine.num_classes == 1:
+        return f"{title}, one network"
+    return f"ClassSR-{title}, branch {engine.plan.fixed_branch + 1} only"
+
+
+def print_upscale_summary(reports, family: str, engine) -> None:
+    model = model_ran(family, engine)
     for report in reports:
         # a line of its own: a table's title wraps at the (narrow) table's width
         console.print(f"{Path(report.output).name}: {model}, tiles per class", markup=False, highlight=False)

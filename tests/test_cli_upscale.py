@@ -87,6 +87,7 @@ def test_json_report_and_class_map(weights, tmp_path):
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
+    assert report["model"] == "ClassSR-FSRCNN"  # which model ran, as the text summary names it
     assert {
         "input",
         "output",
