@@ -1042,9 +1042,12 @@ app.add_typer(weights_app, name="weights")
 
 
 def _compact(value) -> str:
-    """A manifest value for a table cell: a mapping (e.g. iterations per stage) as `key value, ...`."""
+    """A manifest count for a narrow table cell: thousands as `60k`, a mapping (iterations per stage, in
+    the manifest's order) as its values joined by `/`."""
     if isinstance(value, dict):
-        return ", ".join(f"{key} {item}" for key, item in value.items())
+        return "/".join(_compact(item) for item in value.values())
+    if isinstance(value, int) and value >= 1000:
+        return f"{value / 1000:g}k"
     return str(value)
 
 
@@ -1066,16 +1069,23 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
     if not models:
         console.print("no weights found in these folders", style="yellow", markup=False, highlight=False)
         return
-    table = Table()
-    for column in ("file", "origin", "family", "kind", "widths", "iterations", "val PSNR", "FLOPs ratio"):
-        table.add_column(column)
+    from rich import box
+
+    # fits 80 columns: the folder of each origin is named above, so origin is a column only when mixed
+    with_origin = len({entry["origin"] for entry in models}) > 1
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    table.add_column("file", no_wrap=True)  # the name to pass to --weights: never cut
+    columns = ["origin"] if with_origin else []
+    for column in (*columns, "family", "kind", "widths", "iterations per stage", "val PSNR", "FLOPs ratio"):
+        # a narrow terminal wraps these, cutting nothing; words of one token stay whole
+        table.add_column(column, overflow="fold", min_width=7 if column == "kind" else None)
     for entry in models:
         table.add_row(
             entry["file"],
-            entry["origin"],
+            *([entry["origin"]] if with_origin else []),
             entry["family"],
             entry["kind"],
-            ",".join(map(str, entry["widths"])),
+            "/".join(map(str, entry["widths"])),
             _compact(entry.get("iterations", "-")),
             str(latest_val_psnr(entry) or "-"),
             str(entry.get("flops_ratio", "-")),

@@ -8,7 +8,7 @@ import torch
 
 from classsr_cli.errors import WeightsError
 from classsr_cli.models import create, create_base
-from classsr_cli.weights import add_to_manifest, load_weights, save_model, shipped_entry
+from classsr_cli.weights import add_to_manifest, load_weights, read_manifest, save_model, shipped_entry
 
 LAYOUTS = Path(__file__).parent / "data" / "official"
 
@@ -184,3 +184,17 @@ def test_weights_list_gives_the_validation_psnr_after_the_latest_fine_tune():
     assert latest_val_psnr({"val_psnr": 37.0}) == 37.0
     assert latest_val_psnr({"val_psnr": 37.0, "smooth_fine_tune": {"val_psnr_default_engine": 37.3}}) == 37.3
     assert latest_val_psnr({}) is None
+
+
+def test_weights_list_shows_every_file_name_whole_in_80_columns():
+    from typer.testing import CliRunner
+
+    from classsr_cli.cli import app
+
+    result = CliRunner().invoke(app, ["weights", "list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    table = lines[next(i for i, line in enumerate(lines) if "─" in line) - 1 :]  # the folders' paths run on
+    assert max(len(line) for line in table) <= 80
+    for entry in read_manifest()["models"]:
+        assert entry["file"] in result.output  # the name to pass to --weights, never cut with an ellipsis
