@@ -509,19 +509,18 @@ def print_upscale_summary(reports, family: str, engine) -> None:
             table.add_row(f"branch {index + 1}", str(width), f"{count:,}", f"{share:.1%}")
         console.print(table)
         speed = report.out_width * report.out_height / 1e6 / max(report.seconds, 1e-9)
-        console.print(
-            f"{report.width}x{report.height} -> {report.out_width}x{report.out_height}  "
-            f"FLOPs {report.flops_ratio:.1%} of the base network (saved {1 - report.flops_ratio:.1%}; "
-            f"executed {report.executed_ratio:.0%} of it run once over the image)  "
-            f"{report.seconds:.1f} s, {speed:.2f} output MP/s on {report.device}"
-            + (
-                f"  class map: {report.class_map} ({class_map_legend(len(report.class_counts))})"
-                if report.class_map
-                else ""
-            ),
-            markup=False,
-            highlight=False,
-        )
+        # short lines of their own: one long line broke mid-phrase in an 80-column terminal
+        lines = [
+            f"{report.width}x{report.height} -> {report.out_width}x{report.out_height} in "
+            f"{report.seconds:.1f} s ({speed:.2f} output MP/s on {report.device})",
+            f"FLOPs: {report.flops_ratio:.1%} of the base network's (saved {1 - report.flops_ratio:.1%})",
+            f"executed: {report.executed_ratio:.0%} of the base network run once over the image",
+        ]
+        if report.class_map:
+            legend = class_map_legend(len(report.class_counts))
+            lines.append(f"class map: {report.class_map} ({legend})")
+        for line in lines:
+            console.print(line, markup=False, highlight=False)
 
 
 # -- train ------------------------------------------------------------------------------------------
