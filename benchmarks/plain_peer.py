@@ -51,22 +51,23 @@ class PlainTiles:
         network = optimize_for_inference(network.eval())
         self.network = network.to(self.device, self.dtype, memory_format=torch.channels_last)
         self.tile, self.context = tile, context
+        self.scale = getattr(network, "scale", 4)  # 1: a denoiser
 
     @torch.inference_mode()
     def __call__(self, lr: np.ndarray) -> np.ndarray:
-        """float32 (H, W, 3) in [0, 1] -> float32 (4H, 4W, 3)."""
-        tile, pad = self.tile, self.context
+        """float32 (H, W, 3) in [0, 1] -> float32 (sH, sW, 3); s is the scale (4, or 1: a denoiser)."""
+        tile, pad, s = self.tile, self.context, self.scale
         image = torch.from_numpy(lr).permute(2, 0, 1)[None].to(self.device, self.dtype)
         padded = F.pad(image, (pad, pad, pad, pad), mode="replicate")
         height, width = lr.shape[:2]
-        out = torch.empty(1, 3, 4 * height, 4 * width, device=self.device)
+        out = torch.empty(1, 3, s * height, s * width, device=self.device)
         for y in range(0, height, tile):
             for x in range(0, width, tile):
                 h, w = min(tile, height - y), min(tile, width - x)
                 piece = padded[:, :, y : y + h + 2 * pad, x : x + w + 2 * pad]
                 result = self.network(piece.contiguous(memory_format=torch.channels_last))
-                out[:, :, 4 * y : 4 * (y + h), 4 * x : 4 * (x + w)] = result[
-                    :, :, 4 * pad : 4 * (pad + h), 4 * pad : 4 * (pad + w)
+                out[:, :, s * y : s * (y + h), s * x : s * (x + w)] = result[
+                    :, :, s * pad : s * (pad + h), s * pad : s * (pad + w)
                 ].float()
         return out.clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
 
