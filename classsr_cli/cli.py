@@ -412,7 +412,8 @@ def restore(task: str, options: dict) -> None:
                     highlight=False,
                 )
             if as_json:
-                documents = [{**r.as_json(), "model": model_ran(family, engine)} for r in reports] + failures
+                model = model_ran(family, engine)
+                documents = [{**r.as_json(), "model": model} for r in reports] + failures
                 print_json(documents if plan.from_folder else documents[0])
             else:
                 print_upscale_summary(reports, family, engine)

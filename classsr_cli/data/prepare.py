@@ -271,11 +271,22 @@ class NoisyInput:
 class NetworkRanker:
     """A network's output on batches of LR sub-images, quantised to 8 bits as a stored image would be."""
 
-    def __init__(self, rank: RankModel, scale: int):
+    def __init__(self, model, device=None):
         import torch
 
-        from classsr_cli import weights
         from classsr_cli.engine.inference_graph import optimize_for_inference
+
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        # batch norms folded (DnCNN, CARN): the same outputs up to float rounding, in one pass instead of two
+        self.model = optimize_for_inference(model.eval(), subpixel=False).to(self.device)
+        self.batch = 256 if self.device.type == "cuda" else 64
+
+    @classmethod
+    def from_rank(cls, rank: RankModel, scale: int) -> "NetworkRanker":
+        """The ranking model `rank` (a family's shipped base network, or a weights file)."""
+        from classsr_cli import weights
 
         if rank.kind == "family":
             model = weights.load_model(rank.name, kind="base")
@@ -286,10 +297,7 @@ class NetworkRanker:
         model_scale = getattr(model, "scale", scale)
         if model_scale != scale:
             raise ModelError(f"the ranking model {rank.label} upscales x{model_scale}, not x{scale}")
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        # batch norms folded (DnCNN, CARN): the same outputs up to float rounding, in one pass instead of two
-        self.model = optimize_for_inference(model.eval(), subpixel=False).to(self.device)
-        self.batch = 256 if self.device.type == "cuda" else 64
+        return cls(model)
 
     def __call__(self, lr):
         import torch
@@ -303,7 +311,7 @@ def make_ranker(rank: RankModel, patch: int, scale: int, noise_sigma: float = 0.
     """The ranker of an upscale (noise_sigma 0) or denoise (scale 1, noise_sigma > 0) data set."""
     if rank.kind == BICUBIC:
         return BicubicRanker(patch, scale)
-    ranker = BlurRanker() if rank.kind == BLUR else NetworkRanker(rank, scale)
+    ranker = BlurRanker() if rank.kind == BLUR else NetworkRanker.from_rank(rank, scale)
     return NoisyInput(ranker, noise_sigma) if noise_sigma > 0 else ranker
 
 

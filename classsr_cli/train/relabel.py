@@ -20,56 +20,48 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classsr_cli.data.dataset import SubImageDataset, input_noise, load_index, prepared_info
-from classsr_cli.data.noise import add_noise
-from classsr_cli.data.prepare import SPLIT_TRAIN
-from classsr_cli.engine.runner import BatchRunner, pick_device
+from classsr_cli.data.dataset import SPLITS, SubImageDataset, input_noise, load_index, prepared_info
+from classsr_cli.data.prepare import SPLIT_TRAIN, NetworkRanker, NoisyInput
+from classsr_cli.engine.routing import plan_for
+from classsr_cli.engine.runner import pick_device
 from classsr_cli.errors import DataError, ModelError
-from classsr_cli.flops import measure
 from classsr_cli.models import ClassSR
 from classsr_cli.weights import load_model, write_json_atomically
 
 # Output pixels this far from a sub-image's edge are left out of its error: there a branch sees zero
 # padding, which the engine's region execution replaces with real neighbouring pixels.
 EDGE = 4
-BATCH = 64
 
 
-def branch_errors(
-    model: ClassSR, data: Path, device: str = "auto", seed: int = 0, progress=None
-) -> np.ndarray:
-    """Squared error of every branch on every sub-image of `data` (train and val, index order): (N, M).
+def branch_errors(model: ClassSR, data: Path, device: str = "auto", progress=None) -> np.ndarray:
+    """Squared error of every branch on every sub-image of `data`, in index order: (N, M).
 
-    Errors are sums over the sub-image's output less EDGE pixels on each side, on the 0-255 scale, with
-    the outputs rounded to 8 bits. Denoising data gets Gaussian noise of its sigma, seeded per sub-image.
-    `progress(done, total)` is called after each batch.
+    Each branch runs as `prepare-data` runs its ranking network (8-bit outputs; denoising data with the
+    same seeded noise of its sigma, so every branch sees the same noisy sub-image). Errors are sums over the
+    output less EDGE pixels on each side, on the 0-255 scale. `progress(done, total)` follows each batch.
     """
     noise_sigma = input_noise(data, model.scale)
-    dataset = SubImageDataset(data, "train", augment=False)  # "train" first, then "val": index order below
+    target = pick_device(device)
+    rankers = [NetworkRanker(branch, target) for branch in model.branches]
+    if noise_sigma:
+        rankers = [NoisyInput(ranker, noise_sigma) for ranker in rankers]
     index = load_index(data)
-    order = np.argsort(index["split"] != SPLIT_TRAIN, kind="stable")  # train rows, then the rest
-    val = SubImageDataset(data, "val", augment=False)
-    runner = BatchRunner(pick_device(device), torch.float32, BATCH)
-    branches = [runner.prepare(branch) for branch in model.branches]
-    errors = np.zeros((len(index), len(branches)), dtype=np.float64)
-    total, done = len(dataset) + len(val), 0
-    for part, rows in ((dataset, order[: len(dataset)]), (val, order[len(dataset) :])):
-        for start in range(0, len(part), BATCH):
-            items = [part[i] for i in range(start, min(start + BATCH, len(part)))]
-            inputs = torch.stack([item[0] for item in items])
-            targets = torch.stack([item[1] for item in items])
-            if noise_sigma:
-                generator = torch.Generator().manual_seed(seed * 1_000_003 + done)
-                inputs = add_noise(inputs, noise_sigma, generator)
-            edge = EDGE * model.scale
-            targets = targets[:, :, edge:-edge, edge:-edge] * 255
-            for k, branch in enumerate(branches):
-                out = runner(branch, inputs).clamp(0, 1)[:, :, edge:-edge, edge:-edge]
-                squared = ((out * 255).round() - targets.round()) ** 2
+    errors = np.zeros((len(index), len(rankers)), dtype=np.float64)
+    edge = EDGE * model.scale
+    done = 0
+    for split, code in SPLITS.items():  # a split's sub-images come in index order
+        rows = np.flatnonzero(index["split"] == code)
+        subimages = SubImageDataset(data, split, augment=False)
+        for start in range(0, len(rows), rankers[0].batch):
+            items = [subimages[i] for i in range(start, min(start + rankers[0].batch, len(rows)))]
+            inputs = (torch.stack([item[0] for item in items]) * 255).round()
+            targets = (torch.stack([item[1] for item in items]) * 255).round()[..., edge:-edge, edge:-edge]
+            for k, ranker in enumerate(rankers):
+                squared = (ranker(inputs)[..., edge:-edge, edge:-edge] - targets) ** 2
                 errors[rows[start : start + len(items)], k] = squared.sum(dim=(1, 2, 3)).double().numpy()
             done += len(items)
             if progress is not None:
-                progress(done, total)
+                progress(done, len(index))
     return errors
 
 
@@ -122,7 +114,7 @@ def relabel(
     out = Path(out)
     if out.exists():
         raise DataError(f"{out} exists: choose another folder")
-    costs = np.array([measure(branch).flops for branch in model.branches], dtype=np.float64)
+    costs = np.array(plan_for(model).branch_flops, dtype=np.float64)
     costs /= costs[-1]
     check_ratio(costs, flops_ratio)  # before the long pass over the data
     errors = branch_errors(model.eval(), data, device, progress=progress)
