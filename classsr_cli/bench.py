@@ -620,22 +620,17 @@ def print_tables(result: BenchResult, console) -> None:
     document = result.as_json()
     reference = result.protocol.reference
     tiling = f"{result.tiling} tiling" + (", back-projected" if result.back_projection else "")
-    table = _compact_table(
+    # quality and cost in two tables: as one, they needed about 110 columns, and an 80-column terminal cut
+    # the model names and the figures themselves
+    quality = _compact_table(
         f"{document['dataset']}: {_count(document['images'], 'image')}, {result.protocol.describe()}, "
         f"{tiling}, on {result.device}",
         "model",
-        (
-            "params",
-            "PSNR",
-            "PSNR-Y",
-            f"vs {reference} (min)",
-            "FLOPs",
-            "executed",
-            "classes",
-            "s/img",
-            "MP/s",
-        ),
+        ("PSNR", "PSNR-Y", f"vs {reference} (min)"),
         min_width=16,
+    )
+    cost = _compact_table(
+        "", "model", ("params", "FLOPs", "executed", "classes", "s/img", "MP/s"), min_width=16
     )
     for row in document["rows"]:
         ratio = f" ({row['flops_ratio']:.0%})" if row["flops_ratio"] is not None else ""
@@ -643,19 +638,19 @@ def print_tables(result: BenchResult, console) -> None:
         if row[f"gain_over_{reference}"] is not None:
             lowest = _db(row[f"min_gain_over_{reference}"], signed=True)
             gain = f"{_db(row[f'gain_over_{reference}'], signed=True)} ({lowest})"
-        table.add_row(
+        quality.add_row(row["name"], _db(row["psnr"]), _db(row["psnr_y"]), gain)
+        cost.add_row(
             row["name"],
             format_params(row["params"]),
-            _db(row["psnr"]),
-            _db(row["psnr_y"]),
-            gain,
             format_flops(row["flops"]) + ratio,
             f"{row['executed_ratio']:.0%}" if row["executed_ratio"] is not None else "-",
             format_classes(row["class_fractions"]),
             f"{row['seconds']:.3f}" if row["seconds"] is not None else "-",
             f"{row['mp_per_s']:.2f}" if row["mp_per_s"] is not None else "-",
         )
-    console.print(table)
+    console.print(quality)
+    console.print()
+    console.print(cost)
     for row in result.rows:
         if row.note:
             console.print(f"{row.name}: {row.note}", markup=False, highlight=False)

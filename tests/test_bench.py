@@ -255,3 +255,13 @@ def test_bad_datasets_give_one_line_errors(dataset, weights, tmp_path):
     assert "folder" in one_line_error(bench(dataset, "--report", tmp_path / "report.txt", weights=weights))
     assert "single network" in one_line_error(bench(dataset, "--weights", weights[1]))
     assert "--limit" in one_line_error(bench(dataset, "--limit", 0, weights=weights))
+
+
+def test_tables_show_every_name_and_figure_whole_in_80_columns(dataset, weights):
+    result = bench(
+        dataset, "--device", "cpu", "--flops-budget", BUDGET, weights=weights, env={"COLUMNS": "80"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output and max(len(line) for line in result.output.splitlines()) <= 80
+    for name in ("FSRCNN-O", "ClassSR-FSRCNN", "Bicubic"):  # the budget row's longer name wraps
+        assert name in result.output
