@@ -1,7 +1,7 @@
 """ClassSR against the plain network run the way users run it, side by side in one process.
 
-    python -m benchmarks.plain_peer PHOTOS... [--families fsrcnn,carn] [--crop 1920x1080] [--repeats 2]
-                                    [--reduce 2] [--device cuda]
+    python -m benchmarks.plain_peer PHOTOS... [--families fsrcnn,carn,dncnn] [--crop 1920x1080] [--repeats 2]
+                                    [--reduce 2] [--device cuda] [--noise-sigma 25]
 
 The peer is what a user would otherwise do: the base (-O) network over the whole image in 64-pixel LR
 tiles with 8 pixels of real context on each side (the tiling of the usual upscalers), given every help the
@@ -12,18 +12,24 @@ same central crop of each photo (HR cropped, LR made with MATLAB bicubic x1/4, a
 - the base network through the engine (`--branch M`), and ClassSR in the paper's tiling (`--tiling paper`).
 Rows are timed in turn on every photo (median of --repeats after a warm-up), so that load from elsewhere
 falls on all of them alike; time ratios are to the peer. PSNR on RGB with a 4-pixel border, 8-bit outputs.
+
+A denoiser (DnCNN) gets the central crop of half that size with Gaussian noise of --noise-sigma, seeded by
+the photo's name, as input, and is scored on the whole crop (as `denoise_nlm.py` does); its ClassSR row
+runs as `classsr denoise` does, without back-projection.
 """
 
 import argparse
 import json
 import statistics
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from classsr_cli.data.noise import noisy_image
 from classsr_cli.engine import Upscaler
 from classsr_cli.engine.inference_graph import optimize_for_inference
 from classsr_cli.engine.runner import pick_device, pick_dtype
@@ -87,12 +93,26 @@ def central_crop(path: Path, width: int, height: int, reduce: int = 1) -> tuple[
     return to_uint8(hr), lr
 
 
+def noisy_crop(
+    path: Path, width: int, height: int, sigma: float, reduce: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """(clean uint8, noisy float32) of the photo's central width x height crop, noise seeded by its name."""
+    clean = read_image(path)[:, :, :3]
+    if reduce > 1:
+        clean = imresize(clean, 1 / reduce).clip(0, 1)
+    top, left = max(0, (clean.shape[0] - height) // 2), max(0, (clean.shape[1] - width) // 2)
+    clean = to_uint8(clean[top : top + height, left : left + width])
+    return clean, noisy_image(clean, sigma, zlib.crc32(path.stem.encode()))
+
+
 def contenders(family: str, device: str) -> dict:
     classsr = load_weights(family, kind="classsr").model
     base = load_weights(family, kind="base").model
     return {
         f"{family}-O plain, {PEER_TILE}-px tiles": PlainTiles(base, device),
-        f"ClassSR-{family} (upscale)": Upscaler(classsr, device),
+        f"ClassSR-{family} ({'denoise' if getattr(classsr, 'scale', 4) == 1 else 'upscale'})": Upscaler(
+            classsr, device
+        ),
         f"{family}-O through the engine (--branch M)": Upscaler(classsr, device, branch=classsr.num_classes),
         f"ClassSR-{family} --tiling paper": Upscaler(classsr, device, tiling="paper"),
     }
@@ -109,23 +129,34 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("photos", nargs="+", type=Path)
-    parser.add_argument("--families", default="fsrcnn,carn")
+    parser.add_argument("--families", default="fsrcnn,carn,dncnn")
+    parser.add_argument(
+        "--noise-sigma", type=float, default=25.0, help="denoisers: Gaussian noise, 0-255 scale"
+    )
     parser.add_argument("--crop", default="1920x1080", help="HR crop WxH from each photo's centre")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reduce", type=int, default=1, help="shrink photos by this factor first (clean HR)")
     args = parser.parse_args()
     crop_w, crop_h = (int(v) for v in args.crop.lower().split("x"))
-    photos = [central_crop(path, crop_w, crop_h, args.reduce) for path in args.photos]
+    upscaling = [central_crop(path, crop_w, crop_h, args.reduce) for path in args.photos]
     report = {
         "threads": torch.get_num_threads(),
         "device": args.device,
         "crop": args.crop,
         "reduce": args.reduce,
+        "noise_sigma": args.noise_sigma,
         "families": {},
     }
     for family in args.families.split(","):
         rows = contenders(family, args.device)
+        denoiser = next(iter(rows.values())).scale == 1
+        if denoiser:
+            photos = [
+                noisy_crop(p, crop_w // 2, crop_h // 2, args.noise_sigma, args.reduce) for p in args.photos
+            ]
+        else:
+            photos = upscaling
         for row in rows.values():  # warm-up: allocations and kernel choice
             run(row, photos[0][1][:96, :96])
         seconds = {name: 0.0 for name in rows}
@@ -139,7 +170,7 @@ def main() -> None:
                     sr, tally = run(row, lr)
                     times.append(time.perf_counter() - started)
                 seconds[name] += statistics.median(times)
-                scores[name].append(psnr(to_uint8(sr), hr, border=4))
+                scores[name].append(psnr(to_uint8(sr), hr, border=0 if denoiser else 4))
                 if tally is not None:
                     flops.setdefault(name, []).append(
                         (tally.flops_ratio(row.plan), tally.executed_ratio(row.plan), tally.tiles)

@@ -26,12 +26,19 @@ def main() -> None:
     run("benchmarks/train_speed.py", "--families", "fsrcnn,carn")
     val = Path(os.environ.get("CLASSSR_VAL", ROOT / "datasets" / "val"))
     if val.is_dir():
+        from classsr_cli.data.photos import list_photos
         from classsr_cli.models import list_families
         from classsr_cli.weights import shipped_families
 
         for family in shipped_families("classsr"):  # bench compares a ClassSR model with its base network
             if family in list_families("upscale"):
                 run("-m", "classsr_cli", "bench", str(val), "--model", family, "--json")
+        # ClassSR against the base network run the usual way (64-pixel tiles), every shipped family
+        photos = [str(path) for path in list_photos(val)]
+        families = ",".join(
+            family for family in shipped_families("classsr") if family in shipped_families("base")
+        )
+        run("-m", "benchmarks.plain_peer", *photos, "--families", families)
     else:
         print(f"\n(skipped bench: no validation photos at {val}; set CLASSSR_VAL)")
     denoise_set = Path(os.environ.get("CLASSSR_DENOISE_SET", ROOT / "datasets" / "val-2k" / "Test2K"))

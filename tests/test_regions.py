@@ -6,7 +6,7 @@ import torch
 
 from classsr_cli.engine import Layout, Upscaler
 from classsr_cli.engine.backprojection import back_project, bicubic
-from classsr_cli.engine.regions import blend_ramp, cell_bounds, plan_pieces
+from classsr_cli.engine.regions import blend_ramp, cell_bounds, plan_pieces, plan_pieces_by_cost
 from classsr_cli.engine.tiling import tile_starts
 from classsr_cli.imaging import read_image
 from classsr_cli.imaging.bicubic import imresize
@@ -38,6 +38,68 @@ def test_pieces_cover_every_cell_once_with_one_class_each():
     assert len(plan_pieces(np.zeros((4, 16), int))) == 2
 
 
+def _plan_cost(pieces, rows, cols, cost, context, overhead):
+    total = 0.0
+    for piece in pieces:
+        height = sum(rows[piece.row0 : piece.row1]) + 2 * context
+        width = sum(cols[piece.col0 : piece.col1]) + 2 * context
+        total += cost[piece.branch] * height * width + overhead
+    return total
+
+
+def test_costed_pieces_cover_every_cell_once_on_its_branch_or_a_harder_one_at_the_least_cost():
+    rng = np.random.default_rng(1)
+    cost, context = [0.4, 0.7, 1.0], 6
+    for trial in range(200):
+        grid = rng.integers(0, 3, (rng.integers(1, 10), rng.integers(1, 40)))
+        if trial % 2:
+            grid = (grid > 1).astype(int) * 2
+        rows = list(rng.integers(4, 29, grid.shape[0]))  # edge cells are smaller than 28
+        cols = list(rng.integers(4, 29, grid.shape[1]))
+        overhead = float(rng.choice([0, 300, 3000]))
+        pieces = plan_pieces_by_cost(grid, rows, cols, cost, context, overhead, max_rows=4)
+        cover = np.zeros(grid.shape, int)
+        for piece in pieces:
+            cells = grid[piece.row0 : piece.row1, piece.col0 : piece.col1]
+            assert piece.branch == cells.max()  # each cell on its own class or a harder one
+            assert piece.row0 // 4 == (piece.row1 - 1) // 4 and piece.col1 - piece.col0 <= 8
+            cover[piece.row0 : piece.row1, piece.col0 : piece.col1] += 1
+        assert (cover == 1).all()
+        # never dearer than one class per piece, cut strip by strip
+        spent = _plan_cost(pieces, rows, cols, cost, context, overhead)
+        same_class = 0.0
+        for top in range(0, grid.shape[0], 4):
+            strip = plan_pieces(grid[top : top + 4])
+            same_class += _plan_cost(strip, rows[top : top + 4], cols, cost, context, overhead)
+        assert spent <= same_class + 1e-6
+    # one class everywhere: the fewest, largest pieces
+    assert len(plan_pieces_by_cost(np.zeros((4, 16), int), [28] * 4, [28] * 16, cost, context)) == 2
+
+
+def test_costed_pieces_run_a_lone_easy_cell_on_its_neighbours_branch_but_keep_easy_areas_easy():
+    grid = np.full((4, 16), 2)
+    grid[1, 5] = 0  # one sky cell among rock: its own piece would cost its context and split the rock
+    grid[:, 10:] = 0  # a wide stretch of sky
+    pieces = plan_pieces_by_cost(grid, [28] * 4, [28] * 16, [0.4, 0.7, 1.0], 6, 0.0, max_rows=4)
+    runs_on = np.zeros(grid.shape, int)
+    for piece in pieces:
+        runs_on[piece.row0 : piece.row1, piece.col0 : piece.col1] = piece.branch
+    assert runs_on[1, 5] == 2 and (runs_on[:, 10:] == 0).all()
+
+
+def test_class_module_over_the_band_scores_each_tile_as_the_tile_alone(shipped):
+    engine = Upscaler(shipped["classsr-fsrcnn.safetensors"], "cpu")
+    rng = torch.Generator().manual_seed(0)
+    for height, width in [(200, 300), (116, 480), (32, 32), (61, 45)]:
+        lr = torch.rand(3, height + 10, width + 10, generator=rng)
+        # tile starts of the band as the engine cuts them: on a 28-pixel grid, the last aligned to the edge
+        rows = [y + 3 for y in tile_starts(max(height, 32))]
+        cols = [x + 5 for x in tile_starts(max(width, 32))]
+        band = engine._band_logits(lr, rows, cols)
+        alone = engine.runner(engine.classifier, engine._cut_tiles(lr, rows, cols))
+        assert torch.allclose(band, alone, atol=1e-4), (height, width)
+
+
 def test_cells_split_tile_overlaps_in_the_middle_and_cover_the_axis():
     assert cell_bounds(88, tile_starts(88)) == [0, 30, 58, 88]
     assert cell_bounds(20, tile_starts(32)) == [0, 20]
@@ -54,14 +116,22 @@ def test_cross_fades_of_neighbours_sum_to_one():
     assert left[0] == 1 and right[-1] == 1  # nothing beyond the image edges
 
 
-def test_torch_bicubic_matches_matlab_inside_and_back_projection_restores_the_input():
+def test_torch_bicubic_matches_matlab_and_back_projection_restores_the_input():
     rng = np.random.default_rng(0)
     image = rng.random((48, 64, 3))
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None]
-    down = bicubic(tensor, 0.25)[0].permute(1, 2, 0).numpy()
-    assert np.abs(down - imresize(image, 0.25))[2:-2, 2:-2].max() < 1e-12
-    up = bicubic(tensor, 4)[0].permute(1, 2, 0).numpy()
-    assert np.abs(up - imresize(image, 4))[8:-8, 8:-8].max() < 1e-12
+    # integer factors (convolutions) equal imresize everywhere, edges included; others inside
+    for factor in (4, 3, 2, 1 / 2, 1 / 4):
+        resized = bicubic(tensor, factor)[0].permute(1, 2, 0).numpy()
+        assert np.abs(resized - imresize(image, factor)).max() < 1e-12, factor
+    odd = tensor[:, :, :45, :63]
+    resized = bicubic(odd, 0.25)[0].permute(1, 2, 0).numpy()  # 45 / 4 is no integer: interpolation
+    assert (
+        np.abs(resized - imresize(image[:45, :63], 0.25)[: resized.shape[0], : resized.shape[1]])[
+            2:-2, 2:-2
+        ].max()
+        < 1e-12
+    )
     lr = tensor[:, :, :12, :16]
     sr = bicubic(lr, 4) + 0.05 * torch.randn(1, 3, 48, 64, dtype=torch.float64)
     before = (bicubic(sr, 0.25) - lr).abs().mean()
@@ -200,10 +270,12 @@ def test_region_tiling_refuses_unknown_modes():
 
 
 def test_taller_pieces_as_on_a_gpu_give_the_same_picture(shipped):
+    # one branch for every sub-image: with the Class-Module, other piece shapes may also move sub-images to
+    # a harder branch (plan_pieces_by_cost), which changes the picture for a reason of its own
     lr = read_image(SAMPLE)[:120, :160].astype(np.float32)
     model = shipped["classsr-fsrcnn.safetensors"]
-    short, short_tally = Upscaler(model, "cpu", piece_rows=1).upscale_array(lr)
-    tall, tall_tally = Upscaler(model, "cpu", piece_rows=4).upscale_array(lr)
+    short, short_tally = Upscaler(model, "cpu", branch=2, piece_rows=1).upscale_array(lr)
+    tall, tall_tally = Upscaler(model, "cpu", branch=2, piece_rows=4).upscale_array(lr)
     assert short_tally.class_counts == tall_tally.class_counts
     assert tall_tally.executed_flops < short_tally.executed_flops  # fewer context margins
     assert np.abs(short - tall).max() < 2 / 255
@@ -215,8 +287,8 @@ def test_fixed_shapes_as_on_a_gpu_give_the_same_picture_with_a_few_shapes(shippe
     that images of any size need the same few shapes; the picture stays the one of exact pieces."""
     model = shipped["classsr-fsrcnn.safetensors"]
     seen: set[tuple[int, ...]] = set()
-    exact_engine = Upscaler(model, "cpu", piece_rows=4, fixed_shapes=False)
-    fixed_engine = Upscaler(model, "cpu", piece_rows=4, fixed_shapes=True)
+    exact_engine = Upscaler(model, "cpu", branch=2, piece_rows=4, fixed_shapes=False)
+    fixed_engine = Upscaler(model, "cpu", branch=2, piece_rows=4, fixed_shapes=True)
     for branch in fixed_engine.branches:
         branch.register_forward_hook(lambda module, inputs, output: seen.add(tuple(inputs[0].shape)))
     image = read_image(SAMPLE).astype(np.float32)

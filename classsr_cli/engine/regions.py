@@ -2,9 +2,10 @@
 
 The Class-Module still decides per 32x32 LR sub-image on the paper's grid (stride 28). Each sub-image owns
 a *cell*, the part of the image nearer to its centre than to its neighbours' (28x28 inside the image).
-Neighbouring cells of one class are run together as one rectangular *piece*, and every piece is run with
+Neighbouring cells are run together as one rectangular *piece* on one branch, and every piece is run with
 `context` pixels of the real image around it (mirrored at the image edge) instead of the zero padding
-an isolated tile sees. Where pieces meet, their outputs are cross-faded over a few pixels so that no seam
+an isolated tile sees. A piece may take in a few cells of easier classes where running them on the
+harder branch costs less than the context and the call of a piece of their own (`plan_pieces_by_cost`). Where pieces meet, their outputs are cross-faded over a few pixels so that no seam
 shows between branches. The result equals running the branch on the whole image wherever the context
 covers the network's reach (4 LR pixels are enough for the shipped families: see the README).
 """
@@ -87,28 +88,77 @@ def plan_pieces(
     return pieces
 
 
-def promote_short_runs(classes: np.ndarray, cost: list[float], cell: int, context: int) -> np.ndarray:
-    """Run a short stretch of cells on the branch of the harder neighbours around it when that is cheaper.
+def plan_pieces_by_cost(
+    classes: np.ndarray,
+    row_sizes: list[int],
+    col_sizes: list[int],
+    cost: list[float],
+    context: int,
+    piece_overhead: float = 0.0,
+    max_rows: int = MAX_PIECE_ROWS,
+    widths: tuple[int, ...] = tuple(range(1, MAX_PIECE_CELLS + 1)),
+) -> list[Piece]:
+    """Cover a (rows, cols) grid of cell classes with rectangles, each run on one branch, at the least cost.
 
-    A stretch of n cells of class c between two cells of one harder class k costs, on its own, its
-    branch over n cells plus context on both sides, and it cuts the neighbours' piece in two (two more
-    context margins on branch k); run on branch k it costs k's FLOPs over n cells. `cost` gives each
-    branch's executed FLOPs (any unit). Quality can only rise: the stretch gets a stronger branch.
-    Returns a new (rows, cols) array.
+    A cell of class c may run on any branch k >= c (a stronger branch: quality can only rise), so a piece
+    runs on the hardest class it covers. A piece of h x w LR pixels on branch k costs
+    `cost[k] * (h + 2 context) * (w + 2 context) + piece_overhead`: its pixels with their context, plus what
+    one more call costs (any unit, the same for both). `row_sizes` and `col_sizes` give the cells' sizes in
+    LR pixels. The grid is cut into strips of `max_rows` rows; within a strip, a dynamic programme over
+    the columns picks the cheapest cut into pieces `widths` cells wide, each cut again into rows.
+    Every cell is covered exactly once.
     """
-    promoted = np.array(classes, copy=True)
-    for row in promoted:
-        edges = np.flatnonzero(np.diff(row)) + 1
-        starts, stops = np.r_[0, edges], np.r_[edges, row.size]
-        for index in range(1, len(starts) - 1):
-            own, before, after = row[starts[index]], row[starts[index - 1]], row[stops[index]]
-            if before != after or before <= own:
+    classes = np.asarray(classes)
+    cost = np.asarray(cost, dtype=np.float64)
+    col_edges = np.concatenate([[0], np.cumsum(col_sizes)])
+    cols = classes.shape[1]
+    pieces: list[Piece] = []
+    for top in range(0, classes.shape[0], max_rows):
+        strip = classes[top : top + max_rows]
+        height = strip.shape[0]
+        row_edges = np.concatenate([[0], np.cumsum(row_sizes[top : top + height])])
+        spans = [(r0, r1) for r1 in range(1, height + 1) for r0 in range(r1)]
+        column_max = {span: strip[span[0] : span[1]].max(axis=0) for span in spans}
+        window = dict(column_max)  # the hardest class of the rows `span` in `width` columns from each start
+        segment_cost, row_choice = {}, {}  # width -> cost of the best row cut at each start column
+        for width in range(1, min(max(widths), cols) + 1):
+            if width > 1:
+                window = {
+                    span: np.maximum(m[:-1], column_max[span][width - 1 :]) for span, m in window.items()
+                }
+            if width not in widths:
                 continue
-            length = (stops[index] - starts[index]) * cell
-            alone = cost[own] * (length + 2 * context) + cost[before] * 2 * context
-            if cost[before] * length < alone:
-                row[starts[index] : stops[index]] = before
-    return promoted
+            padded_w = col_edges[width:] - col_edges[:-width] + 2 * context
+            best, choice = [np.zeros(padded_w.size)], [None]
+            for r1 in range(1, height + 1):
+                options = [
+                    best[r0]
+                    + cost[window[(r0, r1)]] * (row_edges[r1] - row_edges[r0] + 2 * context) * padded_w
+                    + piece_overhead
+                    for r0 in range(r1)
+                ]
+                best.append(np.min(options, axis=0))
+                choice.append(np.argmin(options, axis=0))
+            segment_cost[width], row_choice[width] = best[height], choice
+        total = np.full(cols + 1, np.inf)
+        total[0] = 0.0
+        last_width = np.zeros(cols + 1, dtype=np.int64)
+        for stop in range(1, cols + 1):
+            for width in segment_cost:
+                if width <= stop and total[stop - width] + segment_cost[width][stop - width] < total[stop]:
+                    total[stop] = total[stop - width] + segment_cost[width][stop - width]
+                    last_width[stop] = width
+        stop = cols
+        while stop > 0:
+            width = int(last_width[stop])
+            start, r1 = stop - width, height
+            while r1 > 0:
+                r0 = int(row_choice[width][r1][start])
+                branch = int(strip[r0:r1, start:stop].max())
+                pieces.append(Piece(top + r0, top + r1, start, stop, branch))
+                r1 = r0
+            stop = start
+    return pieces
 
 
 def blend_ramp(start: int, stop: int, lo: int, hi: int, fade: int, scale: int) -> np.ndarray:

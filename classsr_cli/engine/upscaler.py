@@ -24,16 +24,18 @@ from torch import nn
 
 from classsr_cli.engine.backprojection import back_project, bicubic
 from classsr_cli.engine.regions import (
+    MAX_PIECE_CELLS,
     MAX_PIECE_ROWS,
     blend_ramp,
     cell_bounds,
     plan_pieces,
-    promote_short_runs,
+    plan_pieces_by_cost,
 )
 from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget, plan_for
 from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype
 from classsr_cli.engine.tiling import PATCH, STRIDE, coverage, padded_size, tile_starts
 from classsr_cli.errors import ModelError
+from classsr_cli.models.classifier import ClassModule
 
 # A band holds at least this many batches of tiles, so each branch sees full batches even on narrow images.
 BATCHES_PER_BAND = 4
@@ -53,6 +55,14 @@ PIECE_ROWS_ON_CPU = 1
 # sizes, their cell counts times the stride plus this many LR pixels of the edge cells' slack (taken from
 # further real or mirrored context), and batches are padded to powers of two: a few shapes, for any image.
 EDGE_SLACK = 4
+# What one more piece costs beyond its pixels, in FLOPs of the same speed: a call of a small piece took
+# about 0.9 ms more than its pixels' share on a CPU, where FSRCNN-O ran 80 MFLOPs in 0.9 ms (on 40x40
+# against 236x236 LR pixels; runs of CARN-M showed no more than that)
+PIECE_OVERHEAD_FLOPS = 80e6
+# Piece widths in cells when shapes are fixed: a few shapes
+PIECE_WIDTHS_FIXED = (1, 2, 4, 8)
+# The Class-Module's features of a 32x32 tile: 8x8 positions, each from a 4x4 pixel block
+FEATURE_WINDOW = 8
 # Below this alpha a pixel's colour is not recovered from premultiplied values (it is all but invisible).
 ALPHA_FLOOR = 1.0 / 1024
 
@@ -134,10 +144,13 @@ class Upscaler:
     # -- one band of tiles ------------------------------------------------------------------------
 
     def _route(self, tiles: torch.Tensor, tally: RoutingTally) -> np.ndarray:
-        count = tiles.shape[0]
+        """Classes of (N, 3, 32, 32) tiles: the Class-Module's argmax, a fixed branch, or the budget's."""
         if not self.plan.classifies:
-            return np.full(count, self.plan.fixed_branch, dtype=np.int64)
-        logits = self.runner(self.classifier, tiles, to_cpu=False)
+            return np.full(tiles.shape[0], self.plan.fixed_branch, dtype=np.int64)
+        return self._choose(self.runner(self.classifier, tiles, to_cpu=False), tally)
+
+    def _choose(self, logits: torch.Tensor, tally: RoutingTally) -> np.ndarray:
+        count = logits.shape[0]
         if self.plan.flops_budget is None:
             return logits.argmax(dim=1).cpu().numpy()
         logits = logits.cpu()
@@ -180,22 +193,59 @@ class Upscaler:
         return self._stream_regions(height, width, strips, layout, tally, on_tiles)
 
     def _classify_band(self, lr: torch.Tensor, rows: list[int], cols: list[int], tally: RoutingTally):
-        """Cut the paper's 32x32 tiles at (rows x cols) of lr (C, h, w) and route them: classes (rows, cols).
+        """Route the paper's 32x32 tiles at (rows x cols) of lr (C, h, w): their classes, (rows, cols)."""
+        if self.plan.classifies and isinstance(self.classifier, ClassModule):
+            return self._choose(self._band_logits(lr, rows, cols), tally).reshape(len(rows), len(cols))
+        return self._route(self._cut_tiles(lr, rows, cols), tally).reshape(len(rows), len(cols))
 
-        Region tiling may then run a sub-image on a harder neighbour's branch where that executes fewer
-        FLOPs (`promote_short_runs`); what is tallied is the branch each sub-image runs on.
-        """
+    @staticmethod
+    def _cut_tiles(lr: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+        """The 32x32 tiles of lr (C, h, w) at rows x cols, row by row: (len(rows) * len(cols), C, 32, 32)."""
         band = torch.stack([lr[:, y : y + PATCH] for y in rows])  # (R, C, 32, w)
         index = (
             torch.tensor(cols, device=lr.device)[:, None] + torch.arange(PATCH, device=lr.device)
         ).flatten()
         tiles = band.index_select(3, index).unflatten(3, (len(cols), PATCH))  # (R, C, 32, N, 32)
-        tiles = tiles.permute(0, 3, 1, 2, 4).reshape(len(rows) * len(cols), lr.shape[0], PATCH, PATCH)
-        classes = self._route(tiles, tally).reshape(len(rows), len(cols))
-        if self.tiling == "region" and self.plan.classifies and self.plan.flops_budget is None:
-            classes = promote_short_runs(classes, self.plan.branch_executed, STRIDE, self.context)
-        tally.add(classes.ravel(), self.plan)
-        return classes
+        return tiles.permute(0, 3, 1, 2, 4).reshape(len(rows) * len(cols), lr.shape[0], PATCH, PATCH)
+
+    def _band_logits(self, lr: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
+        """The Class-Module's logits (len(rows) * len(cols), M) for the tiles of lr (C, h, w) at rows x cols.
+
+        Its convolutions see each 4x4 pixel block on its own, and the paper's tiles start every 28 = 7 x 4
+        pixels: its features over the whole band, averaged over each tile's 8x8 window of them, are the
+        tiles' own. So each block is computed once instead of up to four times, in one call. Tiles off that
+        grid (the last row or column, aligned to the image edge) run on their own.
+        """
+        block = PATCH // FEATURE_WINDOW
+        grid_rows, grid_cols = _on_grid(rows), _on_grid(cols)
+        region = lr[:, rows[0] : rows[grid_rows - 1] + PATCH, cols[0] : cols[grid_cols - 1] + PATCH]
+        features = self.runner(self.classifier.CondNet, region[None], to_cpu=False)
+        pooled = F.avg_pool2d(features, FEATURE_WINDOW, stride=STRIDE // block)[0]  # (32, grid rows, cols)
+        head = self.classifier.lastOut
+        logits = torch.empty(len(rows), len(cols), head.out_features, device=features.device)
+        with torch.inference_mode():
+            logits[:grid_rows, :grid_cols] = head(pooled.permute(1, 2, 0).to(head.weight.dtype)).float()
+        off_grid = [
+            (i, j) for i in range(len(rows)) for j in range(len(cols)) if i >= grid_rows or j >= grid_cols
+        ]
+        if off_grid:
+            tiles = torch.stack(
+                [lr[:, rows[i] : rows[i] + PATCH, cols[j] : cols[j] + PATCH] for i, j in off_grid]
+            )
+            scores = self.runner(self.classifier, tiles, to_cpu=False)
+            for (i, j), score in zip(off_grid, scores, strict=True):
+                logits[i, j] = score
+        return logits.reshape(len(rows) * len(cols), -1)
+
+    def _plan_pieces(self, classes: np.ndarray, row_sizes: np.ndarray, col_sizes: np.ndarray) -> list:
+        """Pieces for a band's (rows, cols) classes; cells' sizes in LR pixels (`plan_pieces_by_cost`)."""
+        if self.plan.flops_budget is not None:  # a harder branch would spend FLOPs the budget does not have
+            return plan_pieces(classes, max_rows=self.piece_rows)
+        cost = [flops / PATCH**2 for flops in self.plan.branch_executed]  # per LR pixel
+        widths = PIECE_WIDTHS_FIXED if self.fixed_shapes else tuple(range(1, MAX_PIECE_CELLS + 1))
+        return plan_pieces_by_cost(
+            classes, row_sizes, col_sizes, cost, self.context, PIECE_OVERHEAD_FLOPS, self.piece_rows, widths
+        )
 
     def _stream_regions(self, height, width, strips, layout, tally, on_tiles):
         scale, context, fade = self.scale, self.context, FADE
@@ -228,6 +278,10 @@ class Upscaler:
             classes = self._classify_band(
                 rgb, [y - top for y in row_starts[first:last]], [x + left for x in col_starts], tally
             )
+            pieces = self._plan_pieces(classes, np.diff(row_bounds[first : last + 1]), np.diff(col_bounds))
+            for piece in pieces:  # the branch each sub-image runs on: its class or a harder one
+                classes[piece.row0 : piece.row1, piece.col0 : piece.col1] = piece.branch
+            tally.add(classes.ravel(), self.plan)
             if on_tiles is not None:
                 on_tiles(classes.size, classes.ravel(), row_starts[first:last], col_starts)
 
@@ -236,7 +290,6 @@ class Upscaler:
                 grow = band_bottom - acc_top - acc.shape[1]
                 acc = torch.cat([acc, acc.new_zeros(channels, grow, acc.shape[2])], dim=1)
                 weight = torch.cat([weight, weight.new_zeros(grow, weight.shape[1])], dim=0)
-            pieces = plan_pieces(classes, max_rows=self.piece_rows)
             self._run_pieces(
                 pieces, rgb, (first, top, left), (row_bounds, col_bounds), acc, weight, acc_top, tally, colors
             )
@@ -330,10 +383,11 @@ class Upscaler:
         oy, ox = (y0 - fade) * scale, (x0 - fade) * scale
         ty0, ty1 = max(oy, 0), min(oy + ramp_y.numel(), image_h * scale)
         tx0, tx1 = max(ox, 0), min(ox + ramp_x.numel(), image_w * scale)
-        mask = ramp_y[ty0 - oy : ty1 - oy, None] * ramp_x[None, tx0 - ox : tx1 - ox]
+        ramp_y, ramp_x = ramp_y[ty0 - oy : ty1 - oy], ramp_x[tx0 - ox : tx1 - ox]
         part = sr[:, ty0 - oy : ty1 - oy, tx0 - ox : tx1 - ox]
-        acc[: part.shape[0], ty0 - acc_top : ty1 - acc_top, tx0:tx1] += part * mask
-        weight[ty0 - acc_top : ty1 - acc_top, tx0:tx1] += mask
+        # in place, with the weights as an outer product of the two ramps: no full-size temporaries
+        acc[: part.shape[0], ty0 - acc_top : ty1 - acc_top, tx0:tx1].addcmul_(part * ramp_y[:, None], ramp_x)
+        weight[ty0 - acc_top : ty1 - acc_top, tx0:tx1].addr_(ramp_y, ramp_x)
 
     def _ramp(self, start: int, length: int, image_length: int, device: torch.device) -> torch.Tensor:
         """blend_ramp for a piece owning LR pixels [start, start + length), kept on the device: the weights
@@ -450,6 +504,11 @@ class _MirroredRows:
         if len(pieces) > 1:
             self._rows = np.concatenate(pieces, axis=0)
         return self._rows[wanted - self._top]
+
+
+def _on_grid(starts: list[int]) -> int:
+    """How many of the tile starts lie on the regular grid (every STRIDE pixels from the first)."""
+    return sum((start - starts[0]) % STRIDE == 0 for start in starts)
 
 
 def _mirror(index: np.ndarray, length: int) -> np.ndarray:
