@@ -5,8 +5,8 @@ a *cell*, the part of the image nearer to its centre than to its neighbours' (28
 Neighbouring cells are run together as one rectangular *piece* on one branch, and every piece is run with
 `context` pixels of the real image around it (mirrored at the image edge) instead of the zero padding
 an isolated tile sees. A piece may take in a few cells of easier classes where running them on the
-harder branch costs less than the context and the call of a piece of their own (`plan_pieces_by_cost`). Where pieces meet, their outputs are cross-faded over a few pixels so that no seam
-shows between branches. The result equals running the branch on the whole image wherever the context
+harder branch costs less than the context and the call of a piece of their own (`plan_pieces_by_cost`).
+Where pieces meet, their outputs are cross-faded over a few pixels so that no seam shows between branches. The result equals running the branch on the whole image wherever the context
 covers the network's reach (4 LR pixels are enough for the shipped families: see the README).
 """
 
