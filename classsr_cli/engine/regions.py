@@ -6,8 +6,9 @@ Neighbouring cells are run together as one rectangular *piece* on one branch, an
 `context` pixels of the real image around it (mirrored at the image edge) instead of the zero padding
 an isolated tile sees. A piece may take in a few cells of easier classes where running them on the
 harder branch costs less than the context and the call of a piece of their own (`plan_pieces_by_cost`).
-Where pieces meet, their outputs are cross-faded over a few pixels so that no seam shows between branches. The result equals running the branch on the whole image wherever the context
-covers the network's reach (4 LR pixels are enough for the shipped families: see the README).
+Where pieces meet, their outputs are cross-faded over a few pixels so that no seam shows between branches.
+The result equals running the branch on the whole image wherever the context covers the network's reach
+(4 LR pixels are enough for the shipped families: see the README).
 """
 
 from dataclasses import dataclass
