@@ -47,7 +47,7 @@ PAPER_TEST8K = {
     "RCAN": {"-O": (33.76, 32.60e9), "ClassSR": (33.73, 16.36e9)},
 }
 FAMILY_COLOURS = {"FSRCNN": "tab:blue", "CARN": "tab:orange", "SRResNet": "tab:green", "RCAN": "tab:red"}
-FAMILY_NAMES = {"fsrcnn": "FSRCNN", "carn": "CARN", "srresnet": "SRResNet", "rcan": "RCAN"}
+FAMILY_NAMES = {"fsrcnn": "FSRCNN", "carn": "CARN", "srresnet": "SRResNet", "rcan": "RCAN", "dncnn": "DnCNN"}
 
 
 def _family_order(family: str) -> int:
@@ -130,6 +130,11 @@ def peer_settings(report: dict) -> str:
         f"{report.get('crop', '?')} HR pixels"
         + (f" of each photo reduced {reduce}x first" if reduce and reduce > 1 else "")
         + f", on {report.get('device', '?')} with {report.get('threads', '?')} threads"
+        + (
+            f"; DnCNN: the central crop of half that size with noise of sigma {report['noise_sigma']:g}"
+            if "dncnn" in report["families"] and "noise_sigma" in report
+            else ""
+        )
     )
 
 

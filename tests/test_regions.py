@@ -95,9 +95,12 @@ def test_class_module_over_the_band_scores_each_tile_as_the_tile_alone(shipped):
         # tile starts of the band as the engine cuts them: on a 28-pixel grid, the last aligned to the edge
         rows = [y + 3 for y in tile_starts(max(height, 32))]
         cols = [x + 5 for x in tile_starts(max(width, 32))]
-        band = engine._band_logits(lr, rows, cols)
+        band, executed = engine._band_logits(lr, rows, cols)
         alone = engine.runner(engine.classifier, engine._cut_tiles(lr, rows, cols))
         assert torch.allclose(band, alone, atol=1e-4), (height, width)
+        # each 4x4 block once: fewer FLOPs than the tiles alone wherever they overlap
+        per_tile = engine.plan.classifier_executed * len(rows) * len(cols)
+        assert executed <= per_tile and (executed < 0.85 * per_tile or len(rows) * len(cols) < 9)
 
 
 def test_cells_split_tile_overlaps_in_the_middle_and_cover_the_axis():

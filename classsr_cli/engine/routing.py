@@ -76,14 +76,18 @@ class RoutingTally:
         if not self.class_counts:
             self.class_counts = [0] * self.num_classes
 
-    def add(self, classes: np.ndarray, plan: RoutingPlan) -> None:
+    def add(self, classes: np.ndarray, plan: RoutingPlan, classifier_executed: int | None = None) -> None:
+        """Count tiles that ran on `classes`; `classifier_executed`: what the Class-Module executed for
+        them, where that is not its FLOPs per tile times the tiles (the engine's band-wide features)."""
         counts = np.bincount(classes, minlength=self.num_classes)
         self.tiles += int(classes.size)
         self.class_counts = [a + int(b) for a, b in zip(self.class_counts, counts, strict=True)]
         self.flops += int(sum(int(c) * f for c, f in zip(counts, plan.branch_flops, strict=True)))
         if plan.classifies:
             self.flops += int(classes.size) * plan.classifier_flops
-            self.executed_flops += int(classes.size) * plan.classifier_executed
+            if classifier_executed is None:
+                classifier_executed = int(classes.size) * plan.classifier_executed
+            self.executed_flops += classifier_executed
 
     def flops_ratio(self, plan: RoutingPlan) -> float:
         """Paper-convention FLOPs per sub-image against the base network's (the paper's Table 2)."""

@@ -193,10 +193,15 @@ class Upscaler:
         return self._stream_regions(height, width, strips, layout, tally, on_tiles)
 
     def _classify_band(self, lr: torch.Tensor, rows: list[int], cols: list[int], tally: RoutingTally):
-        """Route the paper's 32x32 tiles at (rows x cols) of lr (C, h, w): their classes, (rows, cols)."""
+        """Route the paper's 32x32 tiles at (rows x cols) of lr (C, h, w).
+
+        Returns their classes (rows, cols) and the FLOPs the Class-Module executed for them (None: its
+        FLOPs per tile, times the tiles)."""
+        shape = (len(rows), len(cols))
         if self.plan.classifies and isinstance(self.classifier, ClassModule):
-            return self._choose(self._band_logits(lr, rows, cols), tally).reshape(len(rows), len(cols))
-        return self._route(self._cut_tiles(lr, rows, cols), tally).reshape(len(rows), len(cols))
+            logits, executed = self._band_logits(lr, rows, cols)
+            return self._choose(logits, tally).reshape(shape), executed
+        return self._route(self._cut_tiles(lr, rows, cols), tally).reshape(shape), None
 
     @staticmethod
     def _cut_tiles(lr: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
@@ -208,8 +213,9 @@ class Upscaler:
         tiles = band.index_select(3, index).unflatten(3, (len(cols), PATCH))  # (R, C, 32, N, 32)
         return tiles.permute(0, 3, 1, 2, 4).reshape(len(rows) * len(cols), lr.shape[0], PATCH, PATCH)
 
-    def _band_logits(self, lr: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
-        """The Class-Module's logits (len(rows) * len(cols), M) for the tiles of lr (C, h, w) at rows x cols.
+    def _band_logits(self, lr: torch.Tensor, rows: list[int], cols: list[int]) -> tuple[torch.Tensor, int]:
+        """The Class-Module's logits (len(rows) * len(cols), M) for the tiles of lr (C, h, w) at rows x cols,
+        and the FLOPs that took.
 
         Its convolutions see each 4x4 pixel block on its own, and the paper's tiles start every 28 = 7 x 4
         pixels: its features over the whole band, averaged over each tile's 8x8 window of them, are the
@@ -235,7 +241,12 @@ class Upscaler:
             scores = self.runner(self.classifier, tiles, to_cpu=False)
             for (i, j), score in zip(off_grid, scores, strict=True):
                 logits[i, j] = score
-        return logits.reshape(len(rows) * len(cols), -1)
+        # per tile: its 8x8 feature positions, then the linear head (a negligible share)
+        per_position = self.plan.classifier_executed / FEATURE_WINDOW**2
+        executed = per_position * features.shape[2] * features.shape[3] + self.plan.classifier_executed * (
+            len(off_grid)
+        )
+        return logits.reshape(len(rows) * len(cols), -1), int(executed)
 
     def _plan_pieces(self, classes: np.ndarray, row_sizes: np.ndarray, col_sizes: np.ndarray) -> list:
         """Pieces for a band's (rows, cols) classes; cells' sizes in LR pixels (`plan_pieces_by_cost`)."""
@@ -275,13 +286,13 @@ class Upscaler:
             if layout.has_alpha:  # premultiplied: what lies under transparent pixels cannot matter
                 color = color * lr[-1:]
             rgb = color.expand(3, -1, -1) if colors == 1 else color
-            classes = self._classify_band(
+            classes, classifier_executed = self._classify_band(
                 rgb, [y - top for y in row_starts[first:last]], [x + left for x in col_starts], tally
             )
             pieces = self._plan_pieces(classes, np.diff(row_bounds[first : last + 1]), np.diff(col_bounds))
             for piece in pieces:  # the branch each sub-image runs on: its class or a harder one
                 classes[piece.row0 : piece.row1, piece.col0 : piece.col1] = piece.branch
-            tally.add(classes.ravel(), self.plan)
+            tally.add(classes.ravel(), self.plan, classifier_executed)
             if on_tiles is not None:
                 on_tiles(classes.size, classes.ravel(), row_starts[first:last], col_starts)
 
