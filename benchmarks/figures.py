@@ -157,6 +157,24 @@ def peer_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def peer_short_table(report: dict) -> str:
+    """Markdown for the README: per family, the plain network against ClassSR (and the base network through
+    the engine), from plain_peer's rows in their order: plain, ClassSR, base through the engine, paper."""
+    columns = ["family", "plain network", "ClassSR", "ClassSR's time", "base network through the engine"]
+    lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for family, table in report["families"].items():
+        plain, classsr, base = list(table.values())[:3]
+        cells = [
+            FAMILY_NAMES.get(family, family),
+            f"{plain['seconds']:.2f} s, {plain['psnr']:.2f} dB",
+            f"{classsr['seconds']:.2f} s, {classsr['psnr']:.2f} dB",
+            f"{classsr['time_ratio']:.2f}x, {classsr['psnr_vs_peer']:+.2f} dB",
+            f"{base['time_ratio']:.2f}x, {base['psnr_vs_peer']:+.2f} dB",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def fill_tables(tables: dict[str, str], files: list[Path]) -> None:
     """Put each table between `<!-- KEY -->` and `<!-- /KEY -->` wherever the files have those markers."""
     for path in files:
@@ -464,6 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         if "speed" in wanted:
             draw_speed(report, args.out / "speed.png")
         tables["plain-peer"] = peer_table(report)
+        tables["plain-peer-short"] = peer_short_table(report)
         tables["plain-peer-settings"] = peer_settings(report)
     for key, table in tables.items():
         print(f"{key}:\n{table}\n")
