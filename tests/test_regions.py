@@ -29,7 +29,7 @@ def test_pieces_cover_every_cell_once_with_one_class_each():
         if trial % 2:  # large same-class areas, as photos have
             grid = (grid > 1).astype(int)
         cover = np.zeros(grid.shape, int)
-        for piece in plan_pieces(grid):
+        for piece in plan_pieces(grid, max_rows=4):
             assert (grid[piece.row0 : piece.row1, piece.col0 : piece.col1] == piece.branch).all()
             assert piece.row1 - piece.row0 <= 4 and piece.col1 - piece.col0 in (1, 2, 4, 8)
             cover[piece.row0 : piece.row1, piece.col0 : piece.col1] += 1
@@ -247,8 +247,8 @@ def test_executed_flops_are_counted_against_the_plain_network(shipped):
     paper = Upscaler(network, "cpu", tiling="paper")
     _, paper_tally = paper.upscale_array(lr)
     # overlapping 32x32 tiles run every tile's pixels; regions their pieces with `context` pixels around:
-    # (28 + 2 context) / 28 of the rows in pieces one cell row tall, (112 + 2 context) / 112 in FSRCNN's
-    # four rows on a CPU; the columns' context and the sample's short last piece add up to 15% more
+    # (28 + 2 context) / 28 of the rows in pieces one cell row tall, (224 + 2 context) / 224 in FSRCNN's
+    # eight rows on a CPU; the columns' context and the sample's short last piece add up to 15% more
     assert paper_tally.executed_ratio(paper.plan) == pytest.approx(
         paper_tally.tiles * 32 * 32 / lr[..., 0].size
     )
@@ -258,8 +258,8 @@ def test_executed_flops_are_counted_against_the_plain_network(shipped):
     assert rows < tally.executed_ratio(one_row.plan) < rows * 1.15
     region = Upscaler(network, "cpu")
     _, tally = region.upscale_array(lr)
-    rows = (112 + 2 * region.context) / 112
-    assert region.piece_rows == 4 and rows < tally.executed_ratio(region.plan) < rows * 1.15
+    rows = (224 + 2 * region.context) / 224
+    assert region.piece_rows == 8 and rows < tally.executed_ratio(region.plan) < rows * 1.15
 
 
 def test_region_tiling_refuses_unknown_modes():

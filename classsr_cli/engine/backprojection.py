@@ -23,9 +23,9 @@ def back_project(
     """`steps` back-projection steps, each sr <- sr + bicubic_up(lr - bicubic_down(sr)).
 
     sr: (N, C, scale*H, scale*W) and lr: (N, C, H, W), same device and dtype, values in [0, 1].
-    Returns a tensor shaped like `sr` (not clamped). Within a few pixels of the tensor's edges the
-    resizes renormalise their kernels instead of mirroring, so callers pass pieces with context around
-    the pixels they keep.
+    Returns a tensor shaped like `sr` (not clamped). The resizes mirror the tensor at its edges, as MATLAB
+    mirrors an image, so within a few pixels of them the result is the image's only at the image's own
+    edges: callers pass pieces with context around the pixels they keep.
     """
     for _ in range(steps):
         sr = bicubic(lr - bicubic(sr, 1 / scale), scale) + sr  # in the enlargement's memory format

@@ -17,10 +17,10 @@ import numpy as np
 
 from classsr_cli.engine.tiling import PATCH
 
-# Pieces are at most this many cells wide; wider runs of one class are cut into power-of-two widths
-# (8, 4, 2, 1 cells), so that pieces fall into a few shapes and batch well.
+# Pieces are at most this many cells wide (plan_pieces cuts wider runs into power-of-two widths, 8, 4, 2, 1
+# cells, so that pieces fall into a few shapes and batch well) and this many cells tall.
 MAX_PIECE_CELLS = 8
-MAX_PIECE_ROWS = 4
+MAX_PIECE_ROWS = 8
 
 
 def cell_bounds(length: int, starts: list[int], patch: int = PATCH) -> list[int]:

@@ -48,8 +48,11 @@ CONTEXT = 4
 FADE = 2
 # Pieces one cell row tall ran fastest per output pixel on a CPU (CARN-M: 9.4 us per LR pixel at 36x232,
 # 12.9 at 64x232, 14.0 at 120x232, with 2 threads: their features stay in the caches); GPUs want size.
-# A network whose features are small enough says otherwise (`cpu_piece_rows`).
+# A network whose features are small enough says otherwise (`cpu_piece_rows`), and one that needs more
+# context than CONTEXT gets PIECE_ROWS unless it says so: thin pieces would be mostly context.
 PIECE_ROWS_ON_CPU = 1
+# Cell rows of a piece on a GPU (and of the bands everywhere: a band holds whole pieces)
+PIECE_ROWS = 4
 # On a GPU every new tensor shape costs setup (cuDNN builds plans for it, autotunes where asked), and region
 # pieces come in many shapes (edge cells differ in size, groups in count). There pieces are cut at fixed
 # sizes, their cell counts times the stride plus this many LR pixels of the edge cells' slack (taken from
@@ -121,10 +124,9 @@ class Upscaler:
             raise ModelError(f"piece_rows must be 1 to {MAX_PIECE_ROWS}, got {piece_rows}")
         # the layout of the pieces changes outputs only where 4 pixels of context fall short (rarely over a
         # grey level): fixed, it makes two devices' outputs comparable
-        # (one-row pieces suit the CPU's caches only while their context is thin)
-        thin = self.context <= CONTEXT
-        on_cpu = max(getattr(b, "cpu_piece_rows", PIECE_ROWS_ON_CPU) for b in self.plan.branches)
-        self.piece_rows = piece_rows or (on_cpu if self.device.type == "cpu" and thin else MAX_PIECE_ROWS)
+        cpu_default = PIECE_ROWS_ON_CPU if self.context <= CONTEXT else PIECE_ROWS
+        on_cpu = max(getattr(b, "cpu_piece_rows", cpu_default) for b in self.plan.branches)
+        self.piece_rows = piece_rows or (on_cpu if self.device.type == "cpu" else PIECE_ROWS)
         # None: on any device but the CPU, where exact shapes cost nothing to set up and padding would
         self.fixed_shapes = self.device.type != "cpu" if fixed_shapes is None else fixed_shapes
         self.runner = BatchRunner(
@@ -270,7 +272,8 @@ class Upscaler:
         left, right = context, max(context, PATCH - width) + slack
         # whole pieces per band, and enough tiles per band for full Class-Module batches on narrow images
         tile_rows = math.ceil(BATCHES_PER_BAND * self.runner.batch_size / len(col_starts))
-        rows_per_band = MAX_PIECE_ROWS * max(1, math.ceil(tile_rows / MAX_PIECE_ROWS))
+        unit = max(self.piece_rows, PIECE_ROWS)
+        rows_per_band = unit * max(1, math.ceil(tile_rows / unit))
         tally.pixels += height * width
         source = _MirroredRows(strips, height, width, layout.channels, left, right)
         channels, colors = layout.channels, layout.color_channels

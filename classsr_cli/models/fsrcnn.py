@@ -6,10 +6,11 @@ from torch import nn
 class FSRCNN(nn.Module):
     """x4 FSRCNN with d feature channels, s shrinking channels and m mapping layers; input [0, 1]."""
 
-    # Region pieces four cell rows tall on a CPU: its features are small, so less context per output
-    # pixel pays more than cache-sized pieces (FSRCNN-O through the engine 1.09 to 1.16 against 1.64 times
-    # the plain network's time with one-row pieces, ClassSR-FSRCNN 1.79 to 1.94 against 1.92; plain_peer.py)
-    cpu_piece_rows = 4
+    # Region pieces eight cell rows tall on a CPU: its features are small, so less context per output
+    # pixel pays more than cache-sized pieces (one-row pieces: FSRCNN-O through the engine 1.64 times the
+    # plain network's time, four rows 1.09 to 1.16; ClassSR-FSRCNN 0.93 with four rows, 0.90 with eight,
+    # on the 6 validation crops of plain_peer.py)
+    cpu_piece_rows = 8
     # LR pixels of real context around each region piece (the engine's default is 4): its receptive field
     # reaches about 7 LR pixels, and with 4 the zero padding beyond showed on smooth input, random smooth
     # gradients through ClassSR-FSRCNN up to 2.4 grey levels off bicubic, 1.8 with 6 (tests/test_regions.py)
