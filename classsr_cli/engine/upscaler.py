@@ -300,10 +300,11 @@ class Upscaler:
                 on_tiles(classes.size, classes.ravel(), row_starts[first:last], col_starts)
 
             band_bottom = (row_bounds[last] + fade) * scale
-            if band_bottom - acc_top > acc.shape[1]:
-                grow = band_bottom - acc_top - acc.shape[1]
-                acc = torch.cat([acc, acc.new_zeros(channels, grow, acc.shape[2])], dim=1)
-                weight = torch.cat([weight, weight.new_zeros(grow, weight.shape[1])], dim=0)
+            if band_bottom - acc_top > acc.shape[1]:  # the rows carried over, then zeros (one copy, no cat)
+                acc, carried = acc.new_zeros(channels, band_bottom - acc_top, acc.shape[2]), acc
+                acc[:, : carried.shape[1]] = carried
+                weight, carried = weight.new_zeros(band_bottom - acc_top, weight.shape[1]), weight
+                weight[: carried.shape[0]] = carried
             self._run_pieces(
                 pieces, rgb, (first, top, left), (row_bounds, col_bounds), acc, weight, acc_top, tally, colors
             )
@@ -318,7 +319,7 @@ class Upscaler:
 
             done_until = (row_bounds[last] - fade) * scale if last < len(row_starts) else height * scale
             finished = acc[:, : done_until - acc_top]
-            out = finished[:colors] / weight[None, : done_until - acc_top]
+            out = finished[:colors].div_(weight[None, : done_until - acc_top])  # in place: acc is left behind
             if layout.has_alpha:
                 alpha = finished[-1:].clamp(0, 1)
                 out = torch.where(alpha > ALPHA_FLOOR, out / alpha.clamp_min(ALPHA_FLOOR), out)
