@@ -212,7 +212,7 @@ def _save(figure, path: Path, **kwargs) -> None:
 def crop_panels(
     photo: Path, at: tuple[int, int], size: int, device: str = "cpu"
 ) -> list[tuple[str, np.ndarray]]:
-    """[(label, uint8 HR-sized crop)]: bicubic, each shipped ClassSR model, HR."""
+    """[(label, uint8 HR-sized crop)]: bicubic, each shipped ClassSR upscaler (not the denoisers), HR."""
     from classsr_cli.bench import make_lr
     from classsr_cli.data.photos import read_rgb8
     from classsr_cli.engine import Upscaler
@@ -232,6 +232,8 @@ def crop_panels(
     panels = [("Bicubic", to_uint8(imresize(lr, scale=4))[shown])]
     for family in sorted(shipped_families("classsr"), key=_family_order):
         loaded = load_weights(family, kind="classsr")
+        if getattr(loaded.model, "scale", 4) != 4:
+            continue
         sr, _ = Upscaler(loaded.model, device).upscale_array(lr)
         panels.append((f"ClassSR-{FAMILY_NAMES.get(family, family)}", to_uint8(sr)[shown]))
     labelled = [(f"{name}  {psnr(image, truth, border=0):.2f} dB", image) for name, image in panels]
