@@ -103,9 +103,10 @@ def plan_pieces_by_cost(
 
     A cell of class c may run on any branch k >= c, a wider one, so a piece runs on the hardest class it
     covers. (Wider usually means as good or better: PSNR held or rose for ClassSR-FSRCNN and -CARN; it fell
-    0.04 dB for ClassSR-DnCNN, whose narrow branches were trained further on their own classes.) A piece of h x w LR pixels on branch k costs
-    `cost[k] * (h + 2 context) * (w + 2 context) + piece_overhead`: its pixels with their context, plus what
-    one more call costs (any unit, the same for both). `row_sizes` and `col_sizes` give the cells' sizes in
+    0.04 dB for ClassSR-DnCNN, whose narrow branches were trained further on their own classes.)
+    A piece of h x w LR pixels on branch k costs `cost[k] * (h + 2 context) * (w + 2 context) +
+    piece_overhead`: its pixels with their context, plus what one more call costs (any unit, the same
+    for both). `row_sizes` and `col_sizes` give the cells' sizes in
     LR pixels. The grid is cut into strips of `max_rows` rows; within a strip, a dynamic programme over
     the columns picks the cheapest cut into pieces `widths` cells wide, each cut again into rows.
     Every cell is covered exactly once.
