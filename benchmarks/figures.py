@@ -160,7 +160,8 @@ def peer_table(report: dict) -> str:
 def peer_short_table(report: dict) -> str:
     """Markdown for the README: per family, the plain network against ClassSR (and the base network through
     the engine), from plain_peer's rows in their order: plain, ClassSR, base through the engine, paper."""
-    columns = ["family", "plain network", "ClassSR", "ClassSR's time", "base network through the engine"]
+    columns = ["family", "plain network (all crops)", "ClassSR (all crops)", "ClassSR against plain"]
+    columns += ["base network through the engine"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for family, table in report["families"].items():
         plain, classsr, base = list(table.values())[:3]

@@ -160,7 +160,8 @@ DEBUG_OPTION = typer.Option(False, "--debug", help="Show tracebacks instead of o
 TILING_OPTION = typer.Option(
     "region",
     "--tiling",
-    help="region: same-class sub-images run together with real context (default); paper: the paper's tiles.",
+    help="region: sub-images run together in regions with real context (default); paper: every 32x32 tile "
+    "alone with zero padding, as the official code (its edges and tile grid show on flat areas).",
 )
 BACK_PROJECTION_OPTION = typer.Option(
     None,
