@@ -1074,12 +1074,20 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
 
     # fits 80 columns: the folder of each origin is named above, so origin is a column only when mixed
     with_origin = len({entry["origin"] for entry in models}) > 1
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True)
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        pad_edge=False,
+        collapse_padding=True,
+        caption="val PSNR and FLOPs ratio: as recorded when each file was made (docs/weights.md); "
+        "`classsr bench` measures them with this release's engine",
+    )
     table.add_column("file", no_wrap=True)  # the name to pass to --weights: never cut
     columns = ["origin"] if with_origin else []
     for column in (*columns, "family", "kind", "widths", "iterations per stage", "val PSNR", "FLOPs ratio"):
         # a narrow terminal wraps these, cutting nothing; words of one token stay whole
-        table.add_column(column, overflow="fold", min_width=7 if column == "kind" else None)
+        # widths stay on one line: "38/52/6" over "4" would read as other widths
+        table.add_column(column, overflow="fold", min_width={"kind": 7, "widths": 8}.get(column))
     for entry in models:
         table.add_row(
             entry["file"],
