@@ -62,8 +62,10 @@ def test_bf16_on_cuda_stays_near_the_cpu_output(family, photo):
 
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_the_class_module_on_cuda_routes_as_on_the_cpu(precision, photo):
-    _, expected = cpu_output("carn", photo, branch=None)
+    # the CPU with the GPU's piece layout: the layout decides which cells join a harder neighbour's piece
     model = load_weights("carn", kind="classsr").model
+    _, cpu_tally = Upscaler(model, "cpu", "fp32", piece_rows=4, fixed_shapes=True).upscale_array(photo)
+    expected = cpu_tally.class_counts
     _, tally = Upscaler(model, "cuda", precision).upscale_array(photo)
     moved = sum(abs(a - b) for a, b in zip(tally.class_counts, expected, strict=True)) / 2
     assert moved <= 0.02 * tally.tiles  # a few borderline tiles may change class

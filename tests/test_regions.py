@@ -6,7 +6,7 @@ import torch
 
 from classsr_cli.engine import Layout, Upscaler
 from classsr_cli.engine.backprojection import back_project, bicubic
-from classsr_cli.engine.regions import blend_ramp, cell_bounds, plan_pieces, plan_pieces_by_cost
+from classsr_cli.engine.regions import Piece, blend_ramp, cell_bounds, plan_pieces, plan_pieces_by_cost
 from classsr_cli.engine.tiling import tile_starts
 from classsr_cli.imaging import read_image
 from classsr_cli.imaging.bicubic import imresize
@@ -47,7 +47,7 @@ def _plan_cost(pieces, rows, cols, cost, context, overhead):
     return total
 
 
-def test_costed_pieces_cover_every_cell_once_on_its_branch_or_a_harder_one_at_the_least_cost():
+def test_costed_pieces_cover_every_cell_once_on_its_branch_or_a_harder_one():
     rng = np.random.default_rng(1)
     cost, context = [0.4, 0.7, 1.0], 6
     for trial in range(200):
@@ -57,23 +57,59 @@ def test_costed_pieces_cover_every_cell_once_on_its_branch_or_a_harder_one_at_th
         rows = list(rng.integers(4, 29, grid.shape[0]))  # edge cells are smaller than 28
         cols = list(rng.integers(4, 29, grid.shape[1]))
         overhead = float(rng.choice([0, 300, 3000]))
-        pieces = plan_pieces_by_cost(grid, rows, cols, cost, context, overhead, max_rows=4)
+        max_rows = int(rng.choice([1, 4]))
+        pieces = plan_pieces_by_cost(grid, rows, cols, cost, context, overhead, max_rows=max_rows)
         cover = np.zeros(grid.shape, int)
         for piece in pieces:
             cells = grid[piece.row0 : piece.row1, piece.col0 : piece.col1]
             assert piece.branch == cells.max()  # each cell on its own class or a harder one
-            assert piece.row0 // 4 == (piece.row1 - 1) // 4 and piece.col1 - piece.col0 <= 8
+            assert piece.row0 // max_rows == (piece.row1 - 1) // max_rows and piece.col1 - piece.col0 <= 8
             cover[piece.row0 : piece.row1, piece.col0 : piece.col1] += 1
         assert (cover == 1).all()
-        # never dearer than one class per piece, cut strip by strip
-        spent = _plan_cost(pieces, rows, cols, cost, context, overhead)
-        same_class = 0.0
-        for top in range(0, grid.shape[0], 4):
-            strip = plan_pieces(grid[top : top + 4])
-            same_class += _plan_cost(strip, rows[top : top + 4], cols, cost, context, overhead)
-        assert spent <= same_class + 1e-6
+        if max_rows == 1:  # one-row strips: the search is exhaustive, never dearer than one class a piece
+            spent = _plan_cost(pieces, rows, cols, cost, context, overhead)
+            same_class = _plan_cost(plan_pieces(grid, max_rows=1), rows, cols, cost, context, overhead)
+            assert spent <= same_class + 1e-6
     # one class everywhere: the fewest, largest pieces
     assert len(plan_pieces_by_cost(np.zeros((4, 16), int), [28] * 4, [28] * 16, cost, context)) == 2
+    with pytest.raises(ValueError, match="cannot cover"):
+        plan_pieces_by_cost(np.zeros((1, 3), int), [28], [28] * 3, cost, context, widths=(2,))
+
+
+def _compositions(length: int, largest: int):
+    """Every way to cut `length` into consecutive parts of at most `largest`, as lists of part sizes."""
+    if length == 0:
+        yield []
+        return
+    for first in range(1, min(length, largest) + 1):
+        for rest in _compositions(length - first, largest):
+            yield [first, *rest]
+
+
+def test_costed_pieces_are_the_cheapest_cut_into_column_segments_then_row_ranges():
+    rng = np.random.default_rng(2)
+    cost, context = [0.4, 0.7, 1.0], 4
+    for _ in range(40):
+        grid = rng.integers(0, 3, (rng.integers(1, 4), rng.integers(1, 6)))
+        rows, cols = list(rng.integers(8, 29, grid.shape[0])), list(rng.integers(8, 29, grid.shape[1]))
+        overhead = float(rng.choice([0, 500, 5000]))
+
+        best = np.inf
+        for segments in _compositions(grid.shape[1], 8):
+            total, c0 = 0.0, 0
+            for width in segments:
+                cuts = []
+                for ranges in _compositions(grid.shape[0], 4):
+                    edges = np.cumsum([0, *ranges])
+                    cut = [
+                        Piece(int(a), int(b), c0, c0 + width, int(grid[a:b, c0 : c0 + width].max()))
+                        for a, b in zip(edges[:-1], edges[1:], strict=True)
+                    ]
+                    cuts.append(_plan_cost(cut, rows, cols, cost, context, overhead))
+                total, c0 = total + min(cuts), c0 + width
+            best = min(best, total)
+        pieces = plan_pieces_by_cost(grid, rows, cols, cost, context, overhead, max_rows=4)
+        assert _plan_cost(pieces, rows, cols, cost, context, overhead) == pytest.approx(best)
 
 
 def test_costed_pieces_run_a_lone_easy_cell_on_its_neighbours_branch_but_keep_easy_areas_easy():
@@ -308,3 +344,20 @@ def test_fixed_shapes_as_on_a_gpu_give_the_same_picture_with_a_few_shapes(shippe
     for batch, channels, height, width in seen:
         assert batch & (batch - 1) == 0 and channels == 3, (batch, channels)
         assert height in sizes and width in sizes, (height, width)
+
+
+def test_the_class_module_with_a_gpus_layout_keeps_a_few_shapes_and_nearly_the_cpus_picture(shipped):
+    """With the Class-Module, the layout also decides which cells join a harder neighbour's piece, so a GPU's
+    four-row pieces of fixed widths route a few cells differently from a CPU's: the picture stays close."""
+    model = shipped["classsr-carn.safetensors"]
+    fixed_engine = Upscaler(model, "cpu", piece_rows=4, fixed_shapes=True)
+    seen: set[tuple[int, ...]] = set()
+    for branch in fixed_engine.branches:
+        branch.register_forward_hook(lambda module, inputs, output: seen.add(tuple(inputs[0].shape[2:])))
+    lr = read_image(SAMPLE)[:120, :160].astype(np.float32)
+    on_cpu, _ = Upscaler(model, "cpu").upscale_array(lr)
+    as_on_gpu, _ = fixed_engine.upscale_array(lr)
+    # measured: 59 to 61 dB between the two on three crops of the sample, single pixels up to 8 levels apart
+    assert 10 * np.log10(1 / np.mean((on_cpu - as_on_gpu) ** 2)) > 55
+    sizes = {cells * 28 + 4 + 2 * fixed_engine.context for cells in (1, 2, 3, 4, 8)}
+    assert all(height in sizes and width in sizes for height, width in seen), seen

@@ -99,17 +99,19 @@ def plan_pieces_by_cost(
     max_rows: int = MAX_PIECE_ROWS,
     widths: tuple[int, ...] = tuple(range(1, MAX_PIECE_CELLS + 1)),
 ) -> list[Piece]:
-    """Cover a (rows, cols) grid of cell classes with rectangles, each run on one branch, at the least cost.
+    """Cover a (rows, cols) grid of cell classes with rectangles, each run on one branch, at a low cost.
 
     A cell of class c may run on any branch k >= c, a wider one, so a piece runs on the hardest class it
     covers. (Wider usually means as good or better: PSNR held or rose for ClassSR-FSRCNN and -CARN; it fell
     0.04 dB for ClassSR-DnCNN, whose narrow branches were trained further on their own classes.)
     A piece of h x w LR pixels on branch k costs `cost[k] * (h + 2 context) * (w + 2 context) +
     piece_overhead`: its pixels with their context, plus what one more call costs (any unit, the same
-    for both). `row_sizes` and `col_sizes` give the cells' sizes in
-    LR pixels. The grid is cut into strips of `max_rows` rows; within a strip, a dynamic programme over
-    the columns picks the cheapest cut into pieces `widths` cells wide, each cut again into rows.
-    Every cell is covered exactly once.
+    for both). `row_sizes` and `col_sizes` give the cells' sizes in LR pixels. The grid is cut into strips
+    of `max_rows` rows; within a strip, a dynamic programme finds the cheapest layout of one shape: the
+    strip cut into column segments `widths` cells wide, each segment cut into row ranges. Layouts whose
+    column cuts differ from row to row are not searched, so with strips of several rows another layout
+    may cost less; with one-row strips (CARN-M on a CPU) the search is exhaustive.
+    Every cell is covered exactly once. A ValueError if `widths` cannot cover the columns.
     """
     classes = np.asarray(classes)
     cost = np.asarray(cost, dtype=np.float64)
@@ -151,6 +153,8 @@ def plan_pieces_by_cost(
                 if width <= stop and total[stop - width] + segment_cost[width][stop - width] < total[stop]:
                     total[stop] = total[stop - width] + segment_cost[width][stop - width]
                     last_width[stop] = width
+        if not np.isfinite(total[cols]):
+            raise ValueError(f"piece widths {widths} cannot cover {cols} columns")
         stop = cols
         while stop > 0:
             width = int(last_width[stop])

@@ -60,7 +60,7 @@ PIECE_ROWS = 4
 EDGE_SLACK = 4
 # What one more piece costs beyond its pixels, in FLOPs of the same speed: a call of a small piece took
 # about 0.9 ms more than its pixels' share on a CPU, where FSRCNN-O ran 80 MFLOPs in 0.9 ms (on 40x40
-# against 236x236 LR pixels; runs of CARN-M showed no more than that)
+# against 236x236 LR pixels; runs of CARN-M showed no more than that). GPUs use it too, unmeasured there.
 PIECE_OVERHEAD_FLOPS = 80e6
 # Piece widths in cells when shapes are fixed: a few shapes
 PIECE_WIDTHS_FIXED = (1, 2, 4, 8)
@@ -122,8 +122,9 @@ class Upscaler:
         self.device = pick_device(device)
         if piece_rows is not None and not 1 <= piece_rows <= MAX_PIECE_ROWS:
             raise ModelError(f"piece_rows must be 1 to {MAX_PIECE_ROWS}, got {piece_rows}")
-        # the layout of the pieces changes outputs only where 4 pixels of context fall short (rarely over a
-        # grey level): fixed, it makes two devices' outputs comparable
+        # the layout of the pieces decides which cells join a harder neighbour's piece (plan_pieces_by_cost),
+        # so a CPU (piece rows of the network's choice, any width) and a GPU (4 rows, fixed widths) route a
+        # few cells differently; `piece_rows` and `fixed_shapes` make two devices' outputs comparable
         cpu_default = PIECE_ROWS_ON_CPU if self.context <= CONTEXT else PIECE_ROWS
         on_cpu = max(getattr(b, "cpu_piece_rows", cpu_default) for b in self.plan.branches)
         self.piece_rows = piece_rows or (on_cpu if self.device.type == "cpu" else PIECE_ROWS)
