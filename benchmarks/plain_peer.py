@@ -78,16 +78,19 @@ class PlainTiles:
         return out.clamp_(0, 1)[0].permute(1, 2, 0).cpu().numpy()
 
 
-def central_crop(path: Path, width: int, height: int, reduce: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """(HR uint8, LR float32) of the photo's central width x height crop (HR size).
-
-    `reduce` > 1 first shrinks the photo by that factor with antialiasing: cleaner HR than a camera JPEG.
-    """
-    hr = read_image(path)[:, :, :3]
+def _photo_crop(path: Path, width: int, height: int, reduce: int) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1]: the photo's central width x height crop, after shrinking it by `reduce`
+    (> 1) with antialiasing (a cleaner picture than a camera JPEG)."""
+    photo = read_image(path)[:, :, :3]
     if reduce > 1:
-        hr = imresize(hr, 1 / reduce).clip(0, 1)
-    top, left = max(0, (hr.shape[0] - height) // 2), max(0, (hr.shape[1] - width) // 2)
-    hr = hr[top : top + height, left : left + width]
+        photo = imresize(photo, 1 / reduce).clip(0, 1)
+    top, left = max(0, (photo.shape[0] - height) // 2), max(0, (photo.shape[1] - width) // 2)
+    return photo[top : top + height, left : left + width]
+
+
+def central_crop(path: Path, width: int, height: int, reduce: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(HR uint8, LR float32) of the photo's central width x height crop (HR size), LR by bicubic x1/4."""
+    hr = _photo_crop(path, width, height, reduce)
     hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
     lr = to_uint8(imresize(hr, 0.25)).astype(np.float32) / 255.0
     return to_uint8(hr), lr
@@ -97,11 +100,7 @@ def noisy_crop(
     path: Path, width: int, height: int, sigma: float, reduce: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """(clean uint8, noisy float32) of the photo's central width x height crop, noise seeded by its name."""
-    clean = read_image(path)[:, :, :3]
-    if reduce > 1:
-        clean = imresize(clean, 1 / reduce).clip(0, 1)
-    top, left = max(0, (clean.shape[0] - height) // 2), max(0, (clean.shape[1] - width) // 2)
-    clean = to_uint8(clean[top : top + height, left : left + width])
+    clean = to_uint8(_photo_crop(path, width, height, reduce))
     return clean, noisy_image(clean, sigma, zlib.crc32(path.stem.encode()))
 
 

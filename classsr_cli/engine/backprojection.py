@@ -11,8 +11,11 @@ validation photos this step raised every shipped network's PSNR (the README give
 import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from classsr_cli.imaging.bicubic import resize_taps
 
 BACK_PROJECTION_STEPS = 1  # a second step added 0.03 dB on the validation crops, at twice the cost
 
@@ -50,38 +53,52 @@ def bicubic(image: torch.Tensor, factor: float) -> torch.Tensor:
     return F.interpolate(image, scale_factor=factor, mode="bicubic", align_corners=False, antialias=True)
 
 
-def _cubic(x: torch.Tensor) -> torch.Tensor:
-    """Keys' cubic convolution kernel with a = -0.5, the one MATLAB's imresize uses."""
-    x = x.abs()
-    near = 1.5 * x**3 - 2.5 * x**2 + 1
-    far = -0.5 * x**3 + 2.5 * x**2 - 4 * x + 2
-    return torch.where(x <= 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+@functools.cache
+def _taps(scale: int, upscale: bool) -> tuple[np.ndarray, int]:
+    """`imresize`'s taps of one axis resized by `scale` (up) or 1/scale (down), as a convolution.
+
+    Returns (phases, taps) float64 weights and the mirrored margin they read on each side. Down: one phase;
+    output pixel i reads input pixels scale*i - margin .. on. Up: one row per output phase p (output pixel
+    scale*i + p), reading input pixels i - 2 .. i + 2. Taken from `resize_taps` at an interior pixel, where
+    no mirroring is involved, so the kernel and the pixel centres are `imresize`'s own.
+    """
+    inner = 8  # an interior output pixel (of the small side) of an axis of 16 of them
+    if upscale:
+        weights, indices = resize_taps(16, 16 * scale, scale)
+        phases = np.zeros((scale, 5))
+        for phase in range(scale):
+            row = inner * scale + phase
+            np.add.at(phases[phase], indices[row] - inner + 2, weights[row])
+        return phases, 2
+    weights, indices = resize_taps(16 * scale, 16, 1 / scale)
+    margin = scale * inner - int(indices[inner].min())
+    taps = np.zeros(int(indices[inner].max()) - int(indices[inner].min()) + 1)
+    np.add.at(taps, indices[inner] - indices[inner].min(), weights[inner])
+    return taps[None, :], margin
 
 
 @functools.cache
-def _shrink_taps(scale: int) -> tuple[torch.Tensor, int]:
-    """1-D weights of a shrink by `scale` and their reach on each side, in input pixels.
+def _conv_weights(scale: int, upscale: bool, channels: int, dtype, device) -> tuple[torch.Tensor, ...]:
+    """Depthwise convolution weights of `_taps` for `channels` channels, on `device` in `dtype`.
 
-    Output pixel i lies at input position scale*i + (scale - 1)/2 and reads the input pixels within
-    2*scale of it, weighted by the kernel stretched `scale` times; the reach is the same on both sides.
+    Kept, so made as ordinary tensors even when first asked for under inference mode: training reuses them.
     """
-    centre = (scale - 1) / 2
-    offsets = [k for k in range(-3 * scale, 3 * scale) if abs(k - centre) < 2 * scale]
-    weights = _cubic((torch.tensor(offsets, dtype=torch.float64) - centre) / scale)
-    return weights / weights.sum(), -offsets[0]
+    with torch.inference_mode(False):
+        return _make_conv_weights(
+            torch.from_numpy(_taps(scale, upscale)[0]).to(device, dtype), upscale, channels
+        )
 
 
-@functools.cache
-def _enlarge_taps(scale: int) -> torch.Tensor:
-    """(scale^2, 5, 5) weights of an enlargement by `scale`: one 5x5 kernel per output phase (ry, rx).
-
-    Output pixel scale*i + r lies at input position i + (r + 0.5)/scale - 0.5; its four taps per axis fall
-    within the input pixels i - 2 .. i + 2.
-    """
-    positions = (torch.arange(scale, dtype=torch.float64) + 0.5) / scale - 0.5
-    taps = _cubic(torch.arange(-2, 3, dtype=torch.float64)[None, :] - positions[:, None])
-    taps = taps / taps.sum(dim=1, keepdim=True)  # (phase, offset -2..2)
-    return torch.einsum("ay,bx->abyx", taps, taps).reshape(scale * scale, 5, 5)
+def _make_conv_weights(taps: torch.Tensor, upscale: bool, channels: int) -> tuple[torch.Tensor, ...]:
+    phases, size = taps.shape
+    if not upscale:  # one pass per axis
+        return (
+            taps.view(1, 1, size, 1).repeat(channels, 1, 1, 1),
+            taps.view(1, 1, 1, size).repeat(channels, 1, 1, 1),
+        )
+    # one 5x5 kernel per output phase (ry, rx): channel c*scale^2 + ry*scale + rx
+    kernels = torch.einsum("ay,bx->abyx", taps, taps).reshape(phases * phases, 1, size, size)
+    return (kernels.repeat(channels, 1, 1, 1),)
 
 
 def _mirror_pad(image: torch.Tensor, margin: int, dim: int) -> torch.Tensor:
@@ -97,29 +114,18 @@ def _mirror_pad(image: torch.Tensor, margin: int, dim: int) -> torch.Tensor:
 
 # Depthwise convolutions run fast on a CPU only in channels-last memory (about 20 times).
 def _shrink(image: torch.Tensor, scale: int) -> torch.Tensor:
-    weights, reach = _shrink_taps(scale)
-    channels, size = image.shape[1], weights.numel()
-    weights = weights.to(image.device, image.dtype)
+    margin = _taps(scale, upscale=False)[1]
+    vertical, horizontal = _conv_weights(scale, False, image.shape[1], image.dtype, image.device)
     image = image.contiguous(memory_format=torch.channels_last)
-    rows = F.conv2d(
-        _mirror_pad(image, reach, 2),
-        weights.view(1, 1, size, 1).expand(channels, 1, size, 1).contiguous(),
-        stride=(scale, 1),
-        groups=channels,
-    )
-    return F.conv2d(
-        _mirror_pad(rows, reach, 3),
-        weights.view(1, 1, 1, size).expand(channels, 1, 1, size).contiguous(),
-        stride=(1, scale),
-        groups=channels,
-    )
+    rows = F.conv2d(_mirror_pad(image, margin, 2), vertical, stride=(scale, 1), groups=image.shape[1])
+    return F.conv2d(_mirror_pad(rows, margin, 3), horizontal, stride=(1, scale), groups=image.shape[1])
 
 
 def _enlarge(image: torch.Tensor, scale: int) -> torch.Tensor:
-    weights = _enlarge_taps(scale).to(image.device, image.dtype)
+    (kernels,) = _conv_weights(scale, True, image.shape[1], image.dtype, image.device)
     batch, channels, height, width = image.shape
     padded = _mirror_pad(_mirror_pad(image, 2, 2), 2, 3).contiguous(memory_format=torch.channels_last)
-    phases = F.conv2d(padded, weights[:, None].repeat(channels, 1, 1, 1), groups=channels)
+    phases = F.conv2d(padded, kernels, groups=channels)
     # channel c*scale^2 + ry*scale + rx holds output pixel (scale*i + ry, scale*j + rx): a pixel shuffle,
     # spelled out because from channels-last it runs 3 times faster than F.pixel_shuffle on a CPU
     pixels = phases.permute(0, 2, 3, 1).reshape(batch, height, width, channels, scale, scale)
