@@ -806,6 +806,56 @@ def train_relabel_command(
     )
 
 
+@train_app.command("slimmable", cls=CleanHelp)
+@user_errors
+def train_slimmable_command(
+    ledger: Path = typer.Argument(
+        ..., help="Ledger folder: weights.safetensors and curve.jsonl, continued if it exists."
+    ),
+    data: Path = TRAIN_DATA,
+    val: Path = typer.Option(
+        ..., "--val", help="Folder of validation photos (central crops are scored).", show_default=False
+    ),
+    model: str = typer.Option("srresnet", "--model", "-m", help="Family: srresnet or rcan."),
+    widths: str = typer.Option(None, "--widths", help="Widths, e.g. 36,52,64 (the paper's)."),
+    iters: int = typer.Option(40000, "--iters", min=1, help="Planned steps: the cosine schedule's length."),
+    stop_at: int = typer.Option(None, "--stop-at", min=1, help="Stop (and save) after step N."),
+    lr: float = typer.Option(4e-4, "--lr", help="Peak learning rate (new ledgers only)."),
+    reference: str = typer.Option(
+        "carn", "--reference", help="Shipped base network scored on the same crops once ('' for none)."
+    ),
+    device: str = TRAIN_DEVICE,
+    debug: bool = DEBUG_OPTION,
+):
+    """Train every branch width of SRResNet or RCAN in one slimmable run, resumable from a ledger."""
+    from classsr_cli.data.photos import list_photos
+    from classsr_cli.engine.runner import pick_device
+    from classsr_cli.models.registry import get_family, resolve_widths
+    from classsr_cli.train.slimmable import Recipe, train_slimmable
+    from classsr_cli.weights import load_weights
+
+    family = get_family(model).name
+    chosen = resolve_widths(family, widths=parse_widths(widths))
+    reference_net = load_weights(reference, kind="base").model if reference else None
+    recipe = Recipe(family=family, widths=list(chosen), iters=iters, lr=lr)
+    state = train_slimmable(
+        recipe,
+        ledger,
+        data,
+        list_photos(val),
+        reference=reference_net,
+        reference_name=f"{reference}-o" if reference else "reference",
+        device=str(pick_device(device)),
+        stop_at=stop_at,
+        echo=lambda text: console.print(text, markup=False, highlight=False),
+    )
+    console.print(
+        f"{family} at step {state['iteration']} ({state['seconds'] / 3600:.2f} h of training) -> {ledger}",
+        markup=False,
+        highlight=False,
+    )
+
+
 train_app.command(
     "classifier", cls=CleanHelp, help="Stage 2: the Class-Module, branches frozen -> RUN/stage2.safetensors."
 )(_classsr_stage_command("classifier"))

@@ -1,0 +1,402 @@
+"""Slimmable training with a ledger: three branch widths of one family at about the cost of one network.
+
+One network of the widest width holds every narrower branch as its leading channels (each weight of the
+width-w network is the first entries of the widest one's along every axis), as in slimmable networks (Yu et
+al., ICLR 2019) and ARM's any-time super-resolution (Chen et al., ECCV 2022). Each training step runs one
+width, in the fixed cycle widest, narrowest, widest, middle, so the widest network gets half the steps and
+the branches come out of one run; `cut` makes a plain network of any width from it.
+
+The run keeps its whole state in a ledger folder meant to live in the repository, so that a run spread over
+many sessions (SRResNet on one CPU core) or GPU leases (RCAN) adds to one curve:
+  weights.safetensors   the widest network's fp32 weights, replaced in place; its metadata holds the
+                        iteration, the training seconds so far and the recipe
+  curve.jsonl           one line per window of training steps (mean L1 per width) and per validation
+                        (PSNR of every width on central crops of the validation photos), and once the
+                        bicubic and reference-network PSNR on the same crops
+The optimiser's moments are not kept (they would triple the file): a resumed run warms its learning rate up
+again over `resume_warmup` steps while Adam's estimates refill. The data order is a function of the
+iteration, so a resumed run continues where the last one stopped.
+
+Leading-channel slicing fits families whose layers are plain convolutions and pixel shuffles (SRResNet,
+RCAN); CARN's grouped convolutions and DnCNN's batch norms do not slice this way and are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from classsr_cli.errors import DataError, ModelError, OutputError
+
+SLIMMABLE_FAMILIES = ("srresnet", "rcan")
+WEIGHTS_FILE = "weights.safetensors"
+CURVE_FILE = "curve.jsonl"
+
+
+def slice_state(state: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -> dict[str, torch.Tensor]:
+    """The leading entries of every tensor of `state` along every axis, to the given shapes (views)."""
+    sliced = {}
+    for key, shape in shapes.items():
+        tensor = state[key]
+        if tensor.dim() != len(shape) or any(have < want for have, want in zip(tensor.shape, shape)):
+            raise ModelError(f"{key}: {tuple(tensor.shape)} cannot be sliced to {tuple(shape)}")
+        sliced[key] = tensor[tuple(slice(0, n) for n in shape)]
+    return sliced
+
+
+class Slimmable(nn.Module):
+    """The widest network of a family, run at any of `widths` by slicing its parameters.
+
+    `forward(x, width)` takes LR (N, 3, h, w) in [0, 1] and gives SR (N, 3, 4h, 4w); gradients reach the
+    widest network's parameters through the slices. `state_dict()` is the widest network's own, so the
+    weights file loads as a plain network of that width.
+    """
+
+    def __init__(self, family: str, widths: list[int]):
+        super().__init__()
+        from classsr_cli.models.registry import create_base, get_family
+
+        if family not in SLIMMABLE_FAMILIES:
+            raise ModelError(
+                f"slimmable training slices channels, which fits {', '.join(SLIMMABLE_FAMILIES)}, "
+                f"not {get_family(family).title}"
+            )
+        self.family = family
+        self.widths = sorted(int(w) for w in widths)
+        self.net = create_base(family, self.widths[-1])
+        self.scale = self.net.scale
+        # a network of each narrower width, for its structure and shapes only: its own weights are unused
+        self._skeletons = {w: create_base(family, w) for w in self.widths[:-1]}
+        for skeleton in self._skeletons.values():
+            skeleton.requires_grad_(False)
+        self._shapes = {w: {k: v.shape for k, v in s.state_dict().items()} for w, s in self._skeletons.items()}
+
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
+        return self.net.load_state_dict(state, strict=strict, assign=assign)
+
+    def forward(self, x: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        if width is None or width == self.widths[-1]:
+            return self.net(x)
+        if width not in self._shapes:
+            raise ModelError(f"width {width} is not one of {self.widths}")
+        tensors = dict(self.net.named_parameters())
+        tensors.update(self.net.named_buffers())
+        return functional_call(self._skeletons[width], slice_state(tensors, self._shapes[width]), (x,))
+
+    def cut(self, width: int) -> nn.Module:
+        """A plain network of `width` holding this one's leading channels (a copy, in eval mode)."""
+        from classsr_cli.models.registry import create_base
+
+        if width == self.widths[-1]:
+            state = self.net.state_dict()
+        else:
+            state = slice_state(self.net.state_dict(), self._shapes[width])
+        network = create_base(self.family, width)
+        network.load_state_dict({k: v.detach().clone().contiguous() for k, v in state.items()})
+        return network.eval()
+
+    def to(self, *args, **kwargs):
+        super().to(*args, **kwargs)
+        for skeleton in self._skeletons.values():
+            skeleton.to(*args, **kwargs)
+        return self
+
+
+def width_of_step(iteration: int, widths: list[int]) -> int:
+    """The width trained at 1-based step `iteration`: widest, narrowest, widest, middle, in turn."""
+    widths = sorted(widths)
+    cycle = [widths[-1], widths[0], widths[-1], widths[len(widths) // 2]] if len(widths) > 1 else widths
+    return cycle[(iteration - 1) % len(cycle)]
+
+
+@dataclass
+class Recipe:
+    """What a ledger's run trains; fixed at its start and kept in the weights file's metadata."""
+
+    family: str
+    widths: list[int]
+    iters: int  # the planned length: the cosine schedule runs over it
+    lr: float = 4e-4
+    min_lr: float = 1e-6
+    warmup: int = 1000  # steps of linear warm-up at the start of the run
+    resume_warmup: int = 200  # and after every resume, while Adam's moment estimates refill
+    clip: float = 1.0  # gradient norm
+    batch_size: int = 16
+    small_patch: int = 24  # LR patch size until small_until x iters, then the data's own (32)
+    small_until: float = 0.4
+    smooth_fraction: float = 0.05  # of each batch: synthetic smooth fields (train/smooth.py)
+    seed: int = 0
+    val_every: int = 2000
+    val_crop: int = 192  # LR pixels of the central crop of each validation photo
+
+    def lr_at(self, iteration: int, resumed_at: int | None) -> float:
+        """The learning rate of 1-based step `iteration`: warm-up(s) times the cosine over `iters`."""
+        progress = min(max(iteration - 1, 0) / max(1, self.iters), 1.0)
+        lr = self.min_lr + (self.lr - self.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
+        ramp = min(1.0, iteration / max(1, self.warmup))
+        if resumed_at is not None and self.resume_warmup:
+            ramp = min(ramp, (iteration - resumed_at) / self.resume_warmup)
+        return lr * ramp
+
+    def patch_at(self, iteration: int, data_patch: int) -> int:
+        return self.small_patch if iteration <= self.small_until * self.iters else data_patch
+
+
+@dataclass
+class ValCrops:
+    """Central crops of validation photos: LR float32 (h, w, 3) in [0, 1] and HR uint8 (4h, 4w, 3)."""
+
+    names: list[str]
+    lr: list[np.ndarray]
+    hr: list[np.ndarray]
+    reference: dict[str, list[float]] = field(default_factory=dict)  # row name -> PSNR per crop
+
+
+def central_crops(photos: list[Path], lr_size: int, scale: int = 4) -> ValCrops:
+    """The central (scale x lr_size)-pixel square of each photo as HR, and its MATLAB-bicubic LR (8-bit)."""
+    from classsr_cli.data.photos import read_rgb8
+    from classsr_cli.imaging.bicubic import imresize, to_uint8
+
+    names, lrs, hrs = [], [], []
+    side = lr_size * scale
+    for path in photos:
+        image = read_rgb8(path)
+        height, width = image.shape[:2]
+        crop = min(side, height - height % scale, width - width % scale)
+        top, left = (height - crop) // 2, (width - crop) // 2
+        hr = np.ascontiguousarray(image[top : top + crop, left : left + crop])
+        lr = to_uint8(imresize(hr.astype(np.float32), 1 / scale))
+        names.append(path.name)
+        lrs.append(lr.astype(np.float32) / 255.0)
+        hrs.append(hr)
+    return ValCrops(names, lrs, hrs)
+
+
+@torch.no_grad()
+def crop_psnrs(network: Callable[[torch.Tensor], torch.Tensor], crops: ValCrops, device: torch.device) -> list:
+    """RGB PSNR (dB, 8-bit output, `scale`-pixel border) of `network` run whole on each LR crop."""
+    from classsr_cli.metrics import psnr, to_uint8
+
+    values = []
+    for lr, hr in zip(crops.lr, crops.hr):
+        x = torch.from_numpy(lr).permute(2, 0, 1)[None].to(device)
+        sr = network(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+        values.append(round(psnr(to_uint8(sr), hr, border=4), 4))
+    return values
+
+
+def bicubic_psnrs(crops: ValCrops) -> list:
+    from classsr_cli.imaging.bicubic import imresize
+    from classsr_cli.imaging.bicubic import to_uint8 as matlab_uint8
+    from classsr_cli.metrics import psnr
+
+    return [
+        round(psnr(matlab_uint8(imresize(lr * 255.0, 4)), hr, border=4), 4) for lr, hr in zip(crops.lr, crops.hr)
+    ]
+
+
+class Ledger:
+    """A ledger folder: the widest network's weights (with the run's state) and the curve."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.weights = self.folder / WEIGHTS_FILE
+        self.curve = self.folder / CURVE_FILE
+
+    def read(self) -> tuple[dict, dict] | None:
+        """(state dict, run state) of the ledger's weights, or None for a new ledger."""
+        from safetensors import safe_open
+
+        if not self.weights.exists():
+            return None
+        with safe_open(str(self.weights), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}
+        if "ledger" not in meta:
+            raise OutputError(f"{self.weights} holds no ledger state; is it a ledger's weights file?")
+        return state, json.loads(meta["ledger"])
+
+    def write(self, model: Slimmable, run_state: dict) -> None:
+        from classsr_cli.weights import save_model
+
+        save_model(
+            model.net,
+            self.weights,
+            model.family,
+            stage="slimmable",
+            iterations=str(run_state["iteration"]),
+            ledger=json.dumps(run_state),
+        )
+
+    def append(self, record: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.curve, "a") as out:
+            out.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.curve.exists():
+            return []
+        return [json.loads(line) for line in self.curve.read_text().splitlines() if line.strip()]
+
+
+def train_slimmable(
+    recipe: Recipe,
+    ledger_dir: Path,
+    data_root: Path,
+    val_photos: list[Path],
+    reference: nn.Module | None = None,
+    reference_name: str = "reference",
+    device: str = "cpu",
+    save_minutes: float = 10.0,
+    stop_at: int | None = None,
+    log_every: int = 100,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Train (or continue) the slimmable run kept in `ledger_dir` until `recipe.iters` or `stop_at` steps.
+
+    A new ledger takes `recipe`; an existing one continues its own recipe (a differing family or widths is
+    refused; a longer `iters` extends the plan). SIGINT or SIGTERM saves the ledger and returns. Returns the
+    run state: iteration, seconds and the last validation.
+    """
+    from classsr_cli.train.data import make_loader, open_train_set
+    from classsr_cli.train.smooth import smooth_pairs
+
+    torch_device = torch.device(device)
+    ledger = Ledger(ledger_dir)
+    found = ledger.read()
+    model = Slimmable(recipe.family, recipe.widths)
+    if found is not None:
+        state, run_state = found
+        saved = Recipe(**run_state["recipe"])
+        if saved.family != recipe.family or sorted(saved.widths) != sorted(recipe.widths):
+            raise OutputError(
+                f"{ledger.folder} holds a {saved.family} run of widths {saved.widths}, "
+                f"not {recipe.family} {recipe.widths}"
+            )
+        saved.iters = max(saved.iters, recipe.iters)
+        recipe = saved
+        model.load_state_dict(state)
+        start, seconds = int(run_state["iteration"]), float(run_state["seconds"])
+        resumed_at = start
+    else:
+        start, seconds, resumed_at = 0, 0.0, None
+        ledger.folder.mkdir(parents=True, exist_ok=True)
+        ledger.curve.write_text("")
+    if not val_photos:
+        raise DataError("no validation photos given")
+
+    model.to(torch_device)
+    model.net.to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=recipe.lr, betas=(0.9, 0.999))
+    dataset = open_train_set(Path(data_root), None, recipe.seed)
+    data_patch = dataset.patch
+    loader = make_loader(dataset, recipe.batch_size, recipe.seed, 0, 1, start * recipe.batch_size, 0, torch_device)
+    crops = central_crops(val_photos, recipe.val_crop, model.scale)
+    records = ledger.records()
+    if not any(r.get("type") == "reference" for r in records):
+        row = {"type": "reference", "photos": crops.names, "crop_lr": recipe.val_crop}
+        row["bicubic"] = bicubic_psnrs(crops)
+        if reference is not None:
+            row[reference_name] = crop_psnrs(reference.to(torch_device).eval(), crops, torch_device)
+        row["means"] = {k: round(float(np.mean(v)), 4) for k, v in row.items() if k not in ("type", "photos", "crop_lr")}
+        ledger.append(row)
+        echo("reference on the crops: " + ", ".join(f"{k} {v:.3f}" for k, v in row["means"].items()))
+
+    stop = {"asked": False}
+
+    def ask(signum, frame):
+        stop["asked"] = True
+
+    previous = {sig: signal.signal(sig, ask) for sig in (signal.SIGINT, signal.SIGTERM)}
+    session_start = time.monotonic()
+    last_save = session_start
+    iteration = start
+    last_val: dict = {}
+    window: dict[int, list[float]] = {}
+    generator = torch.Generator(device=torch_device)
+    end = min(recipe.iters, stop_at) if stop_at else recipe.iters
+
+    def run_state() -> dict:
+        return {
+            "iteration": iteration,
+            "seconds": round(seconds + time.monotonic() - session_start, 1),
+            "recipe": asdict(recipe),
+            "validation": last_val,
+        }
+
+    def validate() -> None:
+        nonlocal last_val
+        model.eval()
+        result = {"type": "val", "iter": iteration, "seconds": run_state()["seconds"]}
+        for width in model.widths:
+            values = crop_psnrs(lambda x, w=width: model(x, w), crops, torch_device)
+            result[str(width)] = {"psnr": round(float(np.mean(values)), 4), "per_photo": values}
+        model.train()
+        ledger.append(result)
+        last_val = {"iter": iteration, **{str(w): result[str(w)]["psnr"] for w in model.widths}}
+        echo(f"iter {iteration}: " + ", ".join(f"width {w} {result[str(w)]['psnr']:.3f} dB" for w in model.widths))
+
+    try:
+        batches = iter(loader)
+        while iteration < end and not stop["asked"]:
+            step = iteration + 1
+            width = width_of_step(step, model.widths)
+            low_res, high_res, _ = next(batches)
+            generator.manual_seed(recipe.seed * 2**32 + step)
+            patch = recipe.patch_at(step, data_patch)
+            if patch < data_patch:  # one random window per batch
+                y, x = (int(v) for v in torch.randint(data_patch - patch + 1, (2,), generator=generator))
+                s = model.scale
+                low_res = low_res[:, :, y : y + patch, x : x + patch]
+                high_res = high_res[:, :, y * s : (y + patch) * s, x * s : (x + patch) * s]
+            chosen = torch.rand(low_res.shape[0], generator=generator) < recipe.smooth_fraction
+            if chosen.any():
+                fields = smooth_pairs(int(chosen.sum()), patch, model.scale, generator, torch_device)
+                low_res, high_res = low_res.clone(), high_res.clone()
+                low_res[chosen], high_res[chosen] = fields
+            low_res = low_res.to(torch_device).contiguous(memory_format=torch.channels_last)
+            high_res = high_res.to(torch_device)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr_at(step, resumed_at)
+            loss = torch.nn.functional.l1_loss(model(low_res, width), high_res)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.clip:
+                torch.nn.utils.clip_grad_norm_(model.net.parameters(), recipe.clip)
+            optimizer.step()
+            iteration = step
+            window.setdefault(width, []).append(loss.item())
+            if step % log_every == 0:
+                record = {"type": "train", "iter": step, "seconds": run_state()["seconds"]}
+                record["lr"] = recipe.lr_at(step, resumed_at)
+                record["patch"] = patch
+                record["l1"] = {str(w): round(float(np.mean(v)), 6) for w, v in sorted(window.items())}
+                ledger.append(record)
+                window = {}
+            if recipe.val_every and step % recipe.val_every == 0:
+                validate()
+            if time.monotonic() - last_save >= save_minutes * 60:
+                ledger.write(model, run_state())
+                last_save = time.monotonic()
+        if iteration >= recipe.iters and last_val.get("iter") != iteration:
+            validate()
+    finally:
+        if iteration > start:
+            ledger.write(model, run_state())
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return run_state()
