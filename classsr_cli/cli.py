@@ -515,6 +515,7 @@ def print_upscale_summary(reports, family: str, engine) -> None:
         lines = [
             f"{report.width}x{report.height} -> {report.out_width}x{report.out_height} in "
             f"{report.seconds:.1f} s ({speed:.2f} output MP/s on {report.device})",
+            f"engine: {report.engine_seconds:.1f} s of it (the rest: reading and writing)",
             f"FLOPs: {report.flops_ratio:.1%} of the base network's (saved {1 - report.flops_ratio:.1%})",
             f"executed: {report.executed_ratio:.0%} of the base network run once over the image",
         ]

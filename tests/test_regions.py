@@ -6,8 +6,7 @@ import torch
 
 from classsr_cli.engine import Layout, Upscaler
 from classsr_cli.engine.backprojection import back_project, bicubic
-from classsr_cli.engine.regions import Piece, blend_ramp, cell_bounds, plan_pieces, plan_pieces_by_cost
-from classsr_cli.engine.tiling import tile_starts
+from classsr_cli.engine.chunks import VIRTUAL, ZERO_RAMP, Geometry, Shapes, plan_chunk, ramp_code, ramps
 from classsr_cli.imaging import read_image
 from classsr_cli.imaging.bicubic import imresize
 from classsr_cli.models import create
@@ -22,137 +21,199 @@ def shipped():
     return {name: load_model(weights_dir() / name) for name in SHIPPED}
 
 
-def test_pieces_cover_every_cell_once_with_one_class_each():
-    rng = np.random.default_rng(0)
-    for trial in range(300):
-        grid = rng.integers(0, 3, (rng.integers(1, 10), rng.integers(1, 40)))
-        if trial % 2:  # large same-class areas, as photos have
-            grid = (grid > 1).astype(int)
-        cover = np.zeros(grid.shape, int)
-        for piece in plan_pieces(grid, max_rows=4):
-            assert (grid[piece.row0 : piece.row1, piece.col0 : piece.col1] == piece.branch).all()
-            assert piece.row1 - piece.row0 <= 4 and piece.col1 - piece.col0 in (1, 2, 4, 8)
-            cover[piece.row0 : piece.row1, piece.col0 : piece.col1] += 1
-        assert (cover == 1).all()
-    # one class everywhere: the fewest, largest pieces
-    assert len(plan_pieces(np.zeros((4, 16), int))) == 2
+def _cover(plan, grid):
+    """How many pieces cover each cell, checking each piece's branch against its cells."""
+    cover = np.zeros(grid.shape, int)
+    for row0, row1, col0, col1, branch in plan.pieces:
+        cells = grid[row0:row1, col0:col1]
+        assert branch == cells.max() >= 0  # the hardest of its cells; never a piece of virtual cells alone
+        cover[row0:row1, col0:col1] += 1
+    return cover
 
 
-def _plan_cost(pieces, rows, cols, cost, context, overhead):
+def _plan_cost(plan, cost, context, overhead=0.0, row_px=None, col_px=None):
+    rows = np.concatenate([[0], np.cumsum(row_px if row_px is not None else [28] * 8)])
+    cols = np.concatenate([[0], np.cumsum(col_px if col_px is not None else [28] * 16)])
     total = 0.0
-    for piece in pieces:
-        height = sum(rows[piece.row0 : piece.row1]) + 2 * context
-        width = sum(cols[piece.col0 : piece.col1]) + 2 * context
-        total += cost[piece.branch] * height * width + overhead
+    for row0, row1, col0, col1, branch in plan.pieces:
+        height, width = rows[row1] - rows[row0], cols[col1] - cols[col0]
+        total += cost[branch] * (height + 2 * context) * (width + 2 * context) + overhead
     return total
 
 
-def test_costed_pieces_cover_every_cell_once_on_its_branch_or_a_harder_one():
+def test_pieces_cover_every_image_cell_once_on_its_branch_or_a_harder_one():
     rng = np.random.default_rng(1)
     cost, context = [0.4, 0.7, 1.0], 6
-    for trial in range(200):
-        grid = rng.integers(0, 3, (rng.integers(1, 10), rng.integers(1, 40)))
-        if trial % 2:
+    for trial in range(300):
+        exact = bool(trial % 4 == 1)
+        shapes = Shapes(
+            band_rows=int(rng.choice([1, 2, 4])), big_cols=4, small=(1, 2), chunk_cols=8, exact=exact
+        )
+        grid = rng.integers(0, 3, (shapes.band_rows, shapes.chunk_cols))
+        if trial % 2:  # large same-class areas, as photos have
             grid = (grid > 1).astype(int) * 2
-        rows = list(rng.integers(4, 29, grid.shape[0]))  # edge cells are smaller than 28
-        cols = list(rng.integers(4, 29, grid.shape[1]))
-        overhead = float(rng.choice([0, 300, 3000]))
-        max_rows = int(rng.choice([1, 4]))
-        pieces = plan_pieces_by_cost(grid, rows, cols, cost, context, overhead, max_rows=max_rows)
-        cover = np.zeros(grid.shape, int)
-        for piece in pieces:
-            cells = grid[piece.row0 : piece.row1, piece.col0 : piece.col1]
-            assert piece.branch == cells.max()  # each cell on its own class or a harder one
-            assert piece.row0 // max_rows == (piece.row1 - 1) // max_rows and piece.col1 - piece.col0 <= 8
-            cover[piece.row0 : piece.row1, piece.col0 : piece.col1] += 1
-        assert (cover == 1).all()
-        if max_rows == 1:  # one-row strips: the search is exhaustive, never dearer than one class a piece
-            spent = _plan_cost(pieces, rows, cols, cost, context, overhead)
-            same_class = _plan_cost(plan_pieces(grid, max_rows=1), rows, cols, cost, context, overhead)
-            assert spent <= same_class + 1e-6
-    # one class everywhere: the fewest, largest pieces
-    assert len(plan_pieces_by_cost(np.zeros((4, 16), int), [28] * 4, [28] * 16, cost, context)) == 2
-    with pytest.raises(ValueError, match="cannot cover"):
-        plan_pieces_by_cost(np.zeros((1, 3), int), [28], [28] * 3, cost, context, widths=(2,))
+        if trial % 3 == 0:  # past the image's right or bottom edge
+            grid[:, rng.integers(1, 9) :] = VIRTUAL
+            grid[rng.integers(1, shapes.band_rows + 1) :] = VIRTUAL
+        plan = plan_chunk(grid, cost, context, shapes)
+        assert (_cover(plan, grid)[grid != VIRTUAL] == 1).all()
+        sizes = {(r1 - r0, c1 - c0) for r0, r1, c0, c1, _ in plan.pieces}
+        if not exact:  # two shapes only
+            assert sizes <= {(shapes.band_rows, 4), (1, 2)}
+        ran = plan.classes
+        assert (ran[grid != VIRTUAL] >= grid[grid != VIRTUAL]).all() and (
+            ran[grid == VIRTUAL] == VIRTUAL
+        ).all()
+    # one class everywhere: the largest pieces only
+    assert len(plan_chunk(np.zeros((4, 16), int), cost, context, Shapes()).pieces) == 2
+    assert len(plan_chunk(np.zeros((4, 16), int), cost, context, Shapes(exact=True)).pieces) == 2
 
 
-def _compositions(length: int, largest: int):
-    """Every way to cut `length` into consecutive parts of at most `largest`, as lists of part sizes."""
+def _segmentations(length: int, widths):
+    """Every way to cut `length` columns into consecutive segments of the given widths."""
     if length == 0:
         yield []
         return
-    for first in range(1, min(length, largest) + 1):
-        for rest in _compositions(length - first, largest):
-            yield [first, *rest]
+    for width in widths:
+        if width <= length:
+            for rest in _segmentations(length - width, widths):
+                yield [width, *rest]
 
 
-def test_costed_pieces_are_the_cheapest_cut_into_column_segments_then_row_ranges():
+def _row_cuts(length: int, heights):
+    yield from _segmentations(length, heights)
+
+
+def test_pieces_are_the_cheapest_layout_of_column_segments_then_row_ranges():
+    """Brute force over every cut of the columns into allowed widths and of each segment's rows into the
+    heights allowed for that width: fixed shapes (two), and exact ones (any size, cut at the image edge)."""
     rng = np.random.default_rng(2)
     cost, context = [0.4, 0.7, 1.0], 4
-    for _ in range(40):
-        grid = rng.integers(0, 3, (rng.integers(1, 4), rng.integers(1, 6)))
-        rows, cols = list(rng.integers(8, 29, grid.shape[0])), list(rng.integers(8, 29, grid.shape[1]))
-        overhead = float(rng.choice([0, 500, 5000]))
+    for exact in (False, True):
+        shapes = Shapes(
+            band_rows=2, big_cols=4, small=(1, 2), chunk_cols=8, exact=exact, piece_overhead=300.0
+        )
+        allowed = shapes.heights_by_width()
+        for _ in range(25):
+            grid = rng.integers(0, 3, (2, 8))
+            row_px = [28, int(rng.integers(5, 29))] if exact else [28, 28]
+            col_px = [28] * 6 + ([int(rng.integers(1, 29)), 28] if exact else [28, 28])
+            best = np.inf
+            for segments in _segmentations(8, sorted(allowed)):
+                total, c0 = 0.0, 0
+                for width in segments:
+                    options = []
+                    for cut in _row_cuts(2, allowed[width]):
+                        edges = np.cumsum([0, *cut])
+                        pieces = [
+                            (a, b, c0, c0 + width, grid[a:b, c0 : c0 + width].max())
+                            for a, b in zip(edges[:-1], edges[1:], strict=True)
+                        ]
+                        fake = type("Plan", (), {"pieces": pieces})
+                        options.append(_plan_cost(fake, cost, context, 300.0, row_px, col_px))
+                    total, c0 = total + min(options), c0 + width
+                best = min(best, total)
+            plan = plan_chunk(grid, cost, context, shapes, row_px, col_px)
+            assert _plan_cost(plan, cost, context, 300.0, row_px, col_px) == pytest.approx(best)
+    with pytest.raises(ValueError, match="cannot cover"):
+        plan_chunk(
+            np.zeros((1, 3), int), cost, context, Shapes(band_rows=1, big_cols=2, small=(1, 2), chunk_cols=2)
+        )
 
-        best = np.inf
-        for segments in _compositions(grid.shape[1], 8):
-            total, c0 = 0.0, 0
-            for width in segments:
-                cuts = []
-                for ranges in _compositions(grid.shape[0], 4):
-                    edges = np.cumsum([0, *ranges])
-                    cut = [
-                        Piece(int(a), int(b), c0, c0 + width, int(grid[a:b, c0 : c0 + width].max()))
-                        for a, b in zip(edges[:-1], edges[1:], strict=True)
-                    ]
-                    cuts.append(_plan_cost(cut, rows, cols, cost, context, overhead))
-                total, c0 = total + min(cuts), c0 + width
-            best = min(best, total)
-        pieces = plan_pieces_by_cost(grid, rows, cols, cost, context, overhead, max_rows=4)
-        assert _plan_cost(pieces, rows, cols, cost, context, overhead) == pytest.approx(best)
+
+def test_without_promotion_every_piece_keeps_one_class():
+    rng = np.random.default_rng(3)
+    for shapes in (Shapes(small=(1, 1)), Shapes(exact=True)):
+        for _ in range(30):
+            grid = (rng.random((4, 16)) > 0.7).astype(int) * 2
+            plan = plan_chunk(grid, [0.4, 0.7, 1.0], 6, shapes, promote=False)
+            assert (_cover(plan, grid) == 1).all()
+            assert (plan.classes == grid).all()
 
 
-def test_costed_pieces_run_a_lone_easy_cell_on_its_neighbours_branch_but_keep_easy_areas_easy():
+def test_a_lone_easy_cell_runs_on_its_neighbours_branch_but_easy_areas_stay_easy():
     grid = np.full((4, 16), 2)
     grid[1, 5] = 0  # one sky cell among rock: its own piece would cost its context and split the rock
-    grid[:, 10:] = 0  # a wide stretch of sky
-    pieces = plan_pieces_by_cost(grid, [28] * 4, [28] * 16, [0.4, 0.7, 1.0], 6, 0.0, max_rows=4)
-    runs_on = np.zeros(grid.shape, int)
-    for piece in pieces:
-        runs_on[piece.row0 : piece.row1, piece.col0 : piece.col1] = piece.branch
-    assert runs_on[1, 5] == 2 and (runs_on[:, 10:] == 0).all()
+    grid[:, 8:] = 0  # a wide stretch of sky
+    for shapes in (Shapes(), Shapes(exact=True)):
+        plan = plan_chunk(grid, [0.4, 0.7, 1.0], 6, shapes)
+        assert plan.classes[1, 5] == 2 and (plan.classes[:, 8:] == 0).all()
 
 
-def test_class_module_over_the_band_scores_each_tile_as_the_tile_alone(shipped):
-    engine = Upscaler(shipped["classsr-fsrcnn.safetensors"], "cpu")
-    rng = torch.Generator().manual_seed(0)
-    for height, width in [(200, 300), (116, 480), (32, 32), (61, 45)]:
-        lr = torch.rand(3, height + 10, width + 10, generator=rng)
-        # tile starts of the band as the engine cuts them: on a 28-pixel grid, the last aligned to the edge
-        rows = [y + 3 for y in tile_starts(max(height, 32))]
-        cols = [x + 5 for x in tile_starts(max(width, 32))]
-        band, executed = engine._band_logits(lr, rows, cols)
-        alone = engine.runner(engine.classifier, engine._cut_tiles(lr, rows, cols))
-        assert torch.allclose(band, alone, atol=1e-4), (height, width)
-        # each 4x4 block once: fewer FLOPs than the tiles alone wherever they overlap
-        per_tile = engine.plan.classifier_executed * len(rows) * len(cols)
-        assert executed <= per_tile and (executed < 0.85 * per_tile or len(rows) * len(cols) < 9)
+def test_each_cell_takes_the_class_of_the_sub_image_it_lies_in():
+    for length in [5, 28, 31, 32, 60, 88, 100, 112, 113, 116, 400]:
+        tiles, on_grid, starts = Geometry(length, length, Shapes()).rows
+        for cell, tile in enumerate(tiles):
+            first, last = cell * 28, min(cell * 28 + 28, length)
+            assert starts[tile] <= first and last <= starts[tile] + 32, (length, cell)
+            assert on_grid[cell] == (starts[tile] == 28 * tile)
 
 
-def test_cells_split_tile_overlaps_in_the_middle_and_cover_the_axis():
-    assert cell_bounds(88, tile_starts(88)) == [0, 30, 58, 88]
-    assert cell_bounds(20, tile_starts(32)) == [0, 20]
-    for length in range(32, 400, 7):
-        bounds = cell_bounds(length, tile_starts(length))
-        assert bounds[0] == 0 and bounds[-1] == length and np.all(np.diff(bounds) > 0)
-        assert set(np.diff(bounds)[1:-2]) <= {28}  # the last tile is aligned to the edge: its cells differ
+def test_the_class_module_over_chunks_scores_each_sub_image_as_if_alone(shipped):
+    """Per chunk, the Class-Module's features averaged over each sub-image's window are the sub-image's own;
+    sub-images off the grid (aligned to the right and bottom edges) run alone. Every cell gets the class of
+    the sub-image it lies in, whatever the sizes of the image and the chunks (small here: many of them)."""
+    from classsr_cli.engine.regions import TOP_ROWS, RegionStream
+    from classsr_cli.engine.upscaler import Layout, _MirroredRows
+
+    shapes = Shapes(band_rows=2, big_cols=2, small=(1, 1), chunk_cols=2)
+    engine = Upscaler(shipped["classsr-fsrcnn.safetensors"], "cpu", shapes=shapes)
+    rng = np.random.default_rng(0)
+    for height, width in [(200, 300), (116, 150), (32, 32), (61, 45), (20, 90)]:
+        lr = rng.random((height, width, 3), dtype=np.float32)
+        stream = RegionStream(engine, height, width, Layout(), engine.new_tally(), None, None)
+        source = _MirroredRows(
+            [(0, lr)], height, width, 3, stream.margin, stream.band_w - stream.margin - width
+        )
+        padded = np.pad(lr, ((0, max(0, 32 - height)), (0, max(0, 32 - width)), (0, 0)), mode="symmetric")
+        geometry = stream.geometry
+        tiles = torch.from_numpy(padded).permute(2, 0, 1)
+        for band in range(geometry.bands):
+            first = band * shapes.band_rows * 28
+            rows = source.rows(first - TOP_ROWS, first - TOP_ROWS + stream.band_h)
+            rgb = torch.from_numpy(rows).contiguous()
+            classes = stream._classify(band, rgb)
+            cell0, stop = geometry.band_cells(band)
+            for i in range(stop - cell0):
+                for j in range(geometry.cell_cols):
+                    y = geometry.row_starts[geometry.rows[0][cell0 + i]]
+                    x = geometry.col_starts[geometry.cols[0][j]]
+                    with torch.no_grad():
+                        alone = engine.classifier(tiles[None, :, y : y + 32, x : x + 32]).argmax()
+                    assert classes[i, j] == alone, (height, width, band, i, j)
+            assert (classes[stop - cell0 :] == VIRTUAL).all() and (
+                classes[:, geometry.cell_cols :] == VIRTUAL
+            ).all()
 
 
-def test_cross_fades_of_neighbours_sum_to_one():
-    left, right = blend_ramp(0, 10, 0, 20, 2, 4), blend_ramp(10, 20, 0, 20, 2, 4)
-    # left covers output pixels [-8, 48), right [32, 88): on the shared stretch the weights sum to 1
-    assert np.allclose(left[40:56] + right[:16], 1)
-    assert left[0] == 1 and right[-1] == 1  # nothing beyond the image edges
+def test_cross_fades_of_any_partition_into_pieces_sum_to_one():
+    """Each piece's weight is the product of its two ramps; over a partition of the image into rectangles
+    (with T-junctions, as pieces of two heights make) they sum to 1 at every pixel, edges included."""
+    scale, fade = 4, 2
+    rows_ramps, cols_ramps = {}, {}
+    total = torch.zeros((4 * 28 + 2 * fade) * scale, (6 * 28 + 2 * fade) * scale, dtype=torch.float64)
+    # a 4 x 6 cell image: a big 4x2 piece, then 1x2 strips, then a 2x2 and two 1x2
+    pieces = [
+        (0, 0, 4, 2),
+        (0, 2, 1, 2),
+        (1, 2, 1, 2),
+        (2, 2, 1, 2),
+        (3, 2, 1, 2),
+        (0, 4, 2, 2),
+        (2, 4, 1, 2),
+        (3, 4, 1, 2),
+    ]
+    for row, col, height, width in pieces:
+        ry = rows_ramps.setdefault(height, ramps(height * 28, fade, scale, "cpu", torch.float64))
+        rx = cols_ramps.setdefault(width, ramps(width * 28, fade, scale, "cpu", torch.float64))
+        weight = (
+            ry[ramp_code(row == 0, row + height >= 4)][:, None] * rx[ramp_code(col == 0, col + width >= 6)]
+        )
+        y, x = row * 28 * scale, col * 28 * scale
+        total[y : y + weight.shape[0], x : x + weight.shape[1]] += weight
+    inside = total[fade * scale : -fade * scale, fade * scale : -fade * scale]
+    assert torch.allclose(inside, torch.ones_like(inside))
+    assert (ramps(84, fade, scale, "cpu")[ZERO_RAMP] == 0).all()
 
 
 def test_torch_bicubic_matches_matlab_and_back_projection_restores_the_input():
@@ -282,20 +343,16 @@ def test_executed_flops_are_counted_against_the_plain_network(shipped):
     network = shipped["fsrcnn-o.safetensors"]
     paper = Upscaler(network, "cpu", tiling="paper")
     _, paper_tally = paper.upscale_array(lr)
-    # overlapping 32x32 tiles run every tile's pixels; regions their pieces with `context` pixels around:
-    # (28 + 2 context) / 28 of the rows in pieces one cell row tall, (224 + 2 context) / 224 in FSRCNN's
-    # eight rows on a CPU; the columns' context and the sample's short last piece add up to 15% more
+    # overlapping 32x32 tiles run every tile's pixels
     assert paper_tally.executed_ratio(paper.plan) == pytest.approx(
         paper_tally.tiles * 32 * 32 / lr[..., 0].size
     )
-    one_row = Upscaler(network, "cpu", piece_rows=1)
-    _, tally = one_row.upscale_array(lr)
-    rows = (28 + 2 * one_row.context) / 28
-    assert rows < tally.executed_ratio(one_row.plan) < rows * 1.15
-    region = Upscaler(network, "cpu")
+    # regions run their pieces with `context` pixels around: big pieces of 4 x 8 cells on the sample's
+    # 13 x 18 cells, the last columns and row in small pieces (1 x 2 cells), each with its context
+    region = Upscaler(network, "cpu", piece_rows=4)
     _, tally = region.upscale_array(lr)
-    rows = (224 + 2 * region.context) / 224
-    assert region.piece_rows == 8 and rows < tally.executed_ratio(region.plan) < rows * 1.15
+    big = (4 * 28 + 2 * region.context) * (8 * 28 + 2 * region.context) / (4 * 28 * 8 * 28)
+    assert big < tally.executed_ratio(region.plan) < big * 1.2
 
 
 def test_region_tiling_refuses_unknown_modes():
@@ -310,7 +367,7 @@ def test_region_tiling_refuses_unknown_modes():
 
 def test_taller_pieces_as_on_a_gpu_give_the_same_picture(shipped):
     # one branch for every sub-image: with the Class-Module, other piece shapes may also move sub-images to
-    # a harder branch (plan_pieces_by_cost), which changes the picture for a reason of its own
+    # a harder branch (plan_chunk), which changes the picture for a reason of its own
     lr = read_image(SAMPLE)[:120, :160].astype(np.float32)
     model = shipped["classsr-fsrcnn.safetensors"]
     short, short_tally = Upscaler(model, "cpu", branch=2, piece_rows=1).upscale_array(lr)
@@ -321,43 +378,44 @@ def test_taller_pieces_as_on_a_gpu_give_the_same_picture(shipped):
     assert 10 * np.log10(1 / np.mean((short - tall) ** 2)) > 60
 
 
-def test_fixed_shapes_as_on_a_gpu_give_the_same_picture_with_a_few_shapes(shipped):
-    """On a GPU pieces are cut at sizes fixed by their cell counts and batches padded to powers of two, so
-    that images of any size need the same few shapes; the picture stays the one of exact pieces."""
+def test_many_small_chunks_and_bands_give_the_picture_of_one(shipped, monkeypatch):
+    """Seams between chunks and bands are carried over exactly: tiny chunks and bands, and so few output
+    canvases that pieces must run before their batches fill, give the picture of one chunk."""
+    from classsr_cli.engine import regions
+
+    lr = read_image(SAMPLE)[:150, :190].astype(np.float32)
     model = shipped["classsr-fsrcnn.safetensors"]
+    one = Shapes(band_rows=8, big_cols=8, small=(1, 1), chunk_cols=8, exact=True)
+    whole, whole_tally = Upscaler(model, "cpu", branch=3, shapes=one).upscale_array(lr)
+    monkeypatch.setattr(regions, "CANVAS_BYTES", 0)
+    monkeypatch.setattr(regions, "MIN_CANVAS_SLOTS", 2)
+    tiny = Shapes(band_rows=1, big_cols=2, small=(1, 1), chunk_cols=2, batch_pixels=10**6, exact=True)
+    pieces, tally = Upscaler(model, "cpu", branch=3, shapes=tiny).upscale_array(lr)
+    assert tally.class_counts == whole_tally.class_counts
+    assert np.abs(pieces - whole).max() < 2 / 255
+    assert 10 * np.log10(1 / np.mean((pieces - whole) ** 2)) > 60
+
+
+def test_every_branch_sees_two_input_shapes_and_a_gpu_layout_fixed_batches(shipped):
+    """Whatever the image's size, a branch runs big and small pieces only; in a GPU's layout (tails padded)
+    every call holds a full batch, so images of any size bring no new shape."""
+    model = shipped["classsr-carn.safetensors"]
+    shapes = Shapes(band_rows=4, batch_pixels=4 * 36 * 64)
+    engine = Upscaler(model, "cpu", shapes=shapes)
     seen: set[tuple[int, ...]] = set()
-    exact_engine = Upscaler(model, "cpu", branch=2, piece_rows=4, fixed_shapes=False)
-    fixed_engine = Upscaler(model, "cpu", branch=2, piece_rows=4, fixed_shapes=True)
-    for branch in fixed_engine.branches:
+    for branch in engine.branches:
         branch.register_forward_hook(lambda module, inputs, output: seen.add(tuple(inputs[0].shape)))
     image = read_image(SAMPLE).astype(np.float32)
+    cpu_engine = Upscaler(model, "cpu")
     for height, width in [(120, 160), (97, 133), (61, 45), (7, 5)]:
         lr = image[:height, :width]
-        exact, exact_tally = exact_engine.upscale_array(lr)
-        fixed, fixed_tally = fixed_engine.upscale_array(lr)
-        assert exact_tally.class_counts == fixed_tally.class_counts
-        assert np.abs(exact - fixed).max() < 2 / 255, (height, width)  # more context, never less
+        as_on_gpu, _ = engine.upscale_array(lr)
+        on_cpu, _ = cpu_engine.upscale_array(lr)
+        # the layouts differ (bands of 4 cell rows against 1), so a few cells run on other branches
         if min(height, width) > 32:
-            assert 10 * np.log10(1 / np.mean((exact - fixed) ** 2)) > 60, (height, width)
-    context = fixed_engine.context
-    sizes = {cells * 28 + 4 + 2 * context for cells in (1, 2, 3, 4, 8)}
-    for batch, channels, height, width in seen:
-        assert batch & (batch - 1) == 0 and channels == 3, (batch, channels)
-        assert height in sizes and width in sizes, (height, width)
-
-
-def test_the_class_module_with_a_gpus_layout_keeps_a_few_shapes_and_nearly_the_cpus_picture(shipped):
-    """With the Class-Module, the layout also decides which cells join a harder neighbour's piece, so a GPU's
-    four-row pieces of fixed widths route a few cells differently from a CPU's: the picture stays close."""
-    model = shipped["classsr-carn.safetensors"]
-    fixed_engine = Upscaler(model, "cpu", piece_rows=4, fixed_shapes=True)
-    seen: set[tuple[int, ...]] = set()
-    for branch in fixed_engine.branches:
-        branch.register_forward_hook(lambda module, inputs, output: seen.add(tuple(inputs[0].shape[2:])))
-    lr = read_image(SAMPLE)[:120, :160].astype(np.float32)
-    on_cpu, _ = Upscaler(model, "cpu").upscale_array(lr)
-    as_on_gpu, _ = fixed_engine.upscale_array(lr)
-    # measured: 59 to 61 dB between the two on three crops of the sample, single pixels up to 8 levels apart
-    assert 10 * np.log10(1 / np.mean((on_cpu - as_on_gpu) ** 2)) > 55
-    sizes = {cells * 28 + 4 + 2 * fixed_engine.context for cells in (1, 2, 3, 4, 8)}
-    assert all(height in sizes and width in sizes for height, width in seen), seen
+            assert 10 * np.log10(1 / (np.mean((on_cpu - as_on_gpu) ** 2) + 1e-20)) > 50, (height, width)
+    big = (4 * 28 + 2 * engine.context, 8 * 28 + 2 * engine.context)
+    small = (28 + 2 * engine.context, 2 * 28 + 2 * engine.context)
+    assert {shape[2:] for shape in seen} <= {big, small}
+    capacities = {shapes.per_batch(4 * 28, 8 * 28, engine.context), shapes.per_batch(28, 2 * 28, engine.context)}
+    assert {shape[0] for shape in seen} <= capacities

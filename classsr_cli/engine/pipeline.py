@@ -1,5 +1,12 @@
-"""Files in, files out: read in strips, upscale through the engine, write in strips, report."""
+"""Files in, files out: read in strips, upscale through the engine, write in strips, report.
 
+Reading, the engine and writing overlap: the reader decodes the next strips in a thread of its own, and the
+engine runs in another while the writer encodes what it has already given (pyvips, the encoders and torch
+all release Python's lock while they work).
+"""
+
+import queue
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +36,7 @@ class ImageReport:
     flops_ratio: float  # paper convention: FLOPs per 32x32 sub-image against the base network's
     seconds: float
     device: str
+    engine_seconds: float = 0.0  # of `seconds`: the engine's own work, reading and writing not included
     executed_ratio: float = 0.0  # FLOPs that ran against the base network run once over the image
     tiling: str = "region"
     class_map: str | None = None
@@ -57,6 +65,7 @@ class ImageReport:
             "executed_ratio": round(self.executed_ratio, 6),
             "tiling": self.tiling,
             "seconds": round(self.seconds, 3),
+            "engine_seconds": round(self.engine_seconds, 3),
             "device": self.device,
         }
         if self.class_map:
@@ -117,6 +126,7 @@ def upscale_file(
             on_progress(tally.tiles, total_tiles)
 
     scale = engine.scale
+    engine_time = [0.0]
     with ImageWriter(
         target,
         info.width * scale,
@@ -130,9 +140,10 @@ def upscale_file(
         overwrite=overwrite,
         protect=[source],
     ) as writer:
-        writer.write(
-            engine.stream(info.height, info.width, reader.strips(rows=READ_ROWS), layout, tally, on_tiles)
-        )
+        out_dtype = np.uint8 if writer.bit_depth == 8 else np.uint16
+        strips = in_background(reader.strips(rows=READ_ROWS))
+        output = engine.stream(info.height, info.width, strips, layout, tally, on_tiles, out_dtype=out_dtype)
+        writer.write(in_background(_timed(output, engine_time)))
     written_map = None
     if class_map is not None:
         from classsr_cli.imaging.classmap import write_class_map
@@ -152,6 +163,7 @@ def upscale_file(
         class_counts=tally.class_counts,
         flops_ratio=tally.flops_ratio(engine.plan),
         seconds=time.perf_counter() - started,
+        engine_seconds=engine_time[0],
         device=str(engine.device),
         executed_ratio=tally.executed_ratio(engine.plan),
         tiling=engine.tiling,
@@ -159,6 +171,66 @@ def upscale_file(
         pages=info.pages,
         page_word=info.page_word,
     )
+
+
+def _timed(strips, total: list[float]):
+    """Yield from `strips`, adding the time spent producing them to total[0]."""
+    iterator = iter(strips)
+    while True:
+        start = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            total[0] += time.perf_counter() - start
+            return
+        total[0] += time.perf_counter() - start
+        yield item
+
+
+_DONE = object()
+
+
+def in_background(items, depth: int = 2):
+    """Yield the items of `items`, produced ahead by a thread of their own (at most `depth` waiting).
+
+    An exception raised while producing is raised here, at the item it replaced; when the consumer stops
+    early (an error, Ctrl-C), the thread stops at its next item."""
+    waiting: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        waiting.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            waiting.put((_DONE, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            waiting.put((_DONE, error))
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = waiting.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # let it put its last item and see the flag
+            try:
+                waiting.get(timeout=0.05)
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)
 
 
 def _tile_count(height: int, width: int) -> int:

@@ -1,186 +1,587 @@
-"""Region execution: the paper's per-sub-image decisions, run as larger regions with real context.
+"""Region execution in fixed-size units: the paper's per-sub-image decisions, run as pieces with real context.
 
-The Class-Module still decides per 32x32 LR sub-image on the paper's grid (stride 28). Each sub-image owns
-a *cell*, the part of the image nearer to its centre than to its neighbours' (28x28 inside the image).
-Neighbouring cells are run together as one rectangular *piece* on one branch, and every piece is run with
-`context` pixels of the real image around it (mirrored at the image edge) instead of the zero padding
-an isolated tile sees. A piece may take in a few cells of easier classes where running them on the
-harder branch costs less than the context and the call of a piece of their own (`plan_pieces_by_cost`).
-Where pieces meet, their outputs are cross-faded over a few pixels so that no seam shows between branches.
-The result equals running the branch on the whole image wherever the context covers the network's reach
-(4 LR pixels are enough for the shipped families: see the README).
+The Class-Module decides per 32x32 LR sub-image on the paper's grid (stride 28); each 28x28 cell of the
+image takes its sub-image's class (`engine/chunks.py`). The branches run on *pieces* of cells, with
+`context` LR pixels of the real image around them (mirrored at the image edge) instead of the zero padding
+an isolated tile sees; neighbouring pieces are cross-faded over a few pixels, so no seam shows between
+branches, and each piece's output is back-projected onto its input. The result equals running each branch
+on the whole image wherever the context covers the network's reach.
+
+How it runs, on any device:
+- the LR image arrives in bands of rows; each band is cut into chunks of a fixed size, and the Class-Module
+  runs once over each chunk (its features, averaged over each sub-image's window, are the sub-image's own);
+- the band's class map crosses to the host once, where every chunk's pieces are planned;
+- each branch keeps two buckets, one per piece shape, of fixed batch size; a piece is gathered into its
+  bucket by one index operation per band and bucket, and a full bucket runs: the branch, back-projection,
+  the cross-fade weights (a product of two precomputed ramps) and one `index_add_` into the chunks'
+  output canvases. Buckets fill across chunks and bands; only the last batch of an image is padded;
+- a chunk whose pieces have all run is finished in order, left to right and band by band: the seams it
+  shares with its neighbours are carried over in small strips, its output is quantised on the device and
+  copied into the band's output rows, which leave when the band is done.
+So memory is bounded in both width and height, the branches see two input shapes each whatever the image,
+and nothing loops over pieces in Python.
 """
 
-from dataclasses import dataclass
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from classsr_cli.engine.backprojection import back_project, bicubic
+from classsr_cli.engine.chunks import (
+    CELL,
+    VIRTUAL,
+    ZERO_RAMP,
+    Geometry,
+    Shapes,
+    cell_sources,
+    flat_offsets,
+    plan_chunk,
+    ramp_code,
+    ramps,
+)
+from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget
 from classsr_cli.engine.tiling import PATCH
 
-# Pieces are at most this many cells wide (plan_pieces cuts wider runs into power-of-two widths, 8, 4, 2, 1
-# cells, so that pieces fall into a few shapes and batch well) and this many cells tall.
-MAX_PIECE_CELLS = 8
-MAX_PIECE_ROWS = 8
+# Half-width, in LR pixels, of the cross-fade between neighbouring pieces.
+FADE = 2
+# The Class-Module's features of a 32x32 tile: 8x8 positions, each from a 4x4 pixel block
+FEATURE_WINDOW = 8
+# Off-grid sub-images (aligned to the image's right or bottom edge) are classified alone, this many a call.
+OFF_GRID_BATCH = 32
+# Output canvases kept at once (a chunk's canvas lives until all its pieces have run): as many as fit in
+# this many bytes, and at least MIN_CANVAS_SLOTS
+CANVAS_BYTES = 160 * 2**20
+MIN_CANVAS_SLOTS = 4
+# Below this alpha a pixel's colour is not recovered from premultiplied values (it is all but invisible).
+ALPHA_FLOOR = 1.0 / 1024
+# LR rows read above each band: the sub-images aligned to the image's bottom edge start up to 31 rows
+# above the band holding their last cells
+TOP_ROWS = PATCH
 
 
-def cell_bounds(length: int, starts: list[int], patch: int = PATCH) -> list[int]:
-    """Boundaries of the cells owned by tiles at `starts` along an axis of `length` pixels.
+@dataclass
+class _Bucket:
+    """Pieces of one branch and size waiting to run: their LR inputs (gathered) and destinations."""
 
-    Cell i is [bounds[i], bounds[i + 1]): overlapping tiles split their overlap in the middle, the first and
-    last cells reach the image edges. For the regular grid every inner cell is 28 pixels long.
-    """
-    inner = [(previous + patch + start) // 2 for previous, start in zip(starts[:-1], starts[1:], strict=True)]
-    return [0, *[min(max(b, 0), length) for b in inner], length]
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A rectangle of cells of one class: rows [row0, row1) and columns [col0, col1) of the band's grid."""
-
-    row0: int
-    row1: int
-    col0: int
-    col1: int
     branch: int
+    height: int  # LR pixels the pieces own (their input has `context` more on every side)
+    width: int
+    capacity: int
+    inputs: torch.Tensor  # (capacity, h, w, 3): NHWC, i.e. channels-last NCHW
+    meta: torch.Tensor  # (capacity, 3) int64: flat canvas offset, ramp row of the rows, of the columns
+    count: int = 0
+    chunks: list = field(default_factory=list)  # serial number of each pending piece's chunk
+    runs: int = 0
+    graph: object = None
 
 
-def _power_of_two_widths(length: int, largest: int) -> list[int]:
-    widths = []
-    while length > 0:
-        width = min(largest, 1 << (length.bit_length() - 1))
-        widths.append(width)
-        length -= width
-    return widths
+class Workspace:
+    """What an engine keeps from image to image: the buckets' batches, the output canvases and the tables
+    of the cross-fade and the scatter. With fixed shapes they are the same tensors on every image, so a
+    CUDA graph captured for a bucket's batch replays on any image."""
+
+    def __init__(self, engine):
+        shapes, scale, device = engine.shapes, engine.scale, engine.device
+        self.shapes = shapes
+        self.canvas_h = (shapes.band_rows * CELL + 2 * FADE) * scale
+        self.canvas_w = (shapes.chunk_cols * CELL + 2 * FADE) * scale
+        slots = max(MIN_CANVAS_SLOTS, CANVAS_BYTES // (self.canvas_h * self.canvas_w * 3 * 4))
+        self.canvases = torch.zeros(slots, self.canvas_h, self.canvas_w, 3, device=device)
+        self.canvas_flat = self.canvases.view(-1, 3)
+        self.buckets: dict[tuple[int, int, int], _Bucket] = {}
+        self._scatter: dict[tuple[int, int], torch.Tensor] = {}
+        self._ramps: dict[int, torch.Tensor] = {}
+        self.engine = engine
+
+    def bucket(self, branch: int, height: int, width: int) -> _Bucket:
+        key = (branch, height, width)
+        if key not in self.buckets:
+            engine, ctx = self.engine, self.engine.context
+            capacity = self.shapes.per_batch(height, width, ctx)
+            inputs = torch.zeros(
+                capacity,
+                height + 2 * ctx,
+                width + 2 * ctx,
+                3,
+                device=engine.device,
+                dtype=engine.runner.dtype,
+            )
+            meta = torch.zeros(capacity, 3, dtype=torch.int64, device=engine.device)
+            meta[:, 1:] = ZERO_RAMP
+            self.buckets[key] = _Bucket(branch, height, width, capacity, inputs, meta)
+        return self.buckets[key]
+
+    def scatter(self, height: int, width: int) -> torch.Tensor:
+        """Flat canvas offsets of a piece's output (its pixels and FADE beyond), from its corner."""
+        key = (height, width)
+        if key not in self._scatter:
+            scale = self.engine.scale
+            self._scatter[key] = flat_offsets(
+                (height + 2 * FADE) * scale, (width + 2 * FADE) * scale, self.canvas_w, self.engine.device
+            )
+        return self._scatter[key]
+
+    def ramps(self, length: int) -> torch.Tensor:
+        if length not in self._ramps:
+            self._ramps[length] = ramps(length, FADE, self.engine.scale, self.engine.device)
+        return self._ramps[length]
 
 
-def plan_pieces(
-    classes: np.ndarray, max_cells: int = MAX_PIECE_CELLS, max_rows: int = MAX_PIECE_ROWS
-) -> list[Piece]:
-    """Cover a (rows, cols) grid of cell classes with rectangles of one class each.
-
-    Each row is cut into runs of one class, each run into power-of-two widths of at most `max_cells`;
-    identical pieces in consecutive rows are stacked into one taller piece of at most `max_rows` cells.
-    Every cell is covered exactly once.
-    """
-    classes = np.asarray(classes)
-    open_pieces: dict[tuple[int, int, int], int] = {}  # (col0, col1, branch) -> row0, for the row above
-    pieces: list[Piece] = []
-    for row in range(classes.shape[0]):
-        current: dict[tuple[int, int, int], int] = {}
-        values = classes[row]
-        col = 0
-        while col < values.size:
-            end = col
-            while end < values.size and values[end] == values[col]:
-                end += 1
-            for width in _power_of_two_widths(end - col, max_cells):
-                key = (col, col + width, int(values[col]))
-                row0 = open_pieces.pop(key, row)
-                if row - row0 == max_rows:  # tall enough: close it and start another
-                    pieces.append(Piece(row0, row, *key))
-                    row0 = row
-                current[key] = row0
-                col += width
-        for (col0, col1, branch), row0 in open_pieces.items():  # not continued in this row: closed
-            pieces.append(Piece(row0, row, col0, col1, branch))
-        open_pieces = current
-    for (col0, col1, branch), row0 in open_pieces.items():
-        pieces.append(Piece(row0, classes.shape[0], col0, col1, branch))
-    return pieces
+@dataclass
+class _Chunk:
+    serial: int
+    band: int
+    index: int  # within the band
+    slot: int
+    pending: int = 0
 
 
-def plan_pieces_by_cost(
-    classes: np.ndarray,
-    row_sizes: list[int],
-    col_sizes: list[int],
-    cost: list[float],
-    context: int,
-    piece_overhead: float = 0.0,
-    max_rows: int = MAX_PIECE_ROWS,
-    widths: tuple[int, ...] = tuple(range(1, MAX_PIECE_CELLS + 1)),
-) -> list[Piece]:
-    """Cover a (rows, cols) grid of cell classes with rectangles, each run on one branch, at a low cost.
+class RegionStream:
+    """One image through the region engine; see the module note. Built per image by `Upscaler`."""
 
-    A cell of class c may run on any branch k >= c, a wider one, so a piece runs on the hardest class it
-    covers. (Wider usually means as good or better: PSNR held or rose for ClassSR-FSRCNN and -CARN; it fell
-    0.04 dB for ClassSR-DnCNN, whose narrow branches were trained further on their own classes.)
-    A piece of h x w LR pixels on branch k costs `cost[k] * (h + 2 context) * (w + 2 context) +
-    piece_overhead`: its pixels with their context, plus what one more call costs (any unit, the same
-    for both). `row_sizes` and `col_sizes` give the cells' sizes in LR pixels. The grid is cut into strips
-    of `max_rows` rows; within a strip, a dynamic programme finds the cheapest layout of one shape: the
-    strip cut into column segments `widths` cells wide, each segment cut into row ranges. Layouts whose
-    column cuts differ from row to row are not searched, so with strips of several rows another layout
-    may cost less; with one-row strips (CARN-M on a CPU) the search is exhaustive.
-    Every cell is covered exactly once. A ValueError if `widths` cannot cover the columns.
-    """
-    classes = np.asarray(classes)
-    cost = np.asarray(cost, dtype=np.float64)
-    col_edges = np.concatenate([[0], np.cumsum(col_sizes)])
-    cols = classes.shape[1]
-    pieces: list[Piece] = []
-    for top in range(0, classes.shape[0], max_rows):
-        strip = classes[top : top + max_rows]
-        height = strip.shape[0]
-        row_edges = np.concatenate([[0], np.cumsum(row_sizes[top : top + height])])
-        spans = [(r0, r1) for r1 in range(1, height + 1) for r0 in range(r1)]
-        column_max = {span: strip[span[0] : span[1]].max(axis=0) for span in spans}
-        window = dict(column_max)  # the hardest class of the rows `span` in `width` columns from each start
-        segment_cost, row_choice = {}, {}  # width -> cost of the best row cut at each start column
-        for width in range(1, min(max(widths), cols) + 1):
-            if width > 1:
-                window = {
-                    span: np.maximum(m[:-1], column_max[span][width - 1 :]) for span, m in window.items()
-                }
-            if width not in widths:
-                continue
-            padded_w = col_edges[width:] - col_edges[:-width] + 2 * context
-            best, choice = [np.zeros(padded_w.size)], [None]
-            for r1 in range(1, height + 1):
-                options = [
-                    best[r0]
-                    + cost[window[(r0, r1)]] * (row_edges[r1] - row_edges[r0] + 2 * context) * padded_w
-                    + piece_overhead
-                    for r0 in range(r1)
-                ]
-                best.append(np.min(options, axis=0))
-                choice.append(np.argmin(options, axis=0))
-            segment_cost[width], row_choice[width] = best[height], choice
-        total = np.full(cols + 1, np.inf)
-        total[0] = 0.0
-        last_width = np.zeros(cols + 1, dtype=np.int64)
-        for stop in range(1, cols + 1):
-            for width in segment_cost:
-                if width <= stop and total[stop - width] + segment_cost[width][stop - width] < total[stop]:
-                    total[stop] = total[stop - width] + segment_cost[width][stop - width]
-                    last_width[stop] = width
-        if not np.isfinite(total[cols]):
-            raise ValueError(f"piece widths {widths} cannot cover {cols} columns")
-        stop = cols
-        while stop > 0:
-            width = int(last_width[stop])
-            start, r1 = stop - width, height
-            while r1 > 0:
-                r0 = int(row_choice[width][r1][start])
-                branch = int(strip[r0:r1, start:stop].max())
-                pieces.append(Piece(top + r0, top + r1, start, stop, branch))
-                r1 = r0
-            stop = start
-    return pieces
+    def __init__(self, engine, height: int, width: int, layout, tally: RoutingTally, on_tiles, out_dtype):
+        self.engine = engine
+        self.plan: RoutingPlan = engine.plan
+        self.height, self.width = height, width
+        self.layout = layout
+        self.tally = tally
+        self.on_tiles = on_tiles
+        self.out_dtype = out_dtype
+        self.scale = engine.scale
+        self.context = engine.context
+        self.device = engine.device
+        self.dtype = engine.runner.dtype
+        self.shapes: Shapes = engine.shapes
+        self.geometry = Geometry(height, width, self.shapes)
+        self.margin = max(self.context, PATCH - CELL)  # LR pixels around each chunk's cells
+        self.fade_px = FADE * self.scale
+        shapes = self.shapes
+        # the band's LR pixels: TOP_ROWS above its cells (off-grid sub-images), `margin` below and each side
+        self.lattice_w = self.geometry.chunks_per_band * shapes.chunk_cols * CELL
+        self.band_h = TOP_ROWS + shapes.band_rows * CELL + self.margin
+        self.band_w = self.lattice_w + 2 * self.margin
+        space: Workspace = engine.workspace()
+        self.space = space
+        self.canvas_h, self.canvas_w = space.canvas_h, space.canvas_w
+        self.canvases = space.canvases
+        self.free_slots = deque(range(space.canvases.shape[0]))
+        self.gather: dict[tuple[int, int], torch.Tensor] = {}
+        # LR pixels of each cell row and column that pieces compute: whole cells with fixed shapes, else
+        # what lies inside the image (none for virtual cells)
+        rows_px = np.arange(self.geometry.bands * shapes.band_rows) * CELL
+        cols_px = np.arange(self.geometry.chunks_per_band * shapes.chunk_cols) * CELL
+        self.row_px = np.clip(height - rows_px, 0, CELL) if shapes.exact else np.full(rows_px.size, CELL)
+        self.col_px = np.clip(width - cols_px, 0, CELL) if shapes.exact else np.full(cols_px.size, CELL)
+        for bucket in space.buckets.values():
+            bucket.count, bucket.chunks = 0, []
+        self.records: dict[tuple[int, int], list[np.ndarray]] = {}
+        self.cost = [flops / PATCH**2 for flops in self.plan.branch_executed]  # per LR pixel
+        self.chunks: deque[_Chunk] = deque()  # live, in order
+        self.serial = 0
+        self.left_carry = torch.zeros(self.canvas_h, 2 * self.fade_px, 3, device=self.device)
+        carry_w = self.lattice_w * self.scale + 2 * self.fade_px
+        self.top_carry = torch.zeros(2 * self.fade_px, carry_w, 3, device=self.device)
+        self.bottom_carry = torch.zeros_like(self.top_carry)
+        self.band_out: dict[int, torch.Tensor] = {}
+        self.band_alpha: dict[int, torch.Tensor] = {}
+        self.pending_bands: deque[int] = deque()
+
+    # -- the run ------------------------------------------------------------------------------------
+
+    def run(self, source):
+        """Yield the output, band by band (rows of the image at the output scale, all columns)."""
+        geometry = self.geometry
+        self.tally.pixels += self.height * self.width
+        for band in range(geometry.bands):
+            first_row = band * self.shapes.band_rows * CELL
+            rows = source.rows(first_row - TOP_ROWS, first_row - TOP_ROWS + self.band_h)
+            lr = torch.from_numpy(rows).to(self.device, self.dtype, non_blocking=True)  # (h, w, C)
+            color = lr[..., : self.layout.color_channels]
+            if self.layout.has_alpha:  # premultiplied: what lies under transparent pixels cannot matter
+                color = color * lr[..., -1:]
+            rgb = color.expand(-1, -1, 3) if self.layout.color_channels == 1 else color
+            rgb = rgb.contiguous()
+            classes = self._classify(band, rgb)
+            self._start_band(band, lr)
+            self._enqueue_band(band, rgb, classes)
+            yield from self._finish_ready()
+        self._flush()
+        yield from self._finish_ready()
+
+    # -- routing ------------------------------------------------------------------------------------
+
+    def _classify(self, band: int, rgb: torch.Tensor) -> np.ndarray:
+        """The class of every cell of the band (band_rows, chunk columns of all chunks), on the host.
+
+        One crossing to the host per band: the class map (or, with a FLOPs budget, the logits)."""
+        shapes, geometry, plan = self.shapes, self.geometry, self.plan
+        width = geometry.chunks_per_band * shapes.chunk_cols
+        if not plan.classifies:
+            classes = np.full((shapes.band_rows, width), plan.fixed_branch, dtype=np.int64)
+            return self._mark_virtual(band, classes)
+        module = self.engine.classifier
+        head = module.lastOut
+        block = PATCH // FEATURE_WINDOW
+        grid = []
+        top, left = TOP_ROWS, self.margin
+        per_position = plan.classifier_executed / FEATURE_WINDOW**2
+        # exact shapes: each chunk's pass covers only its cells inside the image (the rest repeat the last)
+        first_cell, stop = geometry.band_cells(band)
+        real_rows = stop - first_cell if shapes.exact else shapes.band_rows
+        with torch.inference_mode():
+            for chunk in range(geometry.chunks_per_band):
+                c0 = chunk * shapes.chunk_cols
+                real_cols = (
+                    min(shapes.chunk_cols, geometry.cell_cols - c0) if shapes.exact else shapes.chunk_cols
+                )
+                x0 = left + c0 * CELL
+                window = rgb[top : top + real_rows * CELL + block, x0 : x0 + real_cols * CELL + block]
+                window = window.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
+                features = module.CondNet(window)
+                self.tally.executed_flops += int(per_position * features.shape[2] * features.shape[3])
+                pooled = F.avg_pool2d(features, FEATURE_WINDOW, stride=CELL // block)[0].permute(1, 2, 0)
+                if pooled.shape[:2] != (shapes.band_rows, shapes.chunk_cols):  # cells past the image
+                    pooled = F.pad(
+                        pooled.permute(2, 0, 1)[None],
+                        (0, shapes.chunk_cols - pooled.shape[1], 0, shapes.band_rows - pooled.shape[0]),
+                        mode="replicate",
+                    )[0].permute(1, 2, 0)
+                grid.append(pooled)  # (rows, cols, 32)
+            pooled = torch.cat(grid, dim=1).reshape(-1, grid[0].shape[-1])
+            logits = head(pooled.to(head.weight.dtype)).float()
+            sources, off_grid = cell_sources(geometry, band)
+            if off_grid:
+                logits = torch.cat([logits, self._classify_off_grid(band, rgb, off_grid)])
+            index = torch.from_numpy(sources.ravel()).to(self.device, non_blocking=True)
+            logits = logits.index_select(0, index)
+            if plan.flops_budget is None:
+                classes = logits.argmax(dim=1).view(shapes.band_rows, width).cpu().numpy()
+            else:
+                classes = self._budget(band, logits.cpu().numpy().reshape(shapes.band_rows, width, -1))
+        return self._mark_virtual(band, classes)
+
+    def _classify_off_grid(self, band: int, rgb: torch.Tensor, tiles: list[tuple[int, int]]) -> torch.Tensor:
+        """Logits of the sub-images off the 28-pixel grid (aligned to the right or bottom edge), run alone."""
+        geometry = self.geometry
+        first_row = band * self.shapes.band_rows * CELL - TOP_ROWS
+        starts = np.array(
+            [
+                (geometry.row_starts[r] - first_row) * self.band_w + geometry.col_starts[c] + self.margin
+                for r, c in tiles
+            ],
+            dtype=np.int64,
+        )
+        count = len(starts)
+        # fixed shapes: calls of OFF_GRID_BATCH tiles (the last padded); exact: one call of them all
+        batch = count if self.shapes.exact else OFF_GRID_BATCH
+        padded = -(-count // batch) * batch
+        starts = np.concatenate([starts, np.full(padded - count, starts[0])])
+        offsets = flat_offsets(PATCH, PATCH, self.band_w, self.device)
+        flat = rgb.view(-1, 3)
+        out = []
+        for first in range(0, padded, batch):
+            base = torch.from_numpy(starts[first : first + batch]).to(self.device, non_blocking=True)
+            tiles_in = flat.index_select(0, (base[:, None] + offsets).view(-1))
+            tiles_in = tiles_in.view(batch, PATCH, PATCH, 3).permute(0, 3, 1, 2)
+            out.append(self.engine.classifier(tiles_in).float())
+        self.tally.executed_flops += padded * self.plan.classifier_executed
+        return torch.cat(out)[:count]
+
+    def _budget(self, band: int, logits: np.ndarray) -> np.ndarray:
+        """Classes within the FLOPs budget (kept over all sub-images so far), from the cells' logits."""
+        geometry, plan, tally = self.geometry, self.plan, self.tally
+        first, _ = geometry.band_cells(band)
+        tile_rows = geometry.band_tiles(band)
+        row_cells = [int(np.flatnonzero(geometry.rows[0] == t)[0]) - first for t in tile_rows]
+        col_cells = [int(np.flatnonzero(geometry.cols[0] == t)[0]) for t in range(len(geometry.col_starts))]
+        tile_logits = logits[np.ix_(row_cells, col_cells)].reshape(-1, logits.shape[-1])
+        count = tile_logits.shape[0]
+        total = tally.tiles + count
+        allowance = plan.flops_budget * plan.base_flops * total
+        allowance -= plan.classifier_flops * total + (tally.flops - tally.tiles * plan.classifier_flops)
+        shifted = tile_logits - tile_logits.max(axis=1, keepdims=True)
+        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+        tile_classes = apply_budget(probs, plan, allowance).reshape(len(row_cells), len(col_cells))
+        # every cell takes its tile's class
+        row_index = np.searchsorted(tile_rows, geometry.rows[0][first : first + self.shapes.band_rows])
+        row_index = np.clip(row_index, 0, len(tile_rows) - 1)
+        width = logits.shape[1]
+        col_index = geometry.cols[0][np.minimum(np.arange(width), geometry.cell_cols - 1)]
+        classes = tile_classes[row_index][:, col_index]
+        if classes.shape[0] < self.shapes.band_rows:
+            classes = np.concatenate(
+                [classes, np.repeat(classes[-1:], self.shapes.band_rows - classes.shape[0], axis=0)]
+            )
+        return classes
+
+    def _mark_virtual(self, band: int, classes: np.ndarray) -> np.ndarray:
+        first, stop = self.geometry.band_cells(band)
+        classes = np.array(classes, dtype=np.int64)
+        classes[stop - first :] = VIRTUAL
+        classes[:, self.geometry.cell_cols :] = VIRTUAL
+        return classes
+
+    # -- planning and gathering --------------------------------------------------------------------
+
+    def _enqueue_band(self, band: int, rgb: torch.Tensor, classes: np.ndarray) -> None:
+        shapes, geometry, scale = self.shapes, self.geometry, self.scale
+        promote = self.plan.flops_budget is None  # a budget's classes are kept: no harder branch
+        ran = np.empty_like(classes)
+        first_cell, _ = geometry.band_cells(band)
+        band_px = self.row_px[first_cell : first_cell + shapes.band_rows]
+        row_edges = np.concatenate([[0], np.cumsum(band_px)])
+        for index in range(geometry.chunks_per_band):
+            chunk = self._new_chunk(band, index, rgb)
+            c0 = index * shapes.chunk_cols
+            chunk_px = self.col_px[c0 : c0 + shapes.chunk_cols]
+            col_edges = np.concatenate([[0], np.cumsum(chunk_px)])
+            chunk_plan = plan_chunk(
+                classes[:, c0 : c0 + shapes.chunk_cols],
+                self.cost,
+                self.context,
+                shapes,
+                band_px,
+                chunk_px,
+                promote,
+            )
+            ran[:, c0 : c0 + shapes.chunk_cols] = chunk_plan.classes
+            for row0, row1, col0, col1, branch in chunk_plan.pieces:
+                height, width = row_edges[row1] - row_edges[row0], col_edges[col1] - col_edges[col0]
+                # LR corner of the piece's input in the band, its output's corner in the chunk's canvas
+                y, x = TOP_ROWS + row0 * CELL - self.context, self.margin + (c0 + col0) * CELL - self.context
+                dest = chunk.slot * self.canvas_h * self.canvas_w + row0 * CELL * scale * self.canvas_w
+                dest += col0 * CELL * scale
+                code_y = ramp_code(first_cell + row0 == 0, first_cell + row1 >= geometry.cell_rows)
+                code_x = ramp_code(c0 + col0 == 0, c0 + col1 >= geometry.cell_cols)
+                record = np.array([y * self.band_w + x, dest, code_y, code_x, chunk.serial], dtype=np.int64)
+                self.records.setdefault((int(branch), int(height), int(width)), []).append(record)
+                chunk.pending += 1
+        self._count_band(band, ran)
+        self._gather_records(rgb)
+
+    def _gather_records(self, rgb: torch.Tensor) -> None:
+        """Gather the planned pieces into their buckets (one index operation each), running full ones."""
+        flat = rgb.view(-1, 3)
+        records, self.records = self.records, {}
+        for key, rows in records.items():
+            self._gather(key, flat, np.stack(rows))
+
+    def _gather(self, key: tuple[int, int, int], flat: torch.Tensor, records: np.ndarray) -> None:
+        bucket = self.space.bucket(*key)
+        ctx = self.context
+        size = (bucket.height + 2 * ctx, bucket.width + 2 * ctx)
+        if size not in self.gather:
+            self.gather[size] = flat_offsets(*size, self.band_w, self.device)
+        offsets = self.gather[size]
+        table = torch.from_numpy(records[:, :4]).to(self.device, non_blocking=True)
+        done = 0
+        while done < len(records):
+            take = min(len(records) - done, bucket.capacity - bucket.count)
+            index = (table[done : done + take, :1] + offsets[None]).view(-1)
+            target = bucket.inputs[bucket.count : bucket.count + take].view(-1, 3)
+            torch.index_select(flat, 0, index, out=target)
+            bucket.meta[bucket.count : bucket.count + take] = table[done : done + take, 1:]
+            bucket.chunks.extend(records[done : done + take, 4].tolist())
+            bucket.count += take
+            done += take
+            if bucket.count == bucket.capacity:
+                self._run(bucket)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    def _run(self, bucket: _Bucket) -> None:
+        """Run a bucket's batch and add the results into the canvases. A short batch runs at its own count
+        where tails are exact (a CPU), else padded with pieces that add nothing (ramp row ZERO_RAMP)."""
+        count = bucket.count if self.shapes.exact else bucket.capacity
+        self.engine.run_bucket(bucket, lambda b: self.bucket_step(b, count), exact=count < bucket.capacity)
+        pixels = bucket.inputs.shape[1] * bucket.inputs.shape[2]
+        self.tally.executed_flops += int(count * pixels * self.cost[bucket.branch])
+        for serial in bucket.chunks:
+            self._chunk(serial).pending -= 1
+        bucket.chunks = []
+        bucket.count = 0
+        bucket.meta[:, 1:] = ZERO_RAMP
+
+    def bucket_step(self, bucket: _Bucket, count: int) -> None:
+        """The device work of one batch of `count` pieces: branch, back-projection, weights, scatter."""
+        scale, ctx = self.scale, self.context
+        x = bucket.inputs[:count].permute(0, 3, 1, 2)  # channels-last NCHW view
+        meta = bucket.meta[:count]
+        sr = self.engine.branches[bucket.branch](x)
+        if self.engine.back_projection:
+            sr = back_project(sr, x.to(sr.dtype), scale)
+        ramp_y, ramp_x = self.space.ramps(bucket.height), self.space.ramps(bucket.width)
+        height, width = ramp_y.shape[1], ramp_x.shape[1]
+        start = (ctx - FADE) * scale
+        used = sr[:, :, start : start + height, start : start + width].permute(0, 2, 3, 1).float()
+        weights = ramp_y[meta[:, 1]][:, :, None, None] * ramp_x[meta[:, 2]][:, None, :, None]
+        values = (used * weights).reshape(-1, 3)
+        index = (meta[:, :1] + self.space.scatter(bucket.height, bucket.width)[None]).view(-1)
+        self.space.canvas_flat.index_add_(0, index, values)
+
+    def _flush(self, serial: int | None = None) -> None:
+        """Run the buckets holding pieces of chunk `serial` (None: every bucket holding any)."""
+        for bucket in self.space.buckets.values():
+            if bucket.count and (serial is None or serial in bucket.chunks):
+                self._run(bucket)
+
+    # -- chunks and their output -------------------------------------------------------------------
+
+    def _chunk(self, serial: int) -> _Chunk:
+        return self.chunks[serial - self.chunks[0].serial]
+
+    def _new_chunk(self, band: int, index: int, rgb: torch.Tensor) -> _Chunk:
+        while not self.free_slots:  # every canvas is waiting for pieces: run what the oldest chunk waits for
+            self._gather_records(rgb)
+            self._flush(self.chunks[0].serial)
+            self._finalize_ready()
+        chunk = _Chunk(self.serial, band, index, self.free_slots.popleft())
+        self.canvases[chunk.slot].zero_()
+        self.chunks.append(chunk)
+        self.serial += 1
+        return chunk
+
+    def _start_band(self, band: int, lr: torch.Tensor) -> None:
+        """The band's output rows (allocated now, filled chunk by chunk) and, with alpha, its LR alpha."""
+        rows = self._band_rows(band)
+        channels = self.layout.channels
+        dtype = torch.float32 if self.out_dtype is None else _TORCH_DTYPES[np.dtype(self.out_dtype)]
+        pin = self.device.type == "cuda"
+        self.band_out[band] = torch.empty(
+            rows[1] - rows[0], self.width * self.scale, channels, dtype=dtype, pin_memory=pin
+        )
+        if self.layout.has_alpha:
+            self.band_alpha[band] = lr[..., -1].float()
+        self.pending_bands.append(band)
+
+    def _band_rows(self, band: int) -> tuple[int, int]:
+        """The output rows a band finishes: its cells' less FADE at the bottom (the next band's seam)."""
+        scale, geometry = self.scale, self.geometry
+        top = max(0, band * self.shapes.band_rows * CELL * scale - self.fade_px)
+        if band == geometry.bands - 1:
+            return top, self.height * scale
+        return top, (band + 1) * self.shapes.band_rows * CELL * scale - self.fade_px
+
+    def _finish_ready(self):
+        self._finalize_ready()
+        while self.pending_bands and self._band_done(self.pending_bands[0]):
+            band = self.pending_bands.popleft()
+            self.band_alpha.pop(band, None)
+            out = self.band_out.pop(band)
+            if out.is_pinned():
+                torch.cuda.current_stream().synchronize()
+            yield out.numpy()
+
+    def _band_done(self, band: int) -> bool:
+        return not any(chunk.band == band for chunk in self.chunks) and band < self._bands_started()
+
+    def _bands_started(self) -> int:
+        return self.pending_bands[-1] + 1 if self.pending_bands else 0
+
+    def _finalize_ready(self) -> None:
+        """Finish chunks in order while the oldest has no piece waiting (a chunk's pieces are all counted
+        when it is planned, before the next chunk is made)."""
+        while self.chunks and self.chunks[0].pending == 0:
+            self._finalize(self.chunks.popleft())
+
+    def _finalize(self, chunk: _Chunk) -> None:
+        """Finish a chunk: add the seams carried from its left and upper neighbours, pass its own on, and
+        write its finished pixels (quantised on the device) into the band's output rows."""
+        f2 = 2 * self.fade_px
+        scale, geometry = self.scale, self.geometry
+        canvas = self.canvases[chunk.slot]
+        last_col = chunk.index == geometry.chunks_per_band - 1
+        x0 = chunk.index * self.shapes.chunk_cols * CELL * scale  # output column of the chunk's first cell
+        width = self.canvas_w if last_col else self.canvas_w - f2
+        if chunk.index:
+            canvas[:, :f2] += self.left_carry
+        if chunk.band:
+            canvas[:f2, :width] += self.top_carry[:, x0 : x0 + width]
+        self.left_carry.copy_(canvas[:, self.canvas_w - f2 :])
+        self.bottom_carry[:, x0 : x0 + width] = canvas[self.canvas_h - f2 :, :width]
+        if last_col:
+            self.top_carry, self.bottom_carry = self.bottom_carry, self.top_carry
+        # the finished pixels: the canvas's first row and column are output (y0 - fade, x0 - fade)
+        band_top, band_bottom = self._band_rows(chunk.band)
+        y_canvas0 = chunk.band * self.shapes.band_rows * CELL * scale - self.fade_px
+        rows = (max(band_top, y_canvas0), band_bottom)
+        x_canvas0 = x0 - self.fade_px
+        cols = (max(0, x_canvas0), min(self.width * scale, x_canvas0 + width))
+        if rows[1] <= rows[0] or cols[1] <= cols[0]:
+            self._release(chunk)
+            return
+        part = canvas[rows[0] - y_canvas0 : rows[1] - y_canvas0, cols[0] - x_canvas0 : cols[1] - x_canvas0]
+        if self.layout.color_channels == 1:
+            part = part.mean(dim=2, keepdim=True)
+        if self.layout.has_alpha:
+            alpha = self._alpha(chunk, rows, cols)
+            part = torch.where(alpha > ALPHA_FLOOR, part / alpha.clamp_min(ALPHA_FLOOR), part)
+            part = torch.cat([part, alpha], dim=2)
+        out = self.band_out[chunk.band]
+        target = out[rows[0] - band_top : rows[1] - band_top, cols[0] : cols[1]]
+        target.copy_(_quantise(part, target.dtype), non_blocking=True)
+        self._release(chunk)
+
+    def _alpha(self, chunk: _Chunk, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+        """Alpha of the output rows x cols: bicubic over the band's LR alpha (not a picture to restore)."""
+        scale, margin = self.scale, 2
+        alpha_lr = self.band_alpha[chunk.band]
+        first_row = chunk.band * self.shapes.band_rows * CELL - TOP_ROWS  # LR row of alpha_lr's first
+        y0, y1 = rows[0] // scale - margin, -(-rows[1] // scale) + margin
+        x0, x1 = cols[0] // scale - margin, -(-cols[1] // scale) + margin
+        window = alpha_lr[y0 - first_row : y1 - first_row, x0 + self.margin : x1 + self.margin]
+        enlarged = bicubic(window[None, None], scale)[0, 0]
+        top, left = rows[0] - y0 * scale, cols[0] - x0 * scale
+        return enlarged[top : top + rows[1] - rows[0], left : left + cols[1] - cols[0], None].clamp(0, 1)
+
+    def _release(self, chunk: _Chunk) -> None:
+        self.free_slots.append(chunk.slot)
+
+    # -- counting ----------------------------------------------------------------------------------
+
+    def _count_band(self, band: int, ran: np.ndarray) -> None:
+        """Count the band's sub-images on the branch each ran on (the hardest of its cells here)."""
+        geometry = self.geometry
+        first, stop = geometry.band_cells(band)
+        tile_rows = geometry.band_tiles(band)
+        cells = ran[: stop - first, : geometry.cell_cols]
+        row_tiles = geometry.rows[0][first:stop]
+        col_tiles = geometry.cols[0]
+        by_col = np.maximum.reduceat(cells, np.flatnonzero(np.diff(col_tiles, prepend=-1)), axis=1)
+        row_groups = np.flatnonzero(np.diff(row_tiles, prepend=-1))
+        by_tile = np.maximum.reduceat(by_col, row_groups, axis=0)
+        keep = np.isin(row_tiles[row_groups], tile_rows)
+        tiles = by_tile[keep]
+        # the ideal: each cell's pixels inside the image once on its branch, the Class-Module once per pixel
+        heights = np.minimum(CELL, self.height - CELL * np.arange(first, stop))
+        widths = np.minimum(CELL, self.width - CELL * np.arange(geometry.cell_cols))
+        per_pixel = (
+            np.asarray(self.cost)[cells] + self.plan.classifier_executed / PATCH**2 * self.plan.classifies
+        )
+        self.tally.ideal_executed_flops += int((heights[:, None] * widths[None, :] * per_pixel).sum())
+        if tiles.size:
+            self.tally.add(tiles.ravel(), self.plan, 0)
+            if self.on_tiles is not None:
+                starts = [geometry.row_starts[t] for t in tile_rows]
+                self.on_tiles(tiles.size, tiles.ravel(), starts, geometry.col_starts)
 
 
-def blend_ramp(start: int, stop: int, lo: int, hi: int, fade: int, scale: int) -> np.ndarray:
-    """Cross-fade weights along one axis for a piece owning LR pixels [start, stop), in output pixels.
+_TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
 
-    The weights cover output pixels [(start - fade) * scale, (stop + fade) * scale), rising linearly from 0
-    to 1 across each boundary (2 * fade LR pixels wide, centred on it), except at the image edges `lo` and
-    `hi`, where nothing lies beyond and the weight stays 1. Overlapping pieces' weights sum to 1 on a
-    straight boundary; the stitcher divides by the sum anyway.
-    """
-    first, last = (start - fade) * scale, (stop + fade) * scale
-    centres = np.arange(first, last, dtype=np.float64) + 0.5
-    width = 2 * fade * scale
-    if width == 0:
-        return np.ones(last - first, dtype=np.float32)
-    rise = np.ones_like(centres) if start <= lo else np.clip((centres - first) / width, 0, 1)
-    fall = np.ones_like(centres) if stop >= hi else np.clip((last - centres) / width, 0, 1)
-    return np.minimum(rise, fall).astype(np.float32)
+
+def _quantise(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Output values (float, nominally [0, 1]) as `dtype`: floats clipped to [0, 1]; integers scaled to
+    their full range and rounded half up (as the image writer does), NaN becoming 0."""
+    if dtype.is_floating_point:
+        return values.clamp(0, 1).to(dtype)
+    top = float(torch.iinfo(dtype).max)
+    scaled = torch.nan_to_num(values * top + 0.5, nan=0.0).clamp_(0, top)
+    return scaled.floor_().to(torch.int32 if dtype == torch.uint16 else dtype).to(dtype)
+
+
+__all__ = ["ALPHA_FLOOR", "FADE", "RegionStream", "Workspace"]

@@ -71,6 +71,9 @@ class RoutingTally:
     flops: int = 0  # paper-convention FLOPs spent, Class-Module included
     executed_flops: int = 0  # what ran: the pieces with their context (or the tiles), Class-Module included
     pixels: int = 0  # LR pixels of the images routed
+    # what the same routing would execute with no context, padding or overlap: every LR pixel once on the
+    # branch it ran on, and the Class-Module once over every pixel (region tiling counts it)
+    ideal_executed_flops: int = 0
 
     def __post_init__(self):
         if not self.class_counts:
@@ -97,6 +100,11 @@ class RoutingTally:
         """Executed FLOPs against the base network run once over every LR pixel (no tiles, no overlap)."""
         plain = self.pixels * plan.branch_executed[-1] / 1024  # executed FLOPs are per 32x32 sub-image
         return self.executed_flops / plain if plain else 0.0
+
+    def engine_overhead(self) -> float:
+        """Executed FLOPs against the ideal of the same routing: what context, padding and the cut into
+        pieces and chunks add (region tiling; 0 where not counted)."""
+        return self.executed_flops / self.ideal_executed_flops if self.ideal_executed_flops else 0.0
 
     def fractions(self) -> list[float]:
         """The share of the tiles each class got (zeros before any tile)."""
