@@ -615,3 +615,15 @@ def test_resolution_is_written(tmp_path, suffix):
         target = tmp_path / f"out{suffix}"
         write_image(target, np.zeros((4, 4, 3), np.float32), dpi=dpi)
         assert vips_open(target).xres * 25.4 == pytest.approx(expected, rel=1e-3)
+
+
+# -- the files users have: size limits, cut files, large EXIF, colour chunks ---------------------------------
+
+
+def test_jpeg_is_refused_above_libjpegs_65500_pixels_before_any_work(tmp_path):
+    # JPEG's header could say 65535, but libjpeg stops at 65500: 65504 would fail only after the upscale
+    for width, height in ((65504, 8), (8, 65501)):
+        with pytest.raises(OutputError, match="too large for JPEG .*65500"):
+            ImageWriter(tmp_path / "out.jpg", width, height)
+    ImageWriter(tmp_path / "out.jpg", 65500, 8).abort()  # the largest side libjpeg writes is accepted
+    assert files_in(tmp_path) == set()

@@ -50,8 +50,8 @@ _FORMAT_BY_SUFFIX = {
     ".jpeg": "jpeg",
     ".webp": "webp",
 }
-# Largest side each format (or its encoder) can store.
-_MAX_SIDE = {"png": 2**31 - 1, "tiff": 2**32 - 1, "jpeg": 65535, "webp": 16383}
+# Largest side each format's encoder can store: JPEG's header holds 65535, but libjpeg stops at 65500.
+_MAX_SIDE = {"png": 2**31 - 1, "tiff": 2**32 - 1, "jpeg": 65500, "webp": 16383}
 _EIGHT_BIT_ONLY = {"jpeg", "webp"}
 
 DEFAULT_QUALITY = 95  # JPEG and WebP: near-transparent quality; an upscaler should not add visible artefacts
