@@ -418,6 +418,10 @@ def restore(task: str, options: dict) -> None:
                 print_json(documents if plan.from_folder else documents[0])
             else:
                 print_upscale_summary(reports, family, engine)
+            for line in plan.skipped:
+                console.print(
+                    f"note: skipped {line}", style="yellow", markup=False, highlight=False, soft_wrap=True
+                )
     if failures:  # on every rank, so that torchrun reports the launch as failed
         raise typer.Exit(EXIT_USER_ERROR)
 

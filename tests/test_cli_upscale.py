@@ -394,3 +394,28 @@ def test_written_exif_describes_the_written_pixels(weights, tmp_path):
         if suffix != ".webp":  # WebP has no resolution of its own beside EXIF
             assert round(out.xres * 25.4) == 72, suffix  # what the file's own header says
         assert not [name for name in fields if name.startswith("exif-ifd1-")], fields  # no stale thumbnail
+
+
+# -- metadata and files as users have them ------------------------------------------------------------------
+
+
+def test_folder_entries_named_like_images_that_are_not_files_are_reported(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "a.png")
+    (inputs / "b.png").mkdir()
+    (inputs / "c.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(inputs / "d.png")
+    result = upscale(inputs, tmp_path / "out", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    lines = [
+        " ".join(line.split()) for line in result.stderr.splitlines() if line.startswith("note: skipped")
+    ]
+    assert lines == [
+        f"note: skipped {inputs / 'b.png'}: a folder",
+        f"note: skipped {inputs / 'c.png'}: a symbolic link to {tmp_path / 'gone.png'}, which does not exist",
+        f"note: skipped {inputs / 'd.png'}: a FIFO (named pipe)",
+    ]
+    assert only_files(tmp_path / "out") == ["a.png"]
+    (inputs / "a.png").unlink()
+    line = one_line_error(upscale(inputs, tmp_path / "out2", "--weights", weights))
+    assert "no images found" in line and "b.png: a folder" in line and "d.png: a FIFO" in line
+    assert not (tmp_path / "out2").exists()
