@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -397,6 +398,64 @@ def test_written_exif_describes_the_written_pixels(weights, tmp_path):
 
 
 # -- metadata and files as users have them ------------------------------------------------------------------
+
+
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_bytes(pixels: np.ndarray, *chunks: bytes, after: tuple[bytes, ...] = (), frames=()) -> bytes:
+    """An 8-bit RGB PNG made by hand: `chunks` before its image data, `after` after it; `frames` (more uint8
+    pictures of the same size) make it an animated PNG whose first frame is `pixels`."""
+
+    def data(picture):
+        return zlib.compress(b"".join(b"\x00" + row.tobytes() for row in picture))
+
+    height, width = pixels.shape[:2]
+
+    def frame_control(sequence):
+        return chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, 0, 0))
+
+    animation = [chunk(b"acTL", struct.pack(">II", 1 + len(frames), 0)), frame_control(0)] if frames else []
+    later = []
+    for index, frame in enumerate(frames):
+        later += [
+            frame_control(1 + 2 * index),
+            chunk(b"fdAT", struct.pack(">I", 2 + 2 * index) + data(frame)),
+        ]
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
+            *chunks,
+            *animation,
+            chunk(b"IDAT", data(pixels)),
+            *later,
+            *after,
+            chunk(b"IEND", b""),
+        ]
+    )
+
+
+def pixels8(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return (photo(height, width, seed=seed) * 255).astype(np.uint8)
+
+
+def test_an_animated_png_says_that_only_its_first_frame_was_upscaled(weights, tmp_path):
+    first = np.zeros((24, 24, 3), np.uint8)  # dark; the other frames are bright
+    source = tmp_path / "anim.png"
+    source.write_bytes(png_bytes(first, frames=[np.full((24, 24, 3), 250, np.uint8)] * 2))
+    result = upscale(source, tmp_path / "out.png", "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pages"] == 3 and report["out_width"] == 96
+    assert "holds 3 frames: only the first was upscaled" in result.stderr
+    assert read_image(tmp_path / "out.png").mean() < 0.6  # the first, dark frame
+    still = tmp_path / "still.png"
+    still.write_bytes(png_bytes(first))
+    assert "pages" not in json.loads(
+        upscale(still, tmp_path / "still-out.png", "--weights", weights, "--json").stdout
+    )
 
 
 def test_folder_entries_named_like_images_that_are_not_files_are_reported(weights, tmp_path):

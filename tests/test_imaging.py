@@ -627,3 +627,28 @@ def test_jpeg_is_refused_above_libjpegs_65500_pixels_before_any_work(tmp_path):
             ImageWriter(tmp_path / "out.jpg", width, height)
     ImageWriter(tmp_path / "out.jpg", 65500, 8).abort()  # the largest side libjpeg writes is accepted
     assert files_in(tmp_path) == set()
+
+
+def test_a_jpeg_missing_only_its_end_marker_is_read_whole(tmp_path):
+    samples = random_samples(3, 8, height=64, width=48)
+    whole = tmp_path / "whole.jpg"
+    vips_image(samples).jpegsave(str(whole), Q=90)
+    data = whole.read_bytes()
+    assert data.endswith(b"\xff\xd9")
+    expected = read_image(whole)
+
+    no_end = tmp_path / "no-end.jpg"
+    no_end.write_bytes(data[:-2])  # every pixel there, no end-of-image marker: libjpeg and browsers show it
+    reader = open_image(no_end)
+    assert np.array_equal(reader.read_all(), expected)
+    assert np.array_equal(np.concatenate([strip for _, strip in reader.strips(rows=16)]), expected)
+    assert no_end.read_bytes() == data[:-2]  # the input is never written
+
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # image data cut short: still refused
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_image(cut)
+
+    trailer = tmp_path / "motion.jpg"
+    trailer.write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 200)  # a phone's video after the image
+    assert np.array_equal(read_image(trailer), expected)
