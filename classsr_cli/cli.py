@@ -454,10 +454,8 @@ def run_jobs(plan: "RunPlan", ranks: "Ranks", do_one: Callable, as_json: bool) -
                     if ranks.distributed:
                         report.rank = ranks.rank
                     results[index] = report
-                    if report.partial_input:
-                        console.print(
-                            f"note: {report.partial_input}", style="yellow", markup=False, highlight=False
-                        )
+                    for note in report.notes:
+                        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
                 except (InputError, OutputError) as error:
                     if not plan.from_folder and not as_json:
                         raise
