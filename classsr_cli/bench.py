@@ -6,7 +6,10 @@ rounded to 8 bits), the reference row is that noisy input, and PSNR is taken ove
 
 The protocol of the paper (Sec. 4.1.2, Table 2):
 - LR = HR (cropped to a multiple of 4) reduced x4 with MATLAB bicubic, stored as 8-bit; a test set's own LR
-  files are used when it has them.
+  files are used when it has them (`find_pairs` says how they are found), and the report says, image by
+  image, which LR was used: the set's own ("given") or made from HR ("made").
+- An image too small to score (under 12 px, or 3 for denoising, once cropped) is skipped with a note; the
+  set is not refused for it.
 - Every network runs through the one inference engine, in the tiling `upscale` uses (regions with context
   and back-projection by default; `--tiling paper`: 32x32 tiles at stride 28, overlaps averaged, as the
   paper), and its output is rounded to 8 bits as a saved image would be.
@@ -27,6 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -89,6 +93,11 @@ REPORT_FILES = {
 # -- the test set -----------------------------------------------------------------------------------
 
 
+# Where a set keeps its own LR images, first match wins: DIV2K's and BasicSR's layouts, then a plain LR/
+LR_FOLDERS = ("LR_bicubic/X{scale}", "LR_bicubic/x{scale}", "LR/X{scale}", "LR/x{scale}", "LR")
+_NAMES_SHOWN = 5  # unmatched files named in an error line before "and N more"
+
+
 @dataclass(frozen=True)
 class ImagePair:
     name: str  # the HR file's stem
@@ -96,6 +105,12 @@ class ImagePair:
     lr: Path | None  # None: made from HR with bicubic (or, denoising, with noise)
     height: int  # HR size after cropping to a multiple of the scale
     width: int
+    skipped: str | None = None  # why the image is not scored (too small), for the report; None: scored
+
+    @property
+    def lr_source(self) -> str:
+        """ "given" (the set's own LR file) or "made" (from HR, by bicubic or by adding noise)."""
+        return "given" if self.lr is not None else "made"
 
 
 def _upright_size(path: Path) -> tuple[int, int]:
@@ -117,6 +132,64 @@ def _by_stem(files: list[Path], folder: Path) -> dict[str, Path]:
     return found
 
 
+def pair_key(stem: str, scale: int = SCALE) -> str:
+    """The name an HR or LR file shares with its partner: its stem without a trailing scale marker (`x4`,
+    `_x4`, `_X4`) and role marker (`_HR`, `_LR`), in either order: `bird_HR_x4` and `bird_LR_x4` give
+    `bird`, `0801x4` gives `0801`, `img_001_SRF_4_HR` gives `img_001_SRF_4`."""
+    scale_marker = re.compile(rf"[_\-.]?[xX]{scale}$")
+    role_marker = re.compile(r"(?:^|[_\-.])(?:HR|LR|hr|lr)$")
+    key = scale_marker.sub("", stem)
+    key = role_marker.sub("", key)
+    return scale_marker.sub("", key) or stem
+
+
+def _lr_folder(root: Path, scale: int) -> Path | None:
+    for pattern in LR_FOLDERS:
+        folder = root / pattern.format(scale=scale)
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def _names(paths: list[Path]) -> str:
+    shown = ", ".join(path.name for path in paths[:_NAMES_SHOWN])
+    return shown + (f" and {len(paths) - _NAMES_SHOWN} more" if len(paths) > _NAMES_SHOWN else "")
+
+
+def _match_lr(hr_by_stem: dict[str, Path], lr_files: list[Path], lr_dir: Path, scale: int) -> dict[str, Path]:
+    """HR stem -> its LR file: the same stem, the stem with `x4` added, or the same `pair_key`. DataError
+    naming them when an LR file matches no HR image or two LR files match one."""
+    by_key: dict[str, list[str]] = {}
+    for stem in hr_by_stem:
+        by_key.setdefault(pair_key(stem, scale), []).append(stem)
+    matched: dict[str, Path] = {}
+    unmatched = []
+    for lr in lr_files:
+        stem = lr.stem
+        if stem in hr_by_stem:
+            partner = stem
+        elif stem.endswith(f"x{scale}") and stem[: -len(f"x{scale}")] in hr_by_stem:
+            partner = stem[: -len(f"x{scale}")]
+        elif len(by_key.get(pair_key(stem, scale), [])) == 1:
+            partner = by_key[pair_key(stem, scale)][0]
+        else:
+            unmatched.append(lr)
+            continue
+        if partner in matched:
+            raise DataError(
+                f"{lr_dir}: {matched[partner].name} and {lr.name} are both LR images of "
+                f"{hr_by_stem[partner].name}; keep one"
+            )
+        matched[partner] = lr
+    if unmatched:
+        raise DataError(
+            f"{lr_dir}: {_names(unmatched)} {'match' if len(unmatched) > 1 else 'matches'} no HR image "
+            f"(an LR file is named as its HR file, with x{scale} added or _HR made _LR); rename or remove "
+            f"{'them' if len(unmatched) > 1 else 'it'}"
+        )
+    return matched
+
+
 def find_pairs(
     dataset: str | Path,
     data_root: str | Path | None = None,
@@ -125,8 +198,13 @@ def find_pairs(
 ) -> tuple[Path, list[ImagePair]]:
     """The dataset folder and its (HR, LR) pairs, sorted by name; sizes are checked from headers up front.
 
-    A folder with HR/ (and optionally LR/), or a folder of HR photos, or a name looked up under the data root.
-    LR files match HR files by stem (`0801.png` or `0801x4.png` for HR `0801.png`); denoising uses HR only.
+    A folder with HR/ (and optionally its own LR images), or a folder of HR photos, or a name looked up under
+    the data root. LR images live in the first of LR_bicubic/X4, LR_bicubic/x4, LR/X4, LR/x4 and LR/ that
+    exists; an LR file pairs with the HR file of the same stem, of its stem less `x4` (DIV2K: `0801x4.png`
+    for `0801.png`), or of the same `pair_key` (Set5/Set14: `bird_LR_x4.png` for `bird_HR_x4.png`). An LR
+    folder holding a file that pairs with no HR image is refused (DataError naming it), so that a table
+    never silently mixes given and made LR. Denoising uses HR only. Images too small to score are kept as
+    pairs with `skipped` set; the others are checked against their LR's size (DataError).
     """
     from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos
     from classsr_cli.data.testsets import find_dataset
@@ -135,29 +213,31 @@ def find_pairs(
         raise DataError(f"--limit must be at least 1, got {limit}")
     root = find_dataset(dataset, data_root)
     hr_dir = root / "HR" if (root / "HR").is_dir() else root
-    lr_dir = root / "LR" if (root / "LR").is_dir() and not protocol.denoise else None
+    scale, border = protocol.scale, protocol.border
+    lr_dir = _lr_folder(root, scale) if not protocol.denoise else None
     hr_files = list_photos(hr_dir)
     if not hr_files:
         layout = "" if hr_dir != root else " (expected HR images in it, or in its HR/ folder)"
         raise DataError(f"no images in {hr_dir}{layout}; looked for {', '.join(PHOTO_SUFFIXES)}")
     hr_by_stem = _by_stem(hr_files, hr_dir)
-    lr_by_stem = _by_stem(list_photos(lr_dir), lr_dir) if lr_dir else {}
+    lr_by_stem = _match_lr(hr_by_stem, list_photos(lr_dir), lr_dir, scale) if lr_dir else {}
     names = sorted(hr_by_stem)[:limit] if limit else sorted(hr_by_stem)
     pairs = []
-    scale, border = protocol.scale, protocol.border
     for name in names:
         hr = hr_by_stem[name]
-        lr = lr_by_stem.get(name) or lr_by_stem.get(f"{name}x{scale}")
+        lr = lr_by_stem.get(name)
         height, width = _upright_size(hr)
         height, width = height // scale * scale, width // scale * scale
         if min(height, width) < scale * MIN_LR_SIDE:
-            raise DataError(
-                f"{hr}: too small for x{scale} with a {border}-pixel border (under {scale * MIN_LR_SIDE} px)"
-            )
+            reason = f"too small for x{scale} with a {border}-pixel border (under {scale * MIN_LR_SIDE} px)"
+            pairs.append(ImagePair(name, hr, lr, height, width, skipped=reason))
+            continue
         if lr is not None:
             lr_height, lr_width = _upright_size(lr)
             _check_lr_size(lr, (lr_height, lr_width), hr, (height, width))
         pairs.append(ImagePair(name, hr, lr, height, width))
+    if all(pair.skipped for pair in pairs):
+        raise DataError(f"{hr_dir}: no image large enough to score: {pairs[0].skipped}")
     return root, pairs
 
 
@@ -459,10 +539,11 @@ class BenchResult:
                     "per_image": per_image,
                 }
             )
-        return {
+        scored = [pair for pair in self.pairs if not pair.skipped]
+        document = {
             "dataset": self.dataset.name,
             "path": str(self.dataset),
-            "images": len(self.pairs),
+            "images": len(scored),
             "family": self.family,
             "task": "denoise" if self.protocol.denoise else "upscale",
             "scale": self.protocol.scale,
@@ -474,6 +555,34 @@ class BenchResult:
             "back_projection": self.back_projection,
             "rows": rows,
         }
+        if not self.protocol.denoise:  # which LR each image used: the set's own file, or made from HR
+            document["lr_source"] = {pair.name: pair.lr_source for pair in scored}
+            given = [pair.lr for pair in scored if pair.lr is not None]
+            document["lr_folder"] = str(given[0].parent) if given else None
+        if len(scored) < len(self.pairs):
+            document["skipped"] = {pair.name: pair.skipped for pair in self.pairs if pair.skipped}
+        return document
+
+    def skipped_notes(self) -> list[str]:
+        """One line per image left out, saying why."""
+        return [f"note: skipped {pair.hr}: {pair.skipped}" for pair in self.pairs if pair.skipped]
+
+    def lr_summary(self) -> str | None:
+        """Which LR the images used, in one line: the set's own, made from HR, or which of each."""
+        if self.protocol.denoise:
+            return None
+        scored = [pair for pair in self.pairs if not pair.skipped]
+        given = [pair for pair in scored if pair.lr is not None]
+        made = [pair.name for pair in scored if pair.lr is None]
+        if not made:
+            folder = given[0].lr.parent
+            return f"LR: the set's own ({folder}) for every image"
+        if not given:
+            return "LR: made from HR (MATLAB bicubic x1/4) for every image"
+        return (
+            f"LR: the set's own ({given[0].lr.parent}) for {_count(len(given), 'image')}, made from HR "
+            f"(MATLAB bicubic x1/4) for {_count(len(made), 'image')}: {', '.join(made)}"
+        )
 
 
 def _mean(values) -> float | None:
@@ -524,8 +633,9 @@ def run_bench(
     if engines:
         result.tiling, result.back_projection = engines[0].tiling, engines[0].back_projection
     warm_up(contenders)
-    task = progress.add_task("images", total=len(pairs)) if progress is not None else None
-    for pair in pairs:
+    scored = [pair for pair in pairs if not pair.skipped]
+    task = progress.add_task("images", total=len(scored)) if progress is not None else None
+    for pair in scored:
         if progress is not None:
             progress.update(task, description=escape(f"{pair.name}: reading"))
         hr, inputs = load_pair(pair, protocol)
@@ -654,6 +764,9 @@ def print_tables(result: BenchResult, console) -> None:
     for row in result.rows:
         if row.note:
             console.print(f"{row.name}: {row.note}", markup=False, highlight=False)
+    for line in (result.lr_summary(), *result.skipped_notes()):
+        if line:
+            console.print(line, markup=False, highlight=False)
 
     base, classsr = document["rows"][0], document["rows"][1]
     if document["images"] > PER_IMAGE_TABLE_LIMIT:
@@ -738,7 +851,9 @@ def _write_csv(document: dict, path: Path) -> None:
     class_columns = [f"class_{index}" for index in range(1, classes + 1)]
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", "row", "psnr", "psnr_y", "flops", "flops_ratio", *class_columns, "seconds"])
+        sources = document.get("lr_source", {})
+        head = ["image", "row", "psnr", "psnr_y", "flops", "flops_ratio", *class_columns, "seconds"]
+        writer.writerow(head + (["lr"] if sources else []))
         for row in document["rows"]:
             for entry in row["per_image"]:
                 fractions = entry["class_fractions"] or []
@@ -749,6 +864,7 @@ def _write_csv(document: dict, path: Path) -> None:
                         *(_cell(entry[key]) for key in ("psnr", "psnr_y", "flops", "flops_ratio")),
                         *(_cell(fractions[i]) if i < len(fractions) else "" for i in range(classes)),
                         _cell(entry["seconds"]),
+                        *([sources[entry["image"]]] if sources else []),
                     ]
                 )
 

@@ -418,6 +418,10 @@ def restore(task: str, options: dict) -> None:
                 print_json(documents if plan.from_folder else documents[0])
             else:
                 print_upscale_summary(reports, family, engine)
+            for line in plan.skipped:
+                console.print(
+                    f"note: skipped {line}", style="yellow", markup=False, highlight=False, soft_wrap=True
+                )
     if failures:  # on every rank, so that torchrun reports the launch as failed
         raise typer.Exit(EXIT_USER_ERROR)
 
@@ -450,10 +454,8 @@ def run_jobs(plan: "RunPlan", ranks: "Ranks", do_one: Callable, as_json: bool) -
                     if ranks.distributed:
                         report.rank = ranks.rank
                     results[index] = report
-                    if report.partial_input:
-                        console.print(
-                            f"note: {report.partial_input}", style="yellow", markup=False, highlight=False
-                        )
+                    for note in report.notes:
+                        console.print(f"note: {note}", style="yellow", markup=False, highlight=False)
                 except (InputError, OutputError) as error:
                     if not plan.from_folder and not as_json:
                         raise

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from classsr_cli.bench import ImagePair, load_pair
+from classsr_cli.bench import ImagePair, load_pair, pair_key
 from classsr_cli.engine import Upscaler
 from classsr_cli.flops import measure
 from classsr_cli.imaging import read_image
@@ -265,3 +265,85 @@ def test_tables_show_every_name_and_figure_whole_in_80_columns(dataset, weights)
     assert "…" not in result.output and max(len(line) for line in result.output.splitlines()) <= 80
     for name in ("FSRCNN-O", "ClassSR-FSRCNN", "Bicubic"):  # the budget row's longer name wraps
         assert name in result.output
+
+
+# -- a set's own LR images, and images too small to score ---------------------------------------------------
+
+
+def bicubic_x4(lr: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(imresize(lr.astype(np.float32) / 255, scale=4), 0, 1) * 255).astype(np.uint8)
+
+
+def test_pair_names_of_the_usual_sets():
+    assert pair_key("bird_HR_x4") == pair_key("bird_LR_x4") == "bird"  # Set5, Set14
+    assert pair_key("0801x4") == "0801" and pair_key("0801") == "0801"  # DIV2K
+    assert pair_key("img_001_SRF_4_HR") == pair_key("img_001_SRF_4_LR") == "img_001_SRF_4"  # SelfExSR
+    assert pair_key("baby") == "baby" and pair_key("CHR") == "CHR" and pair_key("HR") == "HR"
+
+
+def test_a_sets_own_lr_images_are_paired_by_the_usual_names_and_the_report_says_so(weights, tmp_path):
+    hr = synthetic_hr(64, 48, 0)
+    given = np.clip(bicubic_lr(hr).astype(int) + 12, 0, 255).astype(np.uint8)  # not what bench would make
+    expected = independent_psnr(bicubic_x4(given), hr)
+    root = tmp_path / "Set5"
+    write_png(root / "HR" / "bird_HR_x4.png", hr)
+    write_png(root / "LR" / "bird_LR_x4.png", given)
+    write_png(root / "HR" / "baby_HR_x4.png", synthetic_hr(48, 48, 1))  # no LR of its own: one is made
+    before = {path: path.read_bytes() for path in root.rglob("*.png")}
+    result = bench(root, "--json", "--device", "cpu", "--report", tmp_path / "report", weights=weights)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["lr_source"] == {"baby_HR_x4": "made", "bird_HR_x4": "given"}
+    assert document["lr_folder"] == str(root / "LR")
+    bird = row(document, "bicubic")["per_image"][1]
+    assert bird["image"] == "bird_HR_x4" and bird["psnr"] == pytest.approx(expected, abs=1e-3)
+    with open(tmp_path / "report" / "per_image.csv", newline="") as handle:
+        assert {(line["image"], line["lr"]) for line in csv.DictReader(handle)} == {
+            ("baby_HR_x4", "made"),
+            ("bird_HR_x4", "given"),
+        }
+    text = bench(root, "--device", "cpu", weights=weights, env={"COLUMNS": "300"}).output
+    made = "made from HR (MATLAB bicubic x1/4) for 1 image: baby_HR_x4"
+    assert f"LR: the set's own ({root / 'LR'}) for 1 image, {made}\n" in text
+    assert {path: path.read_bytes() for path in root.rglob("*.png")} == before
+
+    div2k = tmp_path / "DIV2K"  # HR/0801.png with LR_bicubic/X4/0801x4.png
+    write_png(div2k / "HR" / "0801.png", hr)
+    write_png(div2k / "LR_bicubic" / "X4" / "0801x4.png", given)
+    document = json.loads(bench(div2k, "--json", "--device", "cpu", weights=weights).stdout)
+    assert document["lr_source"] == {"0801": "given"}
+    assert row(document, "bicubic")["per_image"][0]["psnr"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_an_lr_folder_with_files_that_pair_with_no_hr_image_is_refused_naming_them(weights, tmp_path):
+    hr = synthetic_hr(64, 48, 0)
+    root = tmp_path / "Set"
+    write_png(root / "HR" / "bird_HR_x4.png", hr)
+    write_png(root / "LR" / "bird_LR_x4.png", bicubic_lr(hr))
+    write_png(root / "LR" / "butterfly_LR_x4.png", bicubic_lr(hr))
+    write_png(root / "LR" / "notes.png", bicubic_lr(hr))
+    line = one_line_error(bench(root, weights=weights))
+    assert f"{root / 'LR'}: butterfly_LR_x4.png, notes.png match no HR image" in line
+    (root / "LR" / "butterfly_LR_x4.png").unlink()
+    (root / "LR" / "notes.png").rename(root / "LR" / "bird.png")  # a second LR image of bird_HR_x4.png
+    assert "bird.png and bird_LR_x4.png are both LR images of bird_HR_x4.png" in one_line_error(
+        bench(root, weights=weights)
+    )
+
+
+def test_an_image_too_small_to_score_is_skipped_with_a_note(dataset, weights, tmp_path):
+    root = tmp_path / "Small"
+    for folder in ("HR", "LR"):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "a.png").write_bytes((dataset / folder / "a.png").read_bytes())
+    write_png(root / "HR" / "icon.png", synthetic_hr(10, 40, 3))  # under 12 px: nothing left after the border
+    result = bench(root, "--json", "--device", "cpu", weights=weights)
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["images"] == 1 and [p["image"] for p in row(document, "classsr")["per_image"]] == ["a"]
+    assert document["skipped"] == {"icon": "too small for x4 with a 4-pixel border (under 12 px)"}
+    text = " ".join(bench(root, "--device", "cpu", weights=weights).output.split())
+    assert f"note: skipped {root / 'HR' / 'icon.png'}: too small for x4" in text
+    (root / "HR" / "a.png").unlink()
+    (root / "LR" / "a.png").unlink()
+    assert "no image large enough to score" in one_line_error(bench(root, weights=weights))

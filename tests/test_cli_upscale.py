@@ -3,6 +3,7 @@
 import json
 import os
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -394,3 +395,254 @@ def test_written_exif_describes_the_written_pixels(weights, tmp_path):
         if suffix != ".webp":  # WebP has no resolution of its own beside EXIF
             assert round(out.xres * 25.4) == 72, suffix  # what the file's own header says
         assert not [name for name in fields if name.startswith("exif-ifd1-")], fields  # no stale thumbnail
+
+
+# -- metadata and files as users have them ------------------------------------------------------------------
+
+
+def chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def png_bytes(pixels: np.ndarray, *chunks: bytes, after: tuple[bytes, ...] = (), frames=()) -> bytes:
+    """An 8-bit RGB PNG made by hand: `chunks` before its image data, `after` after it; `frames` (more uint8
+    pictures of the same size) make it an animated PNG whose first frame is `pixels`."""
+
+    def data(picture):
+        return zlib.compress(b"".join(b"\x00" + row.tobytes() for row in picture))
+
+    height, width = pixels.shape[:2]
+
+    def frame_control(sequence):
+        return chunk(b"fcTL", struct.pack(">IIIIIHHBB", sequence, width, height, 0, 0, 1, 10, 0, 0))
+
+    animation = [chunk(b"acTL", struct.pack(">II", 1 + len(frames), 0)), frame_control(0)] if frames else []
+    later = []
+    for index, frame in enumerate(frames):
+        later += [
+            frame_control(1 + 2 * index),
+            chunk(b"fdAT", struct.pack(">I", 2 + 2 * index) + data(frame)),
+        ]
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)),
+            *chunks,
+            *animation,
+            chunk(b"IDAT", data(pixels)),
+            *later,
+            *after,
+            chunk(b"IEND", b""),
+        ]
+    )
+
+
+def chunks_of(path, *kinds: bytes) -> list[tuple[bytes, bytes]]:
+    """The (type, payload) of a PNG file's chunks of these types, in file order."""
+    data, found, position = path.read_bytes(), [], 8
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        if kind in kinds:
+            found.append((kind, data[position + 8 : position + 8 + length]))
+        position += 12 + length
+    return found
+
+
+def jpeg_segments(path, marker: int) -> list[bytes]:
+    """The payloads of a JPEG file's marker segments of this kind before its image data."""
+    data, found, position = path.read_bytes(), [], 2
+    while data[position + 1] != 0xDA:
+        length = struct.unpack(">H", data[position + 2 : position + 4])[0]
+        if data[position + 1] == marker:
+            found.append(data[position + 4 : position + 2 + length])
+        position += 2 + length
+    return found
+
+
+def pixels8(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return (photo(height, width, seed=seed) * 255).astype(np.uint8)
+
+
+def test_png_colour_chunks_are_kept_in_png_and_become_an_icc_profile_in_jpeg(weights, tmp_path):
+    gamma = chunk(b"gAMA", struct.pack(">I", 100000))  # linear samples: browsers show them brighter
+    primaries = chunk(b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000))
+    source = tmp_path / "linear.png"
+    source.write_bytes(png_bytes(pixels8(24, 24), gamma, primaries))
+    before = source.read_bytes()
+    result = upscale(source, tmp_path / "out.png", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    assert chunks_of(tmp_path / "out.png", b"gAMA", b"cHRM", b"sRGB") == chunks_of(
+        source, b"gAMA", b"cHRM", b"sRGB"
+    )
+    result = upscale(source, tmp_path / "out.jpg", "--weights", weights)
+    assert result.exit_code == 0 and "not kept" not in result.output, result.output
+    grey = pyvips.Image.new_from_array(np.full((1, 1, 3), 128, np.uint8)).copy(interpretation="srgb")
+    profile = pyvips.Image.new_from_file(str(tmp_path / "out.jpg")).get("icc-profile-data")
+    grey.set_type(pyvips.GValue.blob_type, "icc-profile-data", profile)
+    assert np.abs(grey.icc_transform("srgb", embedded=True).numpy().astype(int) - 188).max() <= 1
+    # an sRGB chunk is kept in PNG as well
+    tagged = tmp_path / "srgb.png"
+    tagged.write_bytes(
+        png_bytes(pixels8(24, 24), chunk(b"sRGB", b"\x00"), chunk(b"gAMA", b"\x00\x00\xb1\x8f"))
+    )
+    assert upscale(tagged, tmp_path / "srgb-out.png", "--weights", weights).exit_code == 0
+    assert chunks_of(tmp_path / "srgb-out.png", b"sRGB", b"gAMA") == [
+        (b"sRGB", b"\x00"),
+        (b"gAMA", b"\x00\x00\xb1\x8f"),
+    ]
+    assert source.read_bytes() == before
+    assert only_files(tmp_path) == ["linear.png", "out.jpg", "out.png", "srgb-out.png", "srgb.png"]
+
+
+def test_an_animated_png_says_that_only_its_first_frame_was_upscaled(weights, tmp_path):
+    first = np.zeros((24, 24, 3), np.uint8)  # dark; the other frames are bright
+    source = tmp_path / "anim.png"
+    source.write_bytes(png_bytes(first, frames=[np.full((24, 24, 3), 250, np.uint8)] * 2))
+    result = upscale(source, tmp_path / "out.png", "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["pages"] == 3 and report["out_width"] == 96
+    assert "holds 3 frames: only the first was upscaled" in result.stderr
+    assert read_image(tmp_path / "out.png").mean() < 0.6  # the first, dark frame
+    still = tmp_path / "still.png"
+    still.write_bytes(png_bytes(first))
+    assert "pages" not in json.loads(
+        upscale(still, tmp_path / "still-out.png", "--weights", weights, "--json").stdout
+    )
+
+
+def camera_exif_with_maker_note(maker_note: bytes) -> bytes:
+    """EXIF as a camera writes it, without the prefix (a PNG eXIf chunk): Make and orientation in IFD0; the
+    maker note, then the time, in the Exif IFD, so that the time lies beyond the first 64 KB."""
+    make, time = b"BigCamera\x00", b"2024:05:06 07:08:09\x00"
+    exif_ifd = 8 + 2 + 12 * 3 + 4
+    values = exif_ifd + 2 + 12 * 2 + 4
+    ifd0 = struct.pack("<H", 3) + struct.pack("<HHII", 0x010F, 2, len(make), values)
+    ifd0 += struct.pack("<HHIHH", 0x0112, 3, 1, 1, 0) + struct.pack("<HHII", 0x8769, 4, 1, exif_ifd)
+    ifd0 += struct.pack("<I", 0)
+    exif = struct.pack("<H", 2) + struct.pack("<HHII", 0x927C, 7, len(maker_note), values + len(make))
+    exif += struct.pack("<HHII", 0x9003, 2, len(time), values + len(make) + len(maker_note)) + struct.pack(
+        "<I", 0
+    )
+    return b"II*\x00" + struct.pack("<I", 8) + ifd0 + exif + make + maker_note + time
+
+
+def test_exif_over_64_kb_keeps_its_standard_tags_and_says_what_was_dropped(weights, tmp_path):
+    maker_note = b"Canon" + b"\x07" * 69_995
+    source = tmp_path / "camera.png"
+    source.write_bytes(png_bytes(pixels8(24, 24), chunk(b"eXIf", camera_exif_with_maker_note(maker_note))))
+    for suffix in (".jpg", ".png", ".webp"):
+        target = tmp_path / f"out{suffix}"
+        result = upscale(source, target, "--weights", weights, "--json")
+        assert result.exit_code == 0, result.output
+        out = pyvips.Image.new_from_file(str(target))
+        assert out.get_typeof("exif-ifd0-Make") and out.get("exif-ifd0-Make").startswith("BigCamera"), suffix
+        assert out.get_typeof("exif-ifd2-DateTimeOriginal"), suffix  # it lies beyond 64 KB in the input
+        assert out.get("exif-ifd2-DateTimeOriginal").startswith("2024:05:06 07:08:09"), suffix
+        assert json.loads(result.stdout)["metadata_dropped"] == [
+            "EXIF maker note (70,000 bytes): EXIF is kept up to 64 KB"
+        ]
+    result = upscale(source, tmp_path / "text.jpg", "--weights", weights)
+    assert "note: " in result.stderr and "metadata not kept: EXIF maker note (70,000 bytes)" in result.stderr
+
+
+def test_xmp_over_64_kb_in_jpeg_is_dropped_with_a_word_and_kept_elsewhere(weights, tmp_path):
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><!--' + b"history " * 9000 + b"--></x:xmpmeta>"
+    image = pyvips.Image.new_from_array(pixels8(24, 24)).copy(interpretation="srgb")
+    image.set_type(pyvips.GValue.blob_type, "xmp-data", xmp)
+    image.tiffsave(str(tmp_path / "in.tif"))
+    result = upscale(tmp_path / "in.tif", tmp_path / "out.jpg", "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metadata_dropped"] == [
+        f"XMP ({len(xmp):,} bytes: JPEG holds 65,504 in one segment)"
+    ]
+    assert upscale(tmp_path / "in.tif", tmp_path / "out.png", "--weights", weights).exit_code == 0
+    assert pyvips.Image.new_from_file(str(tmp_path / "out.png")).get("xmp-data") == xmp
+
+
+def test_png_text_is_kept_in_png_and_its_loss_said_elsewhere(weights, tmp_path):
+    text = [
+        chunk(b"tEXt", b"parameters\x00a lighthouse at dusk, Steps: 30, Seed: 1234"),
+        chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"compressed words")),
+        chunk(b"iTXt", "Title\x00\x00\x00fr\x00Titre\x00Phare à l'aube".encode()),
+    ]
+    source = tmp_path / "generated.png"
+    source.write_bytes(png_bytes(pixels8(24, 24), *text[:2], after=text[2:]))  # text may follow the data
+    assert upscale(source, tmp_path / "out.png", "--weights", weights).exit_code == 0
+    kinds = (b"tEXt", b"zTXt", b"iTXt")
+    assert chunks_of(tmp_path / "out.png", *kinds) == chunks_of(source, *kinds)
+    for suffix, name in ((".jpg", "JPEG"), (".webp", "WebP"), (".tif", "TIFF")):
+        result = upscale(source, tmp_path / f"out{suffix}", "--weights", weights, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["metadata_dropped"] == [
+            f"PNG text parameters, Comment, Title ({name} has no place for PNG text)"
+        ]
+        assert result.stderr.count("metadata not kept") == 1
+
+
+def jpeg_with_iptc_and_comments(path, records: bytes, comments: list[bytes]) -> None:
+    """A JPEG from libvips with an APP13 (Photoshop resources: IPTC and a resolution block) and COM segments
+    put in after its first segments, as cameras and editors write them."""
+    pyvips.Image.new_from_array(pixels8(24, 24)).copy(interpretation="srgb").jpegsave(str(path), Q=95)
+    data = path.read_bytes()
+    resolution = b"8BIM\x03\xed\x00\x00" + struct.pack(">I", 16) + b"\x00" * 16
+    iptc = b"8BIM\x04\x04\x00\x00" + struct.pack(">I", len(records)) + records + b"\x00" * (len(records) % 2)
+    payload = b"Photoshop 3.0\x00" + resolution + iptc
+    segments = b"\xff\xed" + struct.pack(">H", len(payload) + 2) + payload
+    segments += b"".join(b"\xff\xfe" + struct.pack(">H", len(c) + 2) + c for c in comments)
+    path.write_bytes(data[:2] + segments + data[2:])
+
+
+def test_jpeg_iptc_and_comments_are_kept_where_the_output_holds_them_and_said_elsewhere(weights, tmp_path):
+    records = b"\x1c\x02\x74" + struct.pack(">H", 14) + b"(c) A. Painter"  # 2:116 copyright
+    records += b"\x1c\x02\x78" + struct.pack(">H", 17) + b"Harbour at sunset"  # 2:120 caption
+    comments = [b"scanned from a slide", "Café du Port".encode()]
+    source = tmp_path / "photo.jpg"
+    jpeg_with_iptc_and_comments(source, records, comments)
+    before = source.read_bytes()
+
+    assert upscale(source, tmp_path / "out.jpg", "--weights", weights).exit_code == 0
+    assert jpeg_segments(tmp_path / "out.jpg", 0xFE) == comments
+    (app13,) = jpeg_segments(tmp_path / "out.jpg", 0xED)
+    assert records in app13 and b"8BIM\x03\xed" not in app13  # the input's resolution block is not carried
+
+    result = upscale(source, tmp_path / "out.png", "--weights", weights, "--json")
+    assert chunks_of(tmp_path / "out.png", b"tEXt", b"iTXt") == [
+        (b"tEXt", b"Comment\x00scanned from a slide"),  # ASCII: tEXt; UTF-8: iTXt
+        (b"iTXt", "Comment\x00\x00\x00\x00\x00Café du Port".encode()),
+    ]
+    assert json.loads(result.stdout)["metadata_dropped"] == ["IPTC (PNG has no place for it)"]
+
+    result = upscale(source, tmp_path / "out.tif", "--weights", weights, "--json")
+    assert pyvips.Image.new_from_file(str(tmp_path / "out.tif")).get("iptc-data") == records
+    assert "JPEG comments (TIFF has no place for them)" in json.loads(result.stdout)["metadata_dropped"]
+
+    result = upscale(source, tmp_path / "out.webp", "--weights", weights, "--json")
+    assert json.loads(result.stdout)["metadata_dropped"] == [
+        "IPTC (WebP has no place for it)",
+        "JPEG comments (WebP has no place for them)",
+    ]
+    assert source.read_bytes() == before
+    assert only_files(tmp_path) == ["out.jpg", "out.png", "out.tif", "out.webp", "photo.jpg"]
+
+
+def test_folder_entries_named_like_images_that_are_not_files_are_reported(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "a.png")
+    (inputs / "b.png").mkdir()
+    (inputs / "c.png").symlink_to(tmp_path / "gone.png")
+    os.mkfifo(inputs / "d.png")
+    result = upscale(inputs, tmp_path / "out", "--weights", weights)
+    assert result.exit_code == 0, result.output
+    lines = [
+        " ".join(line.split()) for line in result.stderr.splitlines() if line.startswith("note: skipped")
+    ]
+    assert lines == [
+        f"note: skipped {inputs / 'b.png'}: a folder",
+        f"note: skipped {inputs / 'c.png'}: a symbolic link to {tmp_path / 'gone.png'}, which does not exist",
+        f"note: skipped {inputs / 'd.png'}: a FIFO (named pipe)",
+    ]
+    assert only_files(tmp_path / "out") == ["a.png"]
+    (inputs / "a.png").unlink()
+    line = one_line_error(upscale(inputs, tmp_path / "out2", "--weights", weights))
+    assert "no images found" in line and "b.png: a folder" in line and "d.png: a FIFO" in line
+    assert not (tmp_path / "out2").exists()

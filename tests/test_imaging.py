@@ -615,3 +615,170 @@ def test_resolution_is_written(tmp_path, suffix):
         target = tmp_path / f"out{suffix}"
         write_image(target, np.zeros((4, 4, 3), np.float32), dpi=dpi)
         assert vips_open(target).xres * 25.4 == pytest.approx(expected, rel=1e-3)
+
+
+# -- the files users have: size limits, cut files, large EXIF, colour chunks ---------------------------------
+
+
+def test_jpeg_is_refused_above_libjpegs_65500_pixels_before_any_work(tmp_path):
+    # JPEG's header could say 65535, but libjpeg stops at 65500: 65504 would fail only after the upscale
+    for width, height in ((65504, 8), (8, 65501)):
+        with pytest.raises(OutputError, match="too large for JPEG .*65500"):
+            ImageWriter(tmp_path / "out.jpg", width, height)
+    ImageWriter(tmp_path / "out.jpg", 65500, 8).abort()  # the largest side libjpeg writes is accepted
+    assert files_in(tmp_path) == set()
+
+
+def test_a_jpeg_missing_only_its_end_marker_is_read_whole(tmp_path):
+    samples = random_samples(3, 8, height=64, width=48)
+    whole = tmp_path / "whole.jpg"
+    vips_image(samples).jpegsave(str(whole), Q=90)
+    data = whole.read_bytes()
+    assert data.endswith(b"\xff\xd9")
+    expected = read_image(whole)
+
+    no_end = tmp_path / "no-end.jpg"
+    no_end.write_bytes(data[:-2])  # every pixel there, no end-of-image marker: libjpeg and browsers show it
+    reader = open_image(no_end)
+    assert np.array_equal(reader.read_all(), expected)
+    assert np.array_equal(np.concatenate([strip for _, strip in reader.strips(rows=16)]), expected)
+    assert no_end.read_bytes() == data[:-2]  # the input is never written
+
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(data[: len(data) * 2 // 3])  # image data cut short: still refused
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_image(cut)
+
+    trailer = tmp_path / "motion.jpg"
+    trailer.write_bytes(data + b"\x00\x00\x00\x18ftypmp42" + b"\x01" * 200)  # a phone's video after the image
+    assert np.array_equal(read_image(trailer), expected)
+
+
+def tiff_exif(endian: str, ifd0: list, exif_ifd: list) -> bytes:
+    """An EXIF block with the given IFD0 and Exif IFD entries [(tag, type, count, value bytes)]."""
+
+    def ifd(entries: list, offset: int, trailer_ifd: int = 0) -> tuple[bytes, bytes]:
+        directory = struct.pack(endian + "H", len(entries))
+        data = b""
+        data_start = offset + 2 + 12 * len(entries) + 4
+        for tag, kind, count, value in entries:
+            if len(value) <= 4:
+                directory += struct.pack(endian + "HHI", tag, kind, count) + value.ljust(4, b"\0")
+            else:
+                directory += struct.pack(endian + "HHII", tag, kind, count, data_start + len(data))
+                data += value + b"\0" * (len(value) % 2)
+        return directory + struct.pack(endian + "I", trailer_ifd), data
+
+    exif_offset = 8 + 2 + 12 * (len(ifd0) + 1) + 4 + sum(len(v) + len(v) % 2 for *_, v in ifd0 if len(v) > 4)
+    pointer = (0x8769, 4, 1, struct.pack(endian + "I", exif_offset))
+    first, first_data = ifd([*ifd0, pointer], 8)
+    second, second_data = ifd(exif_ifd, exif_offset)
+    head = (b"II*\x00" if endian == "<" else b"MM\x00*") + struct.pack(endian + "I", 8)
+    return b"Exif\x00\x00" + head + first + first_data + second + second_data
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_exif_over_64_kb_keeps_its_standard_tags_without_the_maker_note(tmp_path, endian):
+    maker_note = b"Nikon\x00" + bytes(range(256)) * 300  # 76,806 bytes: too large for any JPEG segment
+    exif = tiff_exif(
+        endian,
+        [(0x010F, 2, 10, b"BigCamera\x00"), (0x0112, 3, 1, struct.pack(endian + "H", 6))],
+        [
+            (0x927C, 7, len(maker_note), maker_note),  # before the time: its bytes lie past 64 KB
+            (0x9003, 2, 20, b"2024:05:06 07:08:09\x00"),
+            (0x829A, 5, 1, struct.pack(endian + "II", 1, 250)),  # exposure 1/250 s
+        ],
+    )
+    assert len(exif) > 70_000
+    target = tmp_path / "out.jpg"
+    with ImageWriter(target, 8, 6, exif=exif) as writer:
+        writer.write([np.full((6, 8, 3), 0.5, np.float32)])
+    written = vips_open(target)
+    assert written.get_typeof("exif-ifd0-Make") and written.get("exif-ifd0-Make").startswith("BigCamera")
+    assert written.get("exif-ifd2-DateTimeOriginal").startswith("2024:05:06 07:08:09")
+    assert written.get("exif-ifd2-ExposureTime").startswith("1/250")
+    assert written.get("orientation") == 1 and b"Nikon\x00" not in written.get("exif-data")
+    assert writer.dropped == [f"EXIF maker note ({len(maker_note):,} bytes): EXIF is kept up to 64 KB"]
+
+
+def gamma_chunks(gamma: float, chromaticities: tuple | None = None) -> list[tuple[bytes, bytes]]:
+    chunks = [(b"gAMA", struct.pack(">I", round(gamma * 100000)))]
+    if chromaticities:
+        chunks.append((b"cHRM", struct.pack(">8I", *(round(v * 100000) for v in chromaticities))))
+    return chunks
+
+
+def through_profile(samples: np.ndarray, profile: bytes) -> np.ndarray:
+    """sRGB samples of `samples` (uint8 RGB) read through `profile` by libvips (lcms)."""
+    image = vips_image(samples)
+    image.set_type(pyvips.GValue.blob_type, "icc-profile-data", profile)
+    return image.icc_transform("srgb", embedded=True, intent="relative").numpy().astype(int)
+
+
+def test_png_gamma_and_chromaticities_become_an_icc_profile_saying_the_same(tmp_path):
+    colours = np.array([[[200, 120, 60], [90, 160, 210], [128, 128, 128], [240, 200, 180]]], np.uint8)
+    # gAMA 1.0: linear samples; mid-grey 128 is sRGB 188
+    pixels = to_float(np.full((4, 4, 3), 128, np.uint8))
+    target = tmp_path / "linear.jpg"
+    with ImageWriter(target, 4, 4, png_chunks=gamma_chunks(1.0)) as writer:
+        writer.write([pixels])
+    assert writer.dropped == []
+    profile = vips_open(target).get("icc-profile-data")
+    assert np.abs(through_profile(np.full((1, 1, 3), 128, np.uint8), profile) - 188).max() <= 1
+    # Display P3's primaries with gamma 2.2 land where libvips' own P3 profile (sRGB's curve) puts them
+    p3 = (0.3127, 0.3290, 0.680, 0.320, 0.265, 0.690, 0.150, 0.060)
+    target = tmp_path / "p3.tif"
+    write_image(target, np.zeros((2, 2, 3), np.float32), png_chunks=gamma_chunks(1 / 2.2, p3))
+    ours = through_profile(colours, vips_open(target).get("icc-profile-data"))
+    assert np.abs(ours - through_profile(colours, builtin_profile("p3"))).max() <= 6
+    assert np.abs(ours - colours).max() > 15  # P3 is not sRGB: the profile changes what is shown
+    # grey: a grey profile, with the same curve
+    target = tmp_path / "grey.jpg"
+    write_image(target, np.full((2, 2, 1), 128 / 255, np.float32), png_chunks=gamma_chunks(1.0))
+    grey = vips_open(target)
+    assert grey.get("icc-profile-data")[16:20] == b"GRAY"
+    assert abs(grey.icc_transform("srgb", embedded=True).numpy().astype(int) - 188).max() <= 1
+    # an sRGB chunk rules: the samples are sRGB, which an untagged file is taken to be
+    write_image(tmp_path / "srgb.jpg", pixels, png_chunks=[(b"sRGB", b"\x00"), *gamma_chunks(1.0)])
+    assert vips_open(tmp_path / "srgb.jpg").get_typeof("icc-profile-data") == 0
+
+
+def png_chunk_list(path: Path) -> list[bytes]:
+    data, kinds, position = path.read_bytes(), [], 8
+    while position < len(data):
+        length, kind = struct.unpack(">I4s", data[position : position + 8])
+        kinds.append(kind)
+        position += 12 + length
+    return kinds
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_metadata_libvips_does_not_write_is_put_into_the_stream_with_either_temporary_file(
+    tmp_path, suffix, temp_files
+):
+    pixels = to_float(random_samples(3, 8))
+    text = [(b"tEXt", b"parameters\x00steps 20"), (b"gAMA", struct.pack(">I", 45455))]
+    target = tmp_path / f"out{suffix}"
+    write_image(target, pixels, comments=[b"a comment"], png_chunks=text, exif=make_exif(1))
+    assert files_in(tmp_path) == {target.name}
+    info = open_image(target).info
+    if suffix == ".png":
+        assert png_chunk_list(target)[:2] == [b"IHDR", b"gAMA"]  # before the data, as PNG requires
+        assert info.png_chunks == ((b"gAMA", text[1][1]), text[0], (b"tEXt", b"Comment\x00a comment"))
+    else:
+        assert info.comments == (b"a comment",) and b"ClassSRTestCam" in info.exif
+    assert np.abs(read_image(target) - pixels).max() < (0.2 if suffix == ".jpg" else 1e-6)
+
+
+def test_a_write_error_while_metadata_is_put_in_leaves_no_file(tmp_path, monkeypatch, temp_files):
+    real_write = os.write
+
+    def disk_full(fd, data):
+        if fd > 2:  # the output, not the terminal
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(writer_module.os, "write", disk_full)
+    with pytest.raises(OutputError, match="No space left on device"):
+        write_image(tmp_path / "out.png", np.zeros((8, 8, 3), np.float32), png_chunks=[(b"tEXt", b"k\x00v")])
+    assert files_in(tmp_path) == set()

@@ -1,5 +1,6 @@
 """Finding photos in a folder and reading them as 8-bit sRGB RGB arrays (the form datasets are made from)."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,29 @@ def list_photos(folder: Path) -> list[Path]:
         for path in Path(folder).iterdir()
         if path.is_file() and not path.name.startswith(".") and path.suffix.lower() in PHOTO_SUFFIXES
     )
+
+
+def odd_entries(folder: Path) -> list[tuple[Path, str]]:
+    """Entries of `folder` named like photos that `list_photos` leaves out because they are no regular file:
+    (path, what it is), sorted by name: a folder, a symbolic link to nothing, a FIFO, a socket, a device."""
+    odd = []
+    for path in sorted(Path(folder).iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in PHOTO_SUFFIXES or path.is_file():
+            continue
+        if path.is_dir():
+            what = "a folder"
+        elif path.is_symlink() and not path.exists():
+            what = f"a symbolic link to {os.readlink(path)}, which does not exist"
+        elif path.is_fifo():
+            what = "a FIFO (named pipe)"
+        elif path.is_socket():
+            what = "a socket"
+        elif path.is_block_device() or path.is_char_device():
+            what = "a device"
+        else:
+            what = "not a regular file"
+        odd.append((path, what))
+    return odd
 
 
 def read_rgb8(path: Path) -> np.ndarray:

@@ -43,6 +43,7 @@ class ImageReport:
     pages: int = 1  # pages or frames in the input; only the first was upscaled
     page_word: str = "page"
     rank: int | None = None  # the process that did it, in a run shared by torchrun
+    metadata_dropped: list[str] = field(default_factory=list)  # what the output could not keep, in words
 
     @property
     def partial_input(self) -> str | None:
@@ -50,6 +51,14 @@ class ImageReport:
         if self.pages <= 1:
             return None
         return f"{self.input} holds {self.pages} {self.page_word}s: only the first was upscaled"
+
+    @property
+    def notes(self) -> list[str]:
+        """What the user should hear about this image besides the figures: one line each."""
+        notes = [self.partial_input] if self.partial_input else []
+        if self.metadata_dropped:
+            notes.append(f"{self.output}: metadata not kept: {'; '.join(self.metadata_dropped)}")
+        return notes
 
     def as_json(self) -> dict:
         document = {
@@ -73,6 +82,8 @@ class ImageReport:
         if self.pages > 1:
             document["pages"] = self.pages
             document["note"] = self.partial_input
+        if self.metadata_dropped:
+            document["metadata_dropped"] = self.metadata_dropped
         if self.rank is not None:
             document["rank"] = self.rank
         return document
@@ -134,9 +145,7 @@ def upscale_file(
         channels=layout.channels,
         bit_depth=info.bit_depth,
         has_alpha=info.has_alpha,
-        icc=info.icc,
-        exif=info.exif,
-        xmp=info.xmp,
+        **info.metadata,
         overwrite=overwrite,
         protect=[source],
     ) as writer:
@@ -170,6 +179,7 @@ def upscale_file(
         class_map=written_map,
         pages=info.pages,
         page_word=info.page_word,
+        metadata_dropped=[*info.unread, *writer.dropped],
     )
 
 

@@ -4,7 +4,9 @@ Rules (checked before a model is loaded or a byte is written):
 - Two planned files (outputs and class maps) may not share a name; names are compared ignoring case, because
   an output folder on a case-insensitive file system (macOS, Windows, exFAT, SMB) would merge them.
 - No planned file may be an input of the run, whatever --overwrite says: same name, a symbolic or a hard link.
-- A folder run skips dot-files (hidden files, macOS `._*` AppleDouble files). Outputs keep the input's name
+- A folder run skips dot-files (hidden files, macOS `._*` AppleDouble files), and entries named like images
+  that are no regular file (a folder, a dangling symbolic link, a FIFO), which `skipped` lists, for the run to
+  say so. Outputs keep the input's name
   and, when it is writable, its type (else PNG): `photo.png` and `photo.gif` would both make `photo.png` and
   are refused, naming both. Class maps are named `STEM.classes.png`, or `NAME.classes.png` (e.g.
   `photo.jpg.classes.png`) for inputs that share a stem; the plan says so in `notes`.
@@ -16,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from classsr_cli.data.photos import list_photos
+from classsr_cli.data.photos import list_photos, odd_entries
 from classsr_cli.errors import InputError, OutputError
 from classsr_cli.imaging import output_format
 
@@ -39,6 +41,7 @@ class RunPlan:
     from_folder: bool  # the input was a folder (reports are a list)
     notes: list[str] = field(default_factory=list)  # names chosen that the user did not ask for
     folders: list[Path] = field(default_factory=list)  # made by make_folders(), before the first write
+    skipped: list[str] = field(default_factory=list)  # input entries named like images that are not, in words
 
     def make_folders(self) -> None:
         """Create the output (and class map) folders of a folder run; OutputError if that fails."""
@@ -98,8 +101,10 @@ def _plan_folder(source: Path, target: Path, class_map: Path | None) -> RunPlan:
     if class_map is not None and class_map.exists() and not class_map.is_dir():
         raise OutputError(f"--class-map must name a folder when the input is a folder: {class_map}")
     images = list_photos(source)
+    skipped = [f"{path}: {what}" for path, what in odd_entries(source)]
     if not images:
-        raise InputError(f"no images found in {source} (hidden files are skipped)")
+        odd = f"; skipped {'; '.join(skipped)}" if skipped else ""
+        raise InputError(f"no images found in {source} (hidden files are skipped){odd}")
     stems: dict[str, int] = {}
     for image in images:
         stems[image.stem.casefold()] = stems.get(image.stem.casefold(), 0) + 1
@@ -114,7 +119,7 @@ def _plan_folder(source: Path, target: Path, class_map: Path | None) -> RunPlan:
                 notes.append(f"{image.name}: class map {map_path.name} (another input shares its stem)")
         jobs.append(Job(image, target / f"{image.stem}{suffix}", map_path))
     folders = [target] + ([class_map] if class_map is not None else [])
-    return RunPlan(jobs, from_folder=True, notes=notes, folders=folders)
+    return RunPlan(jobs, from_folder=True, notes=notes, folders=folders, skipped=skipped)
 
 
 def _name_key(path: Path) -> tuple[str, str]:

@@ -13,8 +13,13 @@ Decisions (see also the package docstring):
   arrive from libvips already expanded to RGB(A). Grey and grey+alpha stay grey.
 - 8-bit samples give bit_depth 8, 16-bit give 16. Float and 32-bit integer samples are refused: their scale
   (linear light? 0..1? 0..65535?) is not recorded in the file; a guess would silently give a wrong picture.
-- Only the first page or frame of multi-page TIFF, GIF, WebP or HEIF files is read; `ImageInfo.pages` says how
-  many there are, so that callers can say so.
+- Only the first page or frame of multi-page TIFF, GIF, WebP, HEIF or animated PNG files is read;
+  `ImageInfo.pages` says how many there are, so that callers can say so. libvips does not report the frames
+  of an animated PNG: its acTL chunk is read here.
+- Metadata libvips does not report or would not keep as written is read from the file itself: PNG colour
+  (gAMA, cHRM, sRGB) and text (tEXt, zTXt, iTXt) chunks, JPEG comments (metadata.py).
+- A JPEG whose only flaw is a missing end-of-image marker is read, as libjpeg and browsers show it: the
+  marker is supplied after the file's last byte, and any decoder warning (data cut short) is then an error.
 """
 
 from __future__ import annotations
@@ -28,7 +33,17 @@ import numpy as np
 import pyvips
 
 from classsr_cli.errors import InputError
-from classsr_cli.imaging.metadata import icc_fits, upright_exif, upright_xmp
+from classsr_cli.imaging.metadata import (
+    JPEG_EOI,
+    JpegExtras,
+    PngExtras,
+    icc_fits,
+    iptc_records,
+    read_jpeg_extras,
+    read_png_extras,
+    upright_exif,
+    upright_xmp,
+)
 
 # 2**30 input pixels (a 32768 x 32768 image): far above any camera or scanner file, while a tiny file that
 # claims more (a decompression bomb) is refused before a single row is decoded. Override with max_pixels.
@@ -70,12 +85,29 @@ class ImageInfo:
     icc: bytes | None = field(default=None, repr=False)  # only a profile fitting the channels (GRAY or RGB)
     exif: bytes | None = field(default=None, repr=False)  # orientation reset to 1: the pixels are upright
     xmp: bytes | None = field(default=None, repr=False)
-    pages: int = 1  # pages (TIFF), frames (GIF, WebP) or images (HEIF) in the file; only the first is read
+    pages: int = 1  # pages (TIFF), frames (GIF, WebP, PNG) or images (HEIF) in the file; the first is read
+    iptc: bytes | None = field(default=None, repr=False)  # IPTC-IIM records (caption, copyright ...)
+    comments: tuple[bytes, ...] = field(default=(), repr=False)  # JPEG COM segments, as written
+    # PNG colour (gAMA, cHRM, sRGB) and text (tEXt, zTXt, iTXt) chunks as (type, payload), in file order
+    png_chunks: tuple[tuple[bytes, bytes], ...] = field(default=(), repr=False)
+    unread: tuple[str, ...] = ()  # metadata left out on reading, in words (text beyond the size kept)
 
     @property
     def page_word(self) -> str:
-        """What a page of this format is called: "page" (TIFF), "frame" (GIF, WebP) or "image"."""
-        return {"tiff": "page", "gif": "frame", "webp": "frame"}.get(self.format, "image")
+        """What a page of this format is called: "page" (TIFF), "frame" (GIF, WebP, PNG) or "image"."""
+        return {"tiff": "page", "gif": "frame", "webp": "frame", "png": "frame"}.get(self.format, "image")
+
+    @property
+    def metadata(self) -> dict:
+        """The metadata as ImageWriter's keywords: icc, exif, xmp, iptc, comments, png_chunks."""
+        return {
+            "icc": self.icc,
+            "exif": self.exif,
+            "xmp": self.xmp,
+            "iptc": self.iptc,
+            "comments": self.comments,
+            "png_chunks": self.png_chunks,
+        }
 
     @property
     def channels(self) -> int:
@@ -140,8 +172,40 @@ def _check_readable_file(path: Path) -> None:
         raise InputError(f"{path}: empty file")
 
 
-def _load(path: Path, image_format: str, access: str) -> pyvips.Image:
+class _EndedJpeg(pyvips.SourceCustom):
+    """A JPEG file followed by the end-of-image marker it lacks, for libvips to read."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self._handle = open(path, "rb")
+        self._size = os.fstat(self._handle.fileno()).st_size
+        self._position = 0
+        self.on_read(self._read)
+        self.on_seek(self._seek)
+
+    def _read(self, length: int) -> bytes:
+        if self._position < self._size:
+            self._handle.seek(self._position)
+            data = self._handle.read(min(length, self._size - self._position))
+        else:
+            start = self._position - self._size
+            data = JPEG_EOI[start : start + length]
+        self._position += len(data)
+        return data
+
+    def _seek(self, offset: int, whence: int) -> int:
+        start = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size + len(JPEG_EOI)}
+        self._position = max(0, start[whence] + offset)
+        return self._position
+
+
+def _load(path: Path, image_format: str, access: str, source: _EndedJpeg | None = None) -> pyvips.Image:
+    """Open with libvips (header only); from `source` instead of the file for a JPEG lacking its end marker
+    (the caller keeps `source` alive while the image is read)."""
     try:
+        if source is not None:
+            # any warning fails: with the marker supplied, a warning means the image data is cut short
+            return pyvips.Operation.call("jpegload_source", source, access=access, fail_on="warning")
         # revalidate: never serve a cached decode of a file that has since been replaced
         return pyvips.Operation.call(
             _LOADERS[image_format], os.fspath(path), access=access, fail_on="error", revalidate=True
@@ -183,13 +247,27 @@ class ImageReader:
                 f"{self.path}: not a supported image (PNG, JPEG, TIFF, WebP, GIF, AVIF/HEIF are read)"
             )
         self._format = image_format
+        try:
+            png = read_png_extras(self.path) if image_format == "png" else PngExtras()
+            jpeg = read_jpeg_extras(self.path) if image_format == "jpeg" else JpegExtras()
+        except OSError as error:
+            raise InputError(f"{self.path}: cannot read ({error.strerror or error})") from None
+        self._add_end = not jpeg.has_end
+        self._sources: list[_EndedJpeg] = []  # alive as long as the reader: libvips reads through them
         # Rotated files need random access; that choice is made once from the header and kept.
-        header = _load(self.path, image_format, "sequential")
+        header = self._load("sequential")
         self._check_size(header.width, header.height)
         self._access = "sequential" if _orientation(header) == 1 else "random"
         image = self._pipeline(header if self._access == "sequential" else None)
-        pages = header.get("n-pages") if header.get_typeof("n-pages") != 0 else 1
-        self.info = replace(self._describe(image), pages=max(1, int(pages)))
+        pages = header.get("n-pages") if header.get_typeof("n-pages") != 0 else png.frames
+        self.info = replace(
+            self._describe(image),
+            pages=max(1, int(pages)),
+            iptc=iptc_records(_blob(header, "iptc-data")),
+            comments=jpeg.comments,
+            png_chunks=png.chunks,
+            unread=png.unread,
+        )
         # The pipeline built here serves the first read; later reads start from the file again.
         self._pending: pyvips.Image | None = image
 
@@ -205,9 +283,16 @@ class ImageReader:
                 "(a number of pixels)"
             )
 
+    def _load(self, access: str) -> pyvips.Image:
+        if not self._add_end:
+            return _load(self.path, self._format, access)
+        source = _EndedJpeg(self.path)
+        self._sources.append(source)
+        return _load(self.path, self._format, access, source)
+
     def _pipeline(self, loaded: pyvips.Image | None = None) -> pyvips.Image:
         """Build the lazy libvips pipeline: load, rotate upright, convert colours. Nothing is decoded yet."""
-        image = loaded if loaded is not None else _load(self.path, self._format, self._access)
+        image = loaded if loaded is not None else self._load(self._access)
         try:
             if _orientation(image) != 1:
                 image = image.autorot()
