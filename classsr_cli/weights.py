@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from classsr_cli.errors import WeightsError
+from classsr_cli.files import atomic_path, write_json
 from classsr_cli.models import ClassSR, create, create_base, get_family
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "_weights"  # an installed wheel
@@ -118,23 +118,6 @@ def read_manifest(folder: Path | None = None) -> dict:
         raise WeightsError(f"weights manifest {path} is unreadable: {error}") from None
 
 
-def publish(temp: str | Path, path: Path) -> None:
-    """Rename a finished temporary file into place, readable as any new file would be (mkstemp makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
-    os.replace(temp, path)
-
-
-def write_json_atomically(path: Path, document: dict) -> None:
-    """Write `document` as indented JSON to `path` through a temporary file renamed into place."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        json.dump(document, out, indent=2)
-        out.write("\n")
-    publish(temp, path)
-
-
 def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None) -> dict | None:
     """The manifest entry of the installed weights of a family and kind: the last listed wins, so a user's
     own weights come before the shipped ones. Only `folder`'s when given. The entry carries its `folder`."""
@@ -172,7 +155,7 @@ def add_to_manifest(path: Path, provenance: dict | None = None, folder: Path | N
     }
     manifest = read_manifest(folder)
     manifest["models"] = [m for m in manifest["models"] if m.get("file") != path.name] + [entry]
-    write_json_atomically(folder / MANIFEST_NAME, manifest)
+    write_json(folder / MANIFEST_NAME, manifest)
     return entry
 
 
@@ -208,14 +191,8 @@ def save_model(
         **{k: str(v) for k, v in extra.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temp, metadata=metadata)
-        publish(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return path
 
 

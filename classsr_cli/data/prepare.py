@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from classsr_cli.errors import ClasssrError, DataError, InputError, ModelError
+from classsr_cli.files import atomic_open, write_json
 from classsr_cli.metrics import psnr_per_subimage
 
 FORMAT = "classsr-prepared"
@@ -371,18 +372,6 @@ def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _atomic_save(path: Path, write: Callable) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as handle:
-            write(handle)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-
-
 def process_photo(job: PhotoJob) -> dict:
     """Scale, reduce and rank one photo; write its images and part file. Returns a status dict."""
     from classsr_cli.data.photos import read_rgb8
@@ -419,9 +408,11 @@ def process_photo(job: PhotoJob) -> dict:
         xs = subimage_positions(lr.shape[1], job.patch, job.stride)
         psnr = rank_subimages(lr, hr, ys, xs, job.patch, job.sr_scale, ranker)
         tag = scale_tag(factor)
-        _atomic_save(out / "images" / f"{job.key}_{tag}_hr.npy", lambda f, a=hr: np.save(f, a))
+        with atomic_open(out / "images" / f"{job.key}_{tag}_hr.npy") as handle:
+            np.save(handle, hr)
         if job.sr_scale > 1:  # at scale 1 the HR file serves as the input as well
-            _atomic_save(out / "images" / f"{job.key}_{tag}_lr.npy", lambda f, a=lr: np.save(f, a))
+            with atomic_open(out / "images" / f"{job.key}_{tag}_lr.npy") as handle:
+                np.save(handle, lr)
         grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
         scale_ids.append(np.full(grid_y.size, scale_id, dtype=np.uint8))
         all_y.append(grid_y.ravel().astype(np.int32))
@@ -446,7 +437,8 @@ def process_photo(job: PhotoJob) -> dict:
         "x": np.concatenate(all_x),
         "psnr": np.concatenate(all_psnr),
     }
-    _atomic_save(out / "parts" / f"{job.key}.npz", lambda f: np.savez(f, **part))
+    with atomic_open(out / "parts" / f"{job.key}.npz") as handle:
+        np.savez(handle, **part)
     return {"key": job.key, "name": name, "status": "done"}
 
 
@@ -504,10 +496,6 @@ def _fingerprint(
         },
         sort_keys=True,
     )
-
-
-def _write_json(path: Path, document: dict) -> None:
-    _atomic_save(path, lambda f: f.write((json.dumps(document, indent=2) + "\n").encode()))
 
 
 def default_workers() -> int:
@@ -640,7 +628,7 @@ def prepare_data(
     meta_path = out / "meta.json"
     meta = json.loads(meta_path.read_text())
     meta["seconds"] = summary["seconds"]
-    _write_json(meta_path, meta)
+    write_json(meta_path, meta)
     return summary
 
 
@@ -743,7 +731,8 @@ def _finish(out, jobs, parts, skipped, arguments: dict, rank: RankModel) -> dict
     index["cls"][~train] = classes_from_thresholds(index["psnr"][~train], thresholds)
     class_counts = np.bincount(index["cls"][train], minlength=classes).tolist()
     val_class_counts = np.bincount(index["cls"][~train], minlength=classes).tolist()
-    _atomic_save(out / "index.npy", lambda f: np.save(f, index))
+    with atomic_open(out / "index.npy") as handle:
+        np.save(handle, index)
     _remove_stale_files(out, {job.key for job in kept}, images)
 
     skipped_list = [
@@ -772,7 +761,7 @@ def _finish(out, jobs, parts, skipped, arguments: dict, rank: RankModel) -> dict
         "subimages": {"train": int(train.sum()), "val": int((~train).sum())},
         "seconds": None,
     }
-    _write_json(out / "meta.json", meta)
+    write_json(out / "meta.json", meta)
     return {
         "images": len(kept),
         "subimages": int(len(index)),
