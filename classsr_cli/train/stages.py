@@ -326,7 +326,7 @@ def _initial_classsr(
         loaded = load_weights(init, family=request.model)
         return loaded.model, loaded.family
 
-    model, family = distributed.from_main(context, read)
+    model, family = context.from_main(read)
     if not isinstance(model, ClassSR):
         raise WeightsError(
             f"{init} holds a single network; {stage} needs a ClassSR model (stage1.safetensors)"
