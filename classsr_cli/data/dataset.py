@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from classsr_cli.data.augment import DIHEDRAL_TRANSFORMS, dihedral
 from classsr_cli.data.prepare import FORMAT, FORMAT_VERSION, INDEX_DTYPE, SPLIT_TRAIN, SPLIT_VAL
 from classsr_cli.errors import DataError
 
@@ -185,15 +186,9 @@ class SubImageDataset(Dataset):
         lr = lr_image[y : y + p, x : x + p]
         hr = hr_image[y * s : (y + p) * s, x * s : (x + p) * s]
         if self.augment:
-            transform = int(self._rng.integers(8))
+            transform = int(self._rng.integers(DIHEDRAL_TRANSFORMS))
             lr, hr = dihedral(lr, transform), dihedral(hr, transform)
         return to_tensor(lr), to_tensor(hr), int(self.labels[item])
-
-
-def dihedral(image: np.ndarray, transform: int) -> np.ndarray:
-    """One of the 8 symmetries of the square on (H, W, C): rotate by 90 * (t % 4), then mirror if t >= 4."""
-    image = np.rot90(image, transform % 4, axes=(0, 1))
-    return image[:, ::-1] if transform >= 4 else image
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

@@ -11,18 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from classsr_cli.data.augment import DIHEDRAL_TRANSFORMS, dihedral
 from classsr_cli.errors import DataError
-
-DIHEDRAL_TRANSFORMS = 8  # 4 rotations x (flipped or not)
-
-
-def dihedral(image: torch.Tensor, code: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of a (C, H, W) tensor: bit 2 flips left-right, bits 0-1 rotate by 90."""
-    if code & 4:
-        image = image.flip(-1)
-    if code & 3:
-        image = torch.rot90(image, code & 3, dims=(-2, -1))
-    return image.contiguous()
 
 
 class ShardedStream(Sampler):

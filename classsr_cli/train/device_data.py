@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from classsr_cli.data.augment import DIHEDRAL_TRANSFORMS, dihedral
 from classsr_cli.errors import DataError
 from classsr_cli.imaging.bicubic import imresize_tensor, to_uint8_tensor
-from classsr_cli.train.data import DIHEDRAL_TRANSFORMS, dihedral
 
 PAPER_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 
@@ -34,7 +34,7 @@ class Positions:
 
 def _dihedral_sources(patch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols), each (8, patch, patch) int64: output pixel (i, j) of transform c reads crop pixel
-    (rows[c, i, j], cols[c, i, j]). Read off `train.data.dihedral` itself, so the two always agree."""
+    (rows[c, i, j], cols[c, i, j]). Read off `data.augment.dihedral` itself, so the two always agree."""
     grid = torch.arange(patch * patch).reshape(1, patch, patch)
     sources = torch.stack([dihedral(grid, code)[0] for code in range(DIHEDRAL_TRANSFORMS)])
     return (sources // patch).to(device), (sources % patch).to(device)
