@@ -218,7 +218,8 @@ def crop_panels(
     from classsr_cli.data.photos import read_rgb8
     from classsr_cli.engine import Upscaler
     from classsr_cli.imaging.bicubic import imresize
-    from classsr_cli.metrics import psnr, to_uint8
+    from classsr_cli.metrics import psnr
+    from classsr_cli.pixels import unit_to_uint8
     from classsr_cli.weights import load_weights, shipped_families
 
     x, y = (v // 4 * 4 for v in at)  # on the LR grid, so the crop's LR equals the photo's LR there
@@ -230,13 +231,13 @@ def crop_panels(
     lr = make_lr(window).astype(np.float32) / 255.0
     shown = np.s_[pad : pad + size, pad : pad + size]
     truth = window[shown]
-    panels = [("Bicubic", to_uint8(imresize(lr, scale=4))[shown])]
+    panels = [("Bicubic", unit_to_uint8(imresize(lr, scale=4))[shown])]
     for family in sorted(shipped_families("classsr"), key=_family_order):
         loaded = load_weights(family, kind="classsr")
         if getattr(loaded.model, "scale", 4) != 4:
             continue
         sr, _ = Upscaler(loaded.model, device).upscale_array(lr)
-        panels.append((f"ClassSR-{FAMILY_NAMES.get(family, family)}", to_uint8(sr)[shown]))
+        panels.append((f"ClassSR-{FAMILY_NAMES.get(family, family)}", unit_to_uint8(sr)[shown]))
     labelled = [(f"{name}  {psnr(image, truth, border=0):.2f} dB", image) for name, image in panels]
     return labelled + [("HR (the photo)", truth)]
 

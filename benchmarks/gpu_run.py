@@ -47,8 +47,9 @@ import torch
 from classsr_cli.data.photos import list_photos
 from classsr_cli.errors import ClasssrError, DataError
 from classsr_cli.files import atomic_open, write_json
-from classsr_cli.metrics import psnr, to_uint8
+from classsr_cli.metrics import psnr
 from classsr_cli.models import create_base, get_family
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.train.device_data import PAPER_SCALES, DevicePhotos, fixed_crops, pyramid
 from classsr_cli.train.loop import cosine_at, graceful_stop, training_autocast, training_step
 from classsr_cli.train.losses import LossWeights
@@ -337,7 +338,9 @@ def held_out_psnr(model: torch.nn.Module, lr_crops: torch.Tensor, hr_crops: np.n
     with torch.no_grad():
         sr = model(lr_crops).float().permute(0, 2, 3, 1).cpu().numpy()
     model.train()
-    return float(np.mean([psnr(to_uint8(out), hr, border=4) for out, hr in zip(sr, hr_crops, strict=True)]))
+    return float(
+        np.mean([psnr(unit_to_uint8(out), hr, border=4) for out, hr in zip(sr, hr_crops, strict=True)])
+    )
 
 
 def run_chunk(network: Network, photos: DevicePhotos, seconds: float, hard_end: float, context) -> None:
@@ -785,7 +788,9 @@ def imresize_bicubic_psnr(lr_crops: torch.Tensor, hr_crops: np.ndarray) -> float
     from classsr_cli.imaging.bicubic import imresize_tensor
 
     up = imresize_tensor(lr_crops.float(), scale=4).permute(0, 2, 3, 1).cpu().numpy()
-    return float(np.mean([psnr(to_uint8(out), hr, border=4) for out, hr in zip(up, hr_crops, strict=True)]))
+    return float(
+        np.mean([psnr(unit_to_uint8(out), hr, border=4) for out, hr in zip(up, hr_crops, strict=True)])
+    )
 
 
 def collect(part: int, out: Path, keep: Path) -> list[str]:
