@@ -28,7 +28,7 @@ from torch import nn
 
 from classsr_cli.errors import WeightsError
 from classsr_cli.files import atomic_path, write_json
-from classsr_cli.models import ClassSR, create, create_base, get_family
+from classsr_cli.models import FAMILIES, ClassSR, create, create_base, get_family
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "_weights"  # an installed wheel
 CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"  # a source checkout or editable install
@@ -252,13 +252,8 @@ def _load_safetensors(path: Path, entry: dict | None) -> Loaded:
 
 # -- official checkpoints -------------------------------------------------------------------------
 
-# A key that only one family's networks have, and the tensor whose first dimension is the width.
-_FAMILY_SIGNATURES = {
-    "fsrcnn": "head_conv.0.weight",
-    "carn": "entry.weight",
-    "srresnet": "conv_first.weight",
-    "rcan": "head.0.weight",
-}
+# A key that only one family's networks have, and the tensor whose first dimension is the width (the specs').
+_FAMILY_SIGNATURES = {name: spec.checkpoint_key for name, spec in FAMILIES.items() if spec.checkpoint_key}
 
 
 def _unwrap_checkpoint(obj) -> dict:
