@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from classsr_cli.data.dataset import SPLITS, SubImageDataset, input_noise, load_index, prepared_info
-from classsr_cli.data.prepare import SPLIT_TRAIN, NetworkRanker, NoisyInput
+from classsr_cli.data.prepare import SPLIT_TRAIN
+from classsr_cli.data.ranking import NetworkRanker, NoisyInput
 from classsr_cli.engine.routing import plan_for
 from classsr_cli.engine.runner import pick_device
 from classsr_cli.errors import DataError, ModelError
