@@ -10,7 +10,6 @@ SPEC = FamilySpec(
     name="carn",
     title="CARN-M",
     build=lambda width: CARN(nf=width),
-    base_width=64,
     presets={3: (36, 52, 64)},
     width_multiple=4,  # its grouped convolutions take 4 groups
     checkpoint_key="entry.weight",

@@ -12,10 +12,9 @@ SPEC = FamilySpec(
     name="dncnn",
     title="DnCNN",
     build=lambda width: DnCNN(width=width),
-    base_width=64,
     presets={3: (38, 52, 64)},
+    scale=1,  # the same size out
     task="denoise",
-    scale=1,
     # DnCNN (batch norm, 17 layers) sat at "output = input" for 300+ steps at 1e-3 with Adam and batch 16 and
     # then learned one colour channel at a time; at 1e-4 (DnCNN's usual rate with Adam) it learned at once
     branch_lr=1e-4,

@@ -8,7 +8,6 @@ SPEC = FamilySpec(
     name="fsrcnn",
     title="FSRCNN",
     build=lambda width: FSRCNN(d=width),
-    base_width=56,
     presets={2: (16, 56), 3: (16, 36, 56), 4: (16, 29, 43, 56), 5: (16, 26, 36, 46, 56)},
     # LR pixels of real context around each region piece (the engine's default is 4): its receptive field
     # reaches about 7 LR pixels, and with 4 the zero padding beyond showed on smooth input, random smooth

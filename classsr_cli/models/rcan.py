@@ -9,7 +9,6 @@ SPEC = FamilySpec(
     name="rcan",
     title="RCAN",
     build=lambda width: RCAN(n_feats=width),
-    base_width=64,
     presets={3: (36, 50, 64)},
     min_width=16,  # its channel attention divides the width by 16
     checkpoint_key="head.0.weight",

@@ -18,7 +18,6 @@ class FamilySpec:
     name: str  # the name users give (--model, `load(model=...)`)
     title: str  # the paper's name: "ClassSR-<title>", "<title>-O"
     build: Callable[[int], nn.Module]  # a network of this family with `width` channels, untrained
-    base_width: int  # the -O network's width: the hardest branch
     presets: dict[int, tuple[int, ...]]  # class count -> branch widths, simple -> hard (the paper's)
     task: str = "upscale"  # "upscale" (x`scale` super-resolution) or "denoise" (same size out)
     scale: int = 4  # output pixels per input pixel along each side
@@ -35,6 +34,11 @@ class FamilySpec:
     # the paper's FLOPs of the 3-class preset's branches, simple -> hard, per 32x32 LR sub-image, in its
     # convention (`flops.py`: 2 x multiply-adds, a transposed convolution counted at its output size)
     paper_flops: tuple[float, ...] | None = None
+
+    @property
+    def base_width(self) -> int:
+        """The width of the -O network, the base: the hardest branch's, the same for every class count."""
+        return self.presets[3][-1]
 
     def widths_for(self, classes: int) -> tuple[int, ...]:
         """The paper's widths for this class count, or evenly spaced ones from the smallest to the base."""

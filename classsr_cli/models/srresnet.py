@@ -9,7 +9,6 @@ SPEC = FamilySpec(
     name="srresnet",
     title="SRResNet",
     build=lambda width: SRResNet(nf=width),
-    base_width=64,
     presets={3: (36, 52, 64)},
     checkpoint_key="conv_first.weight",
     paper_flops=(1658.22e6, 3438.01e6, 5193.99e6),
