@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from classsr_cli.errors import WeightsError
+from classsr_cli.errors import OutputError, WeightsError
 from classsr_cli.files import atomic_path, write_json
 from classsr_cli.models import FAMILIES, ClassSR, create, create_base, get_family
 
@@ -157,6 +157,41 @@ def add_to_manifest(path: Path, provenance: dict | None = None, folder: Path | N
     manifest["models"] = [m for m in manifest["models"] if m.get("file") != path.name] + [entry]
     write_json(folder / MANIFEST_NAME, manifest)
     return entry
+
+
+def add_weights(
+    source: str | Path,
+    name: str | None = None,
+    *,
+    half: bool = False,
+    provenance: Path | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Copy trained weights (any file `load_weights` reads) into the user's weights folder as
+    .safetensors and list them in its manifest (`classsr weights add`); they then take precedence over
+    shipped weights of the same family and kind. Returns the manifest entry (file, family, kind, widths,
+    bytes, sha256 and the provenance's facts).
+
+    name: the file name there (default: the source's); half: store fp16 (half the size; loads as fp32);
+    provenance: a JSON file holding an object of training facts to record. Raises OutputError for a
+    name that is not .safetensors or that exists without `overwrite`, WeightsError for unreadable
+    weights or provenance.
+    """
+    source = Path(source)
+    loaded = load_weights(source)
+    target = user_weights_dir() / (name or source.name)
+    if target.suffix != ".safetensors":
+        raise OutputError(f"{target.name}: weights are stored as .safetensors")
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} already exists: pass --overwrite to replace it")
+    facts = {}
+    if provenance is not None:
+        try:
+            facts = json.loads(Path(provenance).read_text())
+        except (OSError, ValueError) as error:
+            raise WeightsError(f"--provenance {provenance}: not a readable JSON object ({error})") from None
+    save_model(loaded.model, target, loaded.family, dtype=torch.float16 if half else torch.float32)
+    return add_to_manifest(target, facts)
 
 
 # -- our format -----------------------------------------------------------------------------------
