@@ -260,8 +260,8 @@ def draw_crop(panels: list[tuple[str, np.ndarray]], path: Path, zoom: int = CROP
 
 def class_map(photo: Path, family: str | None, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """(class map as uint8 RGB, legend facts) of the photo's LR, drawn as `upscale --class-map` does."""
+    from classsr_cli.api import default_model
     from classsr_cli.bench import make_lr
-    from classsr_cli.cli import best_shipped_family
     from classsr_cli.data.photos import read_rgb8
     from classsr_cli.engine import Upscaler
     from classsr_cli.engine.pipeline import ClassGrid
@@ -269,7 +269,7 @@ def class_map(photo: Path, family: str | None, device: str = "cpu") -> tuple[np.
     from classsr_cli.imaging.classmap import write_class_map
     from classsr_cli.weights import load_weights
 
-    family = family or best_shipped_family()
+    family = family or default_model()
     hr = read_rgb8(photo)
     lr = make_lr(np.ascontiguousarray(hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]))
     engine = Upscaler(load_weights(family, kind="classsr").model, device)

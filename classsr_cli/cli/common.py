@@ -5,12 +5,14 @@ Errors a user can cause (ClasssrError) print one line, `error: ...`, on stderr a
 `--debug` shows the traceback instead. `--json` prints exactly one JSON document on stdout.
 """
 
+import inspect
 import json
 import re
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import wraps
+from typing import get_type_hints
 
 import typer
 from rich.console import Console
@@ -106,6 +108,43 @@ def user_errors(command: Callable) -> Callable:
     return run
 
 
+def subcommand(group: typer.Typer, name: str) -> Callable[[Callable], Callable]:
+    """`@subcommand(app, "name")`: the function is the group's command `name`, with clean help and user
+    errors handled (`user_errors`)."""
+
+    def register(function: Callable) -> Callable:
+        handled = user_errors(function)
+        group.command(name, cls=CleanHelp)(handled)
+        return handled
+
+    return register
+
+
+def command(body: Callable[..., None], doc: str, fixed: dict | None = None, options: dict | None = None):
+    """A command whose options are `body`'s parameters (typer.Option or typer.Argument defaults, in the order
+    --help lists them) but for those `fixed` gives values; `options` replaces some parameters' declarations.
+    User errors are handled as `user_errors` says; `doc` is its help.
+
+    For commands that differ in a few options only (upscale and denoise, the training stages): one typed
+    body declares every option once, and each command is that body with its own choices fixed.
+    """
+    fixed, options = fixed or {}, options or {}
+    hints = get_type_hints(body)
+    parameters = [
+        parameter.replace(default=options.get(name, parameter.default), annotation=hints[name])
+        for name, parameter in inspect.signature(body).parameters.items()
+        if name not in fixed
+    ]
+
+    def parsed(**arguments):
+        return body(**fixed, **arguments)
+
+    parsed.__signature__ = inspect.Signature(parameters)
+    parsed.__annotations__ = {parameter.name: parameter.annotation for parameter in parameters}
+    parsed.__doc__ = doc
+    return user_errors(parsed)
+
+
 def print_json(document) -> None:
     sys.stdout.write(json.dumps(document, indent=2) + "\n")
     sys.stdout.flush()
@@ -134,6 +173,9 @@ BACK_PROJECTION_OPTION = typer.Option(
     show_default=False,
 )
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on stdout and nothing else there.")
+MODEL_OPTION = typer.Option(
+    None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
+)
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PRECISION_OPTION = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16.")
 
@@ -153,3 +195,8 @@ def say(message: str, style: str | None = None) -> None:
 def print_note(message: str) -> None:
     """`note: ...` in yellow on stderr."""
     say(f"note: {message}", style="yellow")
+
+
+MODEL_OPTION = typer.Option(
+    None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
+)
