@@ -148,6 +148,15 @@ class SubImageDataset(Dataset):
     def class_counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def crop_table(self) -> dict[str, np.ndarray]:
+        """The sub-images as columns, one row each: image and scale (the keys of `images`), y and x (the
+        top-left LR pixel; the HR crop starts at `scale` times it) and cls (0 = simple)."""
+        return {"image": self._image, "scale": self._scale, "y": self._y, "x": self._x, "cls": self.labels}
+
+    def images(self, image: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+        """(HR, LR) of one scaled photo: uint8 (H, W, 3) arrays, memory-mapped. DataError if missing."""
+        return self._pair(image, scale)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_arrays"], state["_rng"], state["_pid"] = {}, None, None  # each process maps its own
