@@ -301,7 +301,7 @@ def test_schedule_and_data_order_are_functions_of_the_position():
 
 @pytest.mark.parametrize("classes", [None, [1]])
 def test_batches_gathered_on_the_device_are_the_loaders_to_the_bit(data, classes):
-    """The GPU's data source (`DeviceSubImages`), run here on the CPU: the same batches from the same stream."""
+    """The GPU's data source (`DeviceSubImages`), run on the CPU here: the same batches from one stream."""
     from classsr_cli.train.data import make_loader, open_train_set
 
     dataset = open_train_set(data, classes, seed=0)
