@@ -23,7 +23,8 @@ from classsr_cli.data.photos import list_photos
 from classsr_cli.engine import Upscaler
 from classsr_cli.engine.backprojection import back_project
 from classsr_cli.imaging import read_image
-from classsr_cli.metrics import psnr, to_uint8
+from classsr_cli.metrics import psnr
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.train.device_data import DevicePhotos
 from classsr_cli.weights import load_weights
 
@@ -57,7 +58,10 @@ def evaluate(network, crops) -> dict:
     for label, back_projection in (("psnr", True), ("psnr_no_back_projection", False)):
         engine = Upscaler(network, "cpu", back_projection=back_projection)
         scores[label] = round(
-            float(np.mean([psnr(to_uint8(engine.upscale_array(lr)[0]), hr, border=4) for hr, lr in crops])), 4
+            float(
+                np.mean([psnr(unit_to_uint8(engine.upscale_array(lr)[0]), hr, border=4) for hr, lr in crops])
+            ),
+            4,
         )
     scores["flat_shift"] = round(flat_shift(network), 3)
     return scores
@@ -74,7 +78,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=16, help="training photos to use (the first N)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    train = [to_uint8(read_image(p)[:, :, :3]) for p in list_photos(args.train)[: args.photos]]
+    train = [unit_to_uint8(read_image(p)[:, :, :3]) for p in list_photos(args.train)[: args.photos]]
     photos = DevicePhotos(train, "cpu", scales=(1.0, 0.8, 0.6), patch=48)
     crops = [central_crop(p, 1920, 1080) for p in list_photos(args.val)]
     shipped = load_weights(args.family, kind="base").model

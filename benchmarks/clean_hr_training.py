@@ -20,7 +20,8 @@ from benchmarks.plain_peer import central_crop
 from classsr_cli.data.photos import list_photos
 from classsr_cli.engine import Upscaler
 from classsr_cli.imaging import read_image
-from classsr_cli.metrics import psnr, to_uint8
+from classsr_cli.metrics import psnr
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.train.device_data import DevicePhotos
 from classsr_cli.weights import load_weights
 
@@ -28,7 +29,8 @@ from classsr_cli.weights import load_weights
 def score(network, crops) -> float:
     engine = Upscaler(network, "cpu")
     return round(
-        sum(psnr(to_uint8(engine.upscale_array(lr)[0]), hr, border=4) for hr, lr in crops) / len(crops), 4
+        sum(psnr(unit_to_uint8(engine.upscale_array(lr)[0]), hr, border=4) for hr, lr in crops) / len(crops),
+        4,
     )
 
 
@@ -43,7 +45,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=16, help="training photos to use (the first N)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    train = [to_uint8(read_image(p)[:, :, :3]) for p in list_photos(args.train)[: args.photos]]
+    train = [unit_to_uint8(read_image(p)[:, :, :3]) for p in list_photos(args.train)[: args.photos]]
     val = list_photos(args.val)
     sets = {
         "val": [central_crop(p, 1920, 1080) for p in val],

@@ -23,7 +23,8 @@ import numpy as np
 from classsr_cli import bench as benchmark
 from classsr_cli.engine import Upscaler
 from classsr_cli.flops import count_params
-from classsr_cli.metrics import psnr, to_uint8
+from classsr_cli.metrics import psnr
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.weights import load_weights, shipped_entry
 
 CROP = 512
@@ -57,7 +58,7 @@ def main() -> None:
     images = []
     for pair in pairs:
         clean, noisy = benchmark.load_pair(pair, protocol)  # bench's noise, seeded by the image's name
-        images.append((pair.name, clean, to_uint8(noisy)))
+        images.append((pair.name, clean, unit_to_uint8(noisy)))
 
     strengths = [float(s) for s in args.strengths.split(",")]
     sweep = {}

@@ -218,7 +218,8 @@ def crop_panels(
     from classsr_cli.data.photos import read_rgb8
     from classsr_cli.engine import Upscaler
     from classsr_cli.imaging.bicubic import imresize
-    from classsr_cli.metrics import psnr, to_uint8
+    from classsr_cli.metrics import psnr
+    from classsr_cli.pixels import unit_to_uint8
     from classsr_cli.weights import load_weights, shipped_families
 
     x, y = (v // 4 * 4 for v in at)  # on the LR grid, so the crop's LR equals the photo's LR there
@@ -230,13 +231,13 @@ def crop_panels(
     lr = make_lr(window).astype(np.float32) / 255.0
     shown = np.s_[pad : pad + size, pad : pad + size]
     truth = window[shown]
-    panels = [("Bicubic", to_uint8(imresize(lr, scale=4))[shown])]
+    panels = [("Bicubic", unit_to_uint8(imresize(lr, scale=4))[shown])]
     for family in sorted(shipped_families("classsr"), key=_family_order):
         loaded = load_weights(family, kind="classsr")
         if getattr(loaded.model, "scale", 4) != 4:
             continue
         sr, _ = Upscaler(loaded.model, device).upscale_array(lr)
-        panels.append((f"ClassSR-{FAMILY_NAMES.get(family, family)}", to_uint8(sr)[shown]))
+        panels.append((f"ClassSR-{FAMILY_NAMES.get(family, family)}", unit_to_uint8(sr)[shown]))
     labelled = [(f"{name}  {psnr(image, truth, border=0):.2f} dB", image) for name, image in panels]
     return labelled + [("HR (the photo)", truth)]
 
@@ -259,8 +260,8 @@ def draw_crop(panels: list[tuple[str, np.ndarray]], path: Path, zoom: int = CROP
 
 def class_map(photo: Path, family: str | None, device: str = "cpu") -> tuple[np.ndarray, dict]:
     """(class map as uint8 RGB, legend facts) of the photo's LR, drawn as `upscale --class-map` does."""
+    from classsr_cli.api import default_model
     from classsr_cli.bench import make_lr
-    from classsr_cli.cli import best_shipped_family
     from classsr_cli.data.photos import read_rgb8
     from classsr_cli.engine import Upscaler
     from classsr_cli.engine.pipeline import ClassGrid
@@ -268,7 +269,7 @@ def class_map(photo: Path, family: str | None, device: str = "cpu") -> tuple[np.
     from classsr_cli.imaging.classmap import write_class_map
     from classsr_cli.weights import load_weights
 
-    family = family or best_shipped_family()
+    family = family or default_model()
     hr = read_rgb8(photo)
     lr = make_lr(np.ascontiguousarray(hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]))
     engine = Upscaler(load_weights(family, kind="classsr").model, device)

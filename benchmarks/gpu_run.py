@@ -46,8 +46,10 @@ import torch
 
 from classsr_cli.data.photos import list_photos
 from classsr_cli.errors import ClasssrError, DataError
-from classsr_cli.metrics import psnr, to_uint8
+from classsr_cli.files import atomic_open, write_json
+from classsr_cli.metrics import psnr
 from classsr_cli.models import create_base, get_family
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.train.device_data import PAPER_SCALES, DevicePhotos, fixed_crops, pyramid
 from classsr_cli.train.loop import cosine_at, graceful_stop, training_autocast, training_step
 from classsr_cli.train.losses import LossWeights
@@ -57,10 +59,8 @@ from classsr_cli.train.packing import (
     fp16_state,
     network_name,
     plan_parts,
-    publish,
     write_packed,
 )
-from classsr_cli.weights import write_json_atomically
 
 ROOT = Path(__file__).resolve().parent.parent
 FORMAT = "classsr-gpu-run-1"
@@ -151,12 +151,10 @@ def device_name(device: torch.device) -> str:
 
 
 def copy_atomically(source: Path, target: Path, tail_bytes: int | None = None) -> None:
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(handle, "wb") as out, open(source, "rb") as data:
+    with atomic_open(target) as out, open(source, "rb") as data:
         if tail_bytes is not None:
             data.seek(max(0, source.stat().st_size - tail_bytes))
         shutil.copyfileobj(data, out)
-    publish(temp, target)
 
 
 def remove_own_files(folder: Path) -> None:
@@ -340,7 +338,9 @@ def held_out_psnr(model: torch.nn.Module, lr_crops: torch.Tensor, hr_crops: np.n
     with torch.no_grad():
         sr = model(lr_crops).float().permute(0, 2, 3, 1).cpu().numpy()
     model.train()
-    return float(np.mean([psnr(to_uint8(out), hr, border=4) for out, hr in zip(sr, hr_crops, strict=True)]))
+    return float(
+        np.mean([psnr(unit_to_uint8(out), hr, border=4) for out, hr in zip(sr, hr_crops, strict=True)])
+    )
 
 
 def run_chunk(network: Network, photos: DevicePhotos, seconds: float, hard_end: float, context) -> None:
@@ -429,8 +429,8 @@ class Checkpoints:
         self.save_report(report)
 
     def save_report(self, report: dict) -> None:
-        write_json_atomically(self.keep / REPORT, report)
-        write_json_atomically(self.out / REPORT, report)
+        write_json(self.keep / REPORT, report)
+        write_json(self.out / REPORT, report)
         copy_atomically(self.keep / LOG, self.out / LOG, tail_bytes=LOG_BYTES)
 
 
@@ -576,13 +576,13 @@ def run_engine_only(args, device: torch.device, profile: Profile, report: dict, 
     label = report["device"]
     rows = engine_table(networks, held, device, profile, deadline, keep, log)
     report["engine"] = rows
-    write_json_atomically(out / REPORT, report)
+    write_json(out / REPORT, report)
     log("")
     log(f"engine on {label} (seconds, median of 2 after a warm-up):")
     log(format_engine_table(rows))
     size = (64, 36) if args.dry_run else FRAME_8K_LR
     report["frame_8k"] = frame_rows(held, device, families, size, 1 if args.dry_run else 2, log)
-    write_json_atomically(out / REPORT, report)
+    write_json(out / REPORT, report)
     copy_atomically(keep / LOG, out / LOG, tail_bytes=LOG_BYTES)
     return report
 
@@ -788,7 +788,9 @@ def imresize_bicubic_psnr(lr_crops: torch.Tensor, hr_crops: np.ndarray) -> float
     from classsr_cli.imaging.bicubic import imresize_tensor
 
     up = imresize_tensor(lr_crops.float(), scale=4).permute(0, 2, 3, 1).cpu().numpy()
-    return float(np.mean([psnr(to_uint8(out), hr, border=4) for out, hr in zip(up, hr_crops, strict=True)]))
+    return float(
+        np.mean([psnr(unit_to_uint8(out), hr, border=4) for out, hr in zip(up, hr_crops, strict=True)])
+    )
 
 
 def collect(part: int, out: Path, keep: Path) -> list[str]:

@@ -35,7 +35,8 @@ from classsr_cli.engine.inference_graph import optimize_for_inference
 from classsr_cli.engine.runner import pick_device, pick_dtype
 from classsr_cli.imaging import read_image
 from classsr_cli.imaging.bicubic import imresize
-from classsr_cli.metrics import psnr, to_uint8
+from classsr_cli.metrics import psnr
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.weights import load_weights
 
 PEER_TILE, PEER_CONTEXT = 64, 8
@@ -92,15 +93,15 @@ def central_crop(path: Path, width: int, height: int, reduce: int = 1) -> tuple[
     """(HR uint8, LR float32) of the photo's central width x height crop (HR size), LR by bicubic x1/4."""
     hr = _photo_crop(path, width, height, reduce)
     hr = hr[: hr.shape[0] // 4 * 4, : hr.shape[1] // 4 * 4]
-    lr = to_uint8(imresize(hr, 0.25)).astype(np.float32) / 255.0
-    return to_uint8(hr), lr
+    lr = unit_to_uint8(imresize(hr, 0.25)).astype(np.float32) / 255.0
+    return unit_to_uint8(hr), lr
 
 
 def noisy_crop(
     path: Path, width: int, height: int, sigma: float, reduce: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
     """(clean uint8, noisy float32) of the photo's central width x height crop, noise seeded by its name."""
-    clean = to_uint8(_photo_crop(path, width, height, reduce))
+    clean = unit_to_uint8(_photo_crop(path, width, height, reduce))
     return clean, noisy_image(clean, sigma, zlib.crc32(path.stem.encode()))
 
 
@@ -173,7 +174,7 @@ def main() -> None:
             for name, row in rows.items():
                 seconds[name] += fastest[name]
                 sr, tally = outputs[name]
-                scores[name].append(psnr(to_uint8(sr), hr, border=0 if denoiser else 4))
+                scores[name].append(psnr(unit_to_uint8(sr), hr, border=0 if denoiser else 4))
                 if tally is not None:
                     flops.setdefault(name, []).append(
                         (tally.flops_ratio(row.plan), tally.executed_ratio(row.plan), tally.tiles)

@@ -436,7 +436,7 @@ def build_contenders(
 def _run_engine(engine, lr: np.ndarray, grid=None):
     """(uint8 x4 output, routing tally, seconds inside the engine)."""
     from classsr_cli.engine import Layout
-    from classsr_cli.metrics import to_uint8
+    from classsr_cli.pixels import unit_to_uint8
 
     tally = engine.new_tally()
     strips = engine.stream(
@@ -449,18 +449,19 @@ def _run_engine(engine, lr: np.ndarray, grid=None):
         seconds += time.perf_counter() - started
         if strip is None:
             break
-        pieces.append(to_uint8(strip))  # quantised strip by strip: a float copy of an 8K output is 0.8 GB
+        # quantised strip by strip: a float copy of an 8K output is 0.8 GB
+        pieces.append(unit_to_uint8(strip))
     return np.concatenate(pieces, axis=0), tally, seconds
 
 
 def _reference(inputs: np.ndarray, protocol: Protocol) -> tuple[np.ndarray, float]:
     """The reference output and its seconds: the bicubic upscale, or the noisy input itself."""
     from classsr_cli.imaging.bicubic import imresize
-    from classsr_cli.metrics import to_uint8
+    from classsr_cli.pixels import unit_to_uint8
 
     started = time.perf_counter()
     out = inputs if protocol.denoise else imresize(inputs, scale=protocol.scale)
-    return to_uint8(out), time.perf_counter() - started
+    return unit_to_uint8(out), time.perf_counter() - started
 
 
 def warm_up(contenders: list[Contender]) -> None:

@@ -20,7 +20,6 @@ last: an interrupted export leaves no partial file in DIR.
 
 import copy
 import inspect
-import json
 import os
 import shutil
 import tempfile
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from classsr_cli.errors import DependencyError, ModelError, OutputError
+from classsr_cli.files import new_file_mode, write_json
 from classsr_cli.models import ClassSR, get_family
 
 FORMATS = ("onnx",)
@@ -129,7 +129,7 @@ def export_onnx(
             path = staging / entry["file"]
             _export_graph(module, entry, path, opset)
             _annotate(onnx, path, family, role, name, model.scale)
-        (staging / MANIFEST_NAME).write_text(json.dumps(document, indent=2) + "\n")
+        write_json(staging / MANIFEST_NAME, document)
         _publish(staging, out_dir, [entry["file"] for _, entry, _, _ in jobs])
     except OSError as error:
         raise OutputError(f"cannot write the export to {out_dir}: {error.strerror or error}") from None
@@ -277,10 +277,8 @@ def _annotate(onnx, path: Path, family: str, role: str, name: str | None, scale:
 
 def _publish(staging: Path, out_dir: Path, graphs: list[str]) -> None:
     """Move the finished export into `out_dir`: the whole folder when there is none, else file by file."""
-    umask = os.umask(0)
-    os.umask(umask)
     if not out_dir.exists():
-        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; a new folder is readable as any other
+        os.chmod(staging, new_file_mode(folder=True))  # mkdtemp makes 0700; as readable as any new folder
         os.rename(staging, out_dir)
         return
     # an old manifest goes first, so that a folder caught half replaced lists no graphs at all

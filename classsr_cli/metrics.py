@@ -1,17 +1,13 @@
 """Image quality metrics as SR papers compute them: PSNR on RGB or on the Y channel, with a border crop.
 
 Arrays are (H, W, C) RGB. uint8 arrays are read as 0-255; float arrays follow the project's convention
-of [0, 1] and are scaled to 0-255, so the two kinds compare directly.
+of [0, 1] and are scaled to 0-255, so the two kinds compare directly (`pixels.unit_to_uint8` makes
+the 8-bit samples a saved file holds).
 """
 
 import math
 
 import numpy as np
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A float image in [0, 1] rounded to 8 bits, as a saved PNG would hold it."""
-    return np.round(np.clip(np.asarray(image, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _as_255(image: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from classsr_cli.errors import WeightsError
-from classsr_cli.models import ClassSR, create, create_base, get_family
+from classsr_cli.errors import OutputError, WeightsError
+from classsr_cli.files import atomic_path, write_json
+from classsr_cli.models import FAMILIES, ClassSR, create, create_base, get_family
 
 PACKAGED_WEIGHTS = Path(__file__).resolve().parent / "_weights"  # an installed wheel
 CHECKOUT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights"  # a source checkout or editable install
@@ -118,23 +118,6 @@ def read_manifest(folder: Path | None = None) -> dict:
         raise WeightsError(f"weights manifest {path} is unreadable: {error}") from None
 
 
-def publish(temp: str | Path, path: Path) -> None:
-    """Rename a finished temporary file into place, readable as any new file would be (mkstemp makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
-    os.replace(temp, path)
-
-
-def write_json_atomically(path: Path, document: dict) -> None:
-    """Write `document` as indented JSON to `path` through a temporary file renamed into place."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as out:
-        json.dump(document, out, indent=2)
-        out.write("\n")
-    publish(temp, path)
-
-
 def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None) -> dict | None:
     """The manifest entry of the installed weights of a family and kind: the last listed wins, so a user's
     own weights come before the shipped ones. Only `folder`'s when given. The entry carries its `folder`."""
@@ -172,8 +155,43 @@ def add_to_manifest(path: Path, provenance: dict | None = None, folder: Path | N
     }
     manifest = read_manifest(folder)
     manifest["models"] = [m for m in manifest["models"] if m.get("file") != path.name] + [entry]
-    write_json_atomically(folder / MANIFEST_NAME, manifest)
+    write_json(folder / MANIFEST_NAME, manifest)
     return entry
+
+
+def add_weights(
+    source: str | Path,
+    name: str | None = None,
+    *,
+    half: bool = False,
+    provenance: Path | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Copy trained weights (any file `load_weights` reads) into the user's weights folder as
+    .safetensors and list them in its manifest (`classsr weights add`); they then take precedence over
+    shipped weights of the same family and kind. Returns the manifest entry (file, family, kind, widths,
+    bytes, sha256 and the provenance's facts).
+
+    name: the file name there (default: the source's); half: store fp16 (half the size; loads as fp32);
+    provenance: a JSON file holding an object of training facts to record. Raises OutputError for a
+    name that is not .safetensors or that exists without `overwrite`, WeightsError for unreadable
+    weights or provenance.
+    """
+    source = Path(source)
+    loaded = load_weights(source)
+    target = user_weights_dir() / (name or source.name)
+    if target.suffix != ".safetensors":
+        raise OutputError(f"{target.name}: weights are stored as .safetensors")
+    if target.exists() and not overwrite:
+        raise OutputError(f"{target} already exists: pass --overwrite to replace it")
+    facts = {}
+    if provenance is not None:
+        try:
+            facts = json.loads(Path(provenance).read_text())
+        except (OSError, ValueError) as error:
+            raise WeightsError(f"--provenance {provenance}: not a readable JSON object ({error})") from None
+    save_model(loaded.model, target, loaded.family, dtype=torch.float16 if half else torch.float32)
+    return add_to_manifest(target, facts)
 
 
 # -- our format -----------------------------------------------------------------------------------
@@ -208,14 +226,8 @@ def save_model(
         **{k: str(v) for k, v in extra.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, temp, metadata=metadata)
-        publish(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
     return path
 
 
@@ -275,13 +287,8 @@ def _load_safetensors(path: Path, entry: dict | None) -> Loaded:
 
 # -- official checkpoints -------------------------------------------------------------------------
 
-# A key that only one family's networks have, and the tensor whose first dimension is the width.
-_FAMILY_SIGNATURES = {
-    "fsrcnn": "head_conv.0.weight",
-    "carn": "entry.weight",
-    "srresnet": "conv_first.weight",
-    "rcan": "head.0.weight",
-}
+# A key that only one family's networks have, and the tensor whose first dimension is the width (the specs').
+_FAMILY_SIGNATURES = {name: spec.checkpoint_key for name, spec in FAMILIES.items() if spec.checkpoint_key}
 
 
 def _unwrap_checkpoint(obj) -> dict:

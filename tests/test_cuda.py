@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from classsr_cli.engine import Upscaler
-from classsr_cli.metrics import to_uint8
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.weights import load_weights
 
 pytestmark = [
@@ -34,7 +34,7 @@ def cpu_output(family: str, photo: np.ndarray, branch: int | None):
     if (family, branch) not in CPU_OUTPUTS:
         model = load_weights(family, kind="classsr").model
         sr, tally = Upscaler(model, "cpu", "fp32", branch=branch).upscale_array(photo)
-        CPU_OUTPUTS[family, branch] = (to_uint8(sr), tally.class_counts)
+        CPU_OUTPUTS[family, branch] = (unit_to_uint8(sr), tally.class_counts)
     return CPU_OUTPUTS[family, branch]
 
 
@@ -45,7 +45,7 @@ def test_fp16_on_cuda_gives_the_cpu_output_within_one_grey_level(family, photo):
     expected, _ = cpu_output(family, photo, branch=3)
     model = load_weights(family, kind="classsr").model
     sr, _ = Upscaler(model, "cuda", "fp16", branch=3, piece_rows=1).upscale_array(photo)
-    difference = np.abs(to_uint8(sr).astype(int) - expected.astype(int))
+    difference = np.abs(unit_to_uint8(sr).astype(int) - expected.astype(int))
     assert difference.max() <= 1
 
 
@@ -56,7 +56,7 @@ def test_bf16_on_cuda_stays_near_the_cpu_output(family, photo):
     expected, _ = cpu_output(family, photo, branch=3)
     model = load_weights(family, kind="classsr").model
     sr, _ = Upscaler(model, "cuda", "bf16", branch=3, piece_rows=1).upscale_array(photo)
-    difference = np.abs(to_uint8(sr).astype(int) - expected.astype(int))
+    difference = np.abs(unit_to_uint8(sr).astype(int) - expected.astype(int))
     assert (difference <= 1).mean() >= 0.98 and difference.mean() < 0.5
 
 

@@ -15,14 +15,12 @@ from classsr_cli.data.dataset import SubImageDataset, dihedral, prepared_info, v
 from classsr_cli.data.prepare import (
     INDEX_DTYPE,
     SPLIT_TRAIN,
-    assign_classes,
     choose_val_photos,
-    classes_from_thresholds,
     parse_scales,
     prepare_data,
-    resolve_rank_model,
     subimage_positions,
 )
+from classsr_cli.data.ranking import assign_classes, classes_from_thresholds, resolve_rank_model
 from classsr_cli.data.testsets import find_dataset, make_testsets, parse_sizes
 from classsr_cli.errors import DataError, InputError
 from classsr_cli.imaging.bicubic import imresize, to_uint8

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from classsr_cli.metrics import psnr, psnr_y, rgb_to_y, to_uint8
+from classsr_cli.metrics import psnr, psnr_y, rgb_to_y
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.train.losses import LossWeights, average_loss, class_loss, classsr_loss
 
 
@@ -86,7 +87,7 @@ def test_psnr_y_and_conversion():
     assert rgb_to_y(white)[0, 0] == pytest.approx(235.0, abs=1e-3)  # MATLAB rgb2ycbcr: 16..235
     assert rgb_to_y(black)[0, 0] == pytest.approx(16.0)
     assert psnr_y(white, black, border=0) == pytest.approx(20 * math.log10(255 / 219), abs=1e-4)
-    assert to_uint8(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 128, 255, 255]
+    assert unit_to_uint8(np.array([-0.1, 0.0, 0.5, 1.0, 1.2])).tolist() == [0, 0, 128, 255, 255]
 
 
 def test_label_guidance_is_cross_entropy_and_off_by_default():

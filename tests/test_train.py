@@ -299,6 +299,20 @@ def test_schedule_and_data_order_are_functions_of_the_position():
     assert sorted(seen) == list(range(8))
 
 
+@pytest.mark.parametrize("classes", [None, [1]])
+def test_batches_gathered_on_the_device_are_the_loaders_to_the_bit(data, classes):
+    """The GPU's data source (`DeviceSubImages`), run on the CPU here: the same batches from one stream."""
+    from classsr_cli.train.data import make_loader, open_train_set
+
+    dataset = open_train_set(data, classes, seed=0)
+    cpu = torch.device("cpu")
+    loader = iter(make_loader(dataset, 8, 5, 0, 1, 3, 0, cpu, on_device=False))
+    gathered = iter(make_loader(dataset, 8, 5, 0, 1, 3, 0, cpu, on_device=True))
+    for _ in range(4):
+        for expected, got in zip(next(loader), next(gathered), strict=True):
+            assert got.shape == expected.shape and torch.equal(got, expected)
+
+
 def test_a_zero_image_loss_weight_leaves_the_branches_unrun():
     torch.manual_seed(0)
     model = create("fsrcnn", [4, 8, 12])

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from classsr_cli.data.augment import DIHEDRAL_TRANSFORMS, dihedral
 from classsr_cli.data.prepare import FORMAT, FORMAT_VERSION, INDEX_DTYPE, SPLIT_TRAIN, SPLIT_VAL
 from classsr_cli.errors import DataError
 
@@ -147,6 +148,15 @@ class SubImageDataset(Dataset):
     def class_counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def crop_table(self) -> dict[str, np.ndarray]:
+        """The sub-images as columns, one row each: image and scale (the keys of `images`), y and x (the
+        top-left LR pixel; the HR crop starts at `scale` times it) and cls (0 = simple)."""
+        return {"image": self._image, "scale": self._scale, "y": self._y, "x": self._x, "cls": self.labels}
+
+    def images(self, image: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
+        """(HR, LR) of one scaled photo: uint8 (H, W, 3) arrays, memory-mapped. DataError if missing."""
+        return self._pair(image, scale)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_arrays"], state["_rng"], state["_pid"] = {}, None, None  # each process maps its own
@@ -185,15 +195,9 @@ class SubImageDataset(Dataset):
         lr = lr_image[y : y + p, x : x + p]
         hr = hr_image[y * s : (y + p) * s, x * s : (x + p) * s]
         if self.augment:
-            transform = int(self._rng.integers(8))
+            transform = int(self._rng.integers(DIHEDRAL_TRANSFORMS))
             lr, hr = dihedral(lr, transform), dihedral(hr, transform)
         return to_tensor(lr), to_tensor(hr), int(self.labels[item])
-
-
-def dihedral(image: np.ndarray, transform: int) -> np.ndarray:
-    """One of the 8 symmetries of the square on (H, W, C): rotate by 90 * (t % 4), then mirror if t >= 4."""
-    image = np.rot90(image, transform % 4, axes=(0, 1))
-    return image[:, ::-1] if transform >= 4 else image
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

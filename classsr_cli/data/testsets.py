@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from classsr_cli.errors import DataError, InputError, OutputError
+from classsr_cli.files import atomic_open
 
 DATA_ENV = "CLASSSR_DATA"
 DEFAULT_DATA_ROOT = Path("datasets")
@@ -91,15 +92,11 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
     ok, encoded = cv2.imencode(".png", np.ascontiguousarray(rgb[:, :, ::-1]))
     if not ok:
         raise OutputError(f"cannot encode {path.name} as PNG")
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        temp.write_bytes(encoded.tobytes())
-        os.replace(temp, path)
+        with atomic_open(path) as handle:
+            handle.write(encoded.tobytes())
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error}") from None
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 def _set_hr(photo: np.ndarray, spec: SetSpec) -> np.ndarray | None:

@@ -4,6 +4,17 @@ import torch
 from torch import nn
 
 from classsr_cli.models.common import MeanShift
+from classsr_cli.models.spec import FamilySpec
+
+SPEC = FamilySpec(
+    name="carn",
+    title="CARN-M",
+    build=lambda width: CARN(nf=width),
+    presets={3: (36, 52, 64)},
+    width_multiple=4,  # its grouped convolutions take 4 groups
+    checkpoint_key="entry.weight",
+    paper_flops=(380.53e6, 771.88e6, 1155.19e6),
+)
 
 
 class EfficientResidualBlock(nn.Module):

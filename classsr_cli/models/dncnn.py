@@ -6,6 +6,24 @@ ClassSR's Denoise-Modules are DnCNNs of 38, 52 and 64 channels (the -O network h
 import torch
 from torch import nn
 
+from classsr_cli.models.spec import FamilySpec
+
+SPEC = FamilySpec(
+    name="dncnn",
+    title="DnCNN",
+    build=lambda width: DnCNN(width=width),
+    presets={3: (38, 52, 64)},
+    scale=1,  # the same size out
+    task="denoise",
+    # DnCNN (batch norm, 17 layers) sat at "output = input" for 300+ steps at 1e-3 with Adam and batch 16 and
+    # then learned one colour channel at a time; at 1e-4 (DnCNN's usual rate with Adam) it learned at once
+    branch_lr=1e-4,
+    # LR pixels of real image the engine gives every piece (its default is 4): 17 layers reach 17 pixels, and
+    # cells run alone with 8 came within 76 dB of the whole-image output, with 4 only 53 dB (up to 24 grey
+    # levels off at cell edges), with 12 108 dB (`python -m benchmarks.context_margin PHOTO --families dncnn`)
+    engine_context=8,
+)
+
 
 class DnCNN(nn.Module):
     """17 convolutions (3x3): conv+ReLU, 15 x conv+BatchNorm+ReLU, conv; the network predicts the noise.
@@ -14,10 +32,8 @@ class DnCNN(nn.Module):
     `width` is the channel count of the hidden layers.
     """
 
-    # LR pixels of real image the engine gives every piece (its CONTEXT is 4): 17 layers reach 17 pixels, and
-    # cells run alone with 8 came within 76 dB of the whole-image output, with 4 only 53 dB (up to 24 grey
-    # levels off at cell edges), with 12 108 dB (`python -m benchmarks.context_margin PHOTO --families dncnn`)
-    engine_context = 8
+    # what the engine reads from a branch (engine/upscaler.py): the spec's figure
+    engine_context = SPEC.engine_context
 
     def __init__(self, width: int = 64, depth: int = 17, channels: int = 3):
         super().__init__()

@@ -2,19 +2,33 @@
 
 from torch import nn
 
+from classsr_cli.models.spec import FamilySpec
 
-class FSRCNN(nn.Module):
-    """x4 FSRCNN with d feature channels, s shrinking channels and m mapping layers; input [0, 1]."""
-
+SPEC = FamilySpec(
+    name="fsrcnn",
+    title="FSRCNN",
+    build=lambda width: FSRCNN(d=width),
+    presets={2: (16, 56), 3: (16, 36, 56), 4: (16, 29, 43, 56), 5: (16, 26, 36, 46, 56)},
+    # LR pixels of real context around each region piece (the engine's default is 4): its receptive field
+    # reaches about 7 LR pixels, and with 4 the zero padding beyond showed on smooth input, random smooth
+    # gradients through ClassSR-FSRCNN up to 2.4 grey levels off bicubic, 1.8 with 6 (tests/test_regions.py)
+    engine_context=6,
     # Region pieces eight cell rows tall on a CPU: its features are small, so less context per output
     # pixel pays more than cache-sized pieces (one-row pieces: FSRCNN-O through the engine 1.64 times the
     # plain network's time, four rows 1.09 to 1.16; ClassSR-FSRCNN 0.93 with four rows, 0.90 with eight,
     # on the 6 validation crops of plain_peer.py)
-    cpu_piece_rows = 8
-    # LR pixels of real context around each region piece (the engine's default is 4): its receptive field
-    # reaches about 7 LR pixels, and with 4 the zero padding beyond showed on smooth input, random smooth
-    # gradients through ClassSR-FSRCNN up to 2.4 grey levels off bicubic, 1.8 with 6 (tests/test_regions.py)
-    engine_context = 6
+    cpu_piece_rows=8,
+    checkpoint_key="head_conv.0.weight",
+    paper_flops=(141.26e6, 304.57e6, 467.88e6),
+)
+
+
+class FSRCNN(nn.Module):
+    """x4 FSRCNN with d feature channels, s shrinking channels and m mapping layers; input [0, 1]."""
+
+    # what the engine reads from a branch (engine/upscaler.py): the spec's figures
+    cpu_piece_rows = SPEC.cpu_piece_rows
+    engine_context = SPEC.engine_context
 
     def __init__(self, d: int = 56, s: int = 12, m: int = 4, scale: int = 4, channels: int = 3):
         super().__init__()

@@ -3,6 +3,17 @@
 from torch import nn
 
 from classsr_cli.models.common import MeanShift
+from classsr_cli.models.spec import FamilySpec
+
+SPEC = FamilySpec(
+    name="rcan",
+    title="RCAN",
+    build=lambda width: RCAN(n_feats=width),
+    presets={3: (36, 50, 64)},
+    min_width=16,  # its channel attention divides the width by 16
+    checkpoint_key="head.0.weight",
+    paper_flops=(10329.88e6, 19907.91e6, 32600.09e6),
+)
 
 # The official RCAN works on 0-255 pixel values; callers pass [0, 1] and the scaling stays in here.
 PIXEL_RANGE = 255.0

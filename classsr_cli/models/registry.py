@@ -1,59 +1,17 @@
-"""Families by name: their builders, the paper's branch widths, and `create(family, widths=...)`."""
+"""Families by name, collected from the SPEC at the end of each `models/<family>.py`, and
+`create(family, widths=...)`."""
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from torch import nn
 
 from classsr_cli.errors import ModelError
-from classsr_cli.models.carn import CARN
+from classsr_cli.models import carn, dncnn, fsrcnn, rcan, srresnet
 from classsr_cli.models.classsr import ClassSR
-from classsr_cli.models.dncnn import DnCNN
-from classsr_cli.models.fsrcnn import FSRCNN
-from classsr_cli.models.rcan import RCAN
-from classsr_cli.models.srresnet import SRResNet
+from classsr_cli.models.spec import FamilySpec
 
-
-@dataclass(frozen=True)
-class Family:
-    name: str
-    title: str
-    build: Callable[[int], nn.Module]
-    base_width: int
-    presets: dict[int, tuple[int, ...]]  # class count -> branch widths, simple -> hard (the paper's)
-    width_multiple: int = 1  # widths must be a multiple of this (CARN's grouped convolutions)
-    min_width: int = 4
-    task: str = "upscale"  # "upscale" (x4 super-resolution) or "denoise" (same size out)
-    branch_lr: float | None = None  # stage 1's learning rate where the paper's 1e-3 does not suit the family
-    notes: dict = field(default_factory=dict)
-
-    def widths_for(self, classes: int) -> tuple[int, ...]:
-        """The paper's widths for this class count, or evenly spaced ones from the smallest to the base."""
-        if classes in self.presets:
-            return self.presets[classes]
-        low, high = min(self.presets[3]), self.base_width
-        step = (high - low) / (classes - 1)
-        widths = [round((low + i * step) / self.width_multiple) * self.width_multiple for i in range(classes)]
-        widths[-1] = high
-        return tuple(widths)
-
-
-FAMILIES: dict[str, Family] = {
-    "fsrcnn": Family(
-        "fsrcnn",
-        "FSRCNN",
-        lambda w: FSRCNN(d=w),
-        56,
-        {2: (16, 56), 3: (16, 36, 56), 4: (16, 29, 43, 56), 5: (16, 26, 36, 46, 56)},
-    ),
-    "carn": Family("carn", "CARN-M", lambda w: CARN(nf=w), 64, {3: (36, 52, 64)}, width_multiple=4),
-    "srresnet": Family("srresnet", "SRResNet", lambda w: SRResNet(nf=w), 64, {3: (36, 52, 64)}),
-    "rcan": Family("rcan", "RCAN", lambda w: RCAN(n_feats=w), 64, {3: (36, 50, 64)}, min_width=16),
-    # DnCNN (batch norm, 17 layers) sat at "output = input" for 300+ steps at 1e-3 with Adam and batch 16 and
-    # then learned one colour channel at a time; at 1e-4 (DnCNN's usual rate with Adam) it learned at once
-    "dncnn": Family(
-        "dncnn", "DnCNN", lambda w: DnCNN(width=w), 64, {3: (38, 52, 64)}, task="denoise", branch_lr=1e-4
-    ),
+FAMILIES: dict[str, FamilySpec] = {
+    module.SPEC.name: module.SPEC for module in (fsrcnn, carn, srresnet, rcan, dncnn)
 }
 TASKS = ("upscale", "denoise")
 # per task, the most capable family first: the default model, and the default ranking network of prepare-data
@@ -65,7 +23,7 @@ def list_families(task: str | None = None) -> list[str]:
     return [name for name, family in FAMILIES.items() if task is None or family.task == task]
 
 
-def family_for_task(name: str, task: str) -> "Family":
+def family_for_task(name: str, task: str) -> FamilySpec:
     """The family called `name`, refused in one line if it does another task (e.g. DnCNN for upscale)."""
     family = get_family(name)
     if family.task != task:
@@ -77,7 +35,8 @@ def family_for_task(name: str, task: str) -> "Family":
     return family
 
 
-def get_family(name: str) -> Family:
+def get_family(name: str) -> FamilySpec:
+    """The spec of the family called `name` (any case); ModelError naming the known ones otherwise."""
     try:
         return FAMILIES[name.lower()]
     except KeyError:

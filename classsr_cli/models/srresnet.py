@@ -3,6 +3,17 @@
 import torch.nn.functional as F
 from torch import nn
 
+from classsr_cli.models.spec import FamilySpec
+
+SPEC = FamilySpec(
+    name="srresnet",
+    title="SRResNet",
+    build=lambda width: SRResNet(nf=width),
+    presets={3: (36, 52, 64)},
+    checkpoint_key="conv_first.weight",
+    paper_flops=(1658.22e6, 3438.01e6, 5193.99e6),
+)
+
 
 class ResidualBlockNoBN(nn.Module):
     def __init__(self, nf: int):

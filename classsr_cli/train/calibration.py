@@ -15,7 +15,7 @@ import torch
 
 from classsr_cli.engine.routing import plan_for
 from classsr_cli.engine.tiling import PATCH, pad_to_tile, tile_starts
-from classsr_cli.errors import ModelError
+from classsr_cli.errors import ModelError, WeightsError
 from classsr_cli.models import ClassSR
 
 
@@ -79,12 +79,17 @@ def calibrate_routing(
     return Calibration(shift, before, _routing_flops_ratio(logits, shift, branch_cost), len(logits))
 
 
-def calibrate_file(source: Path, data: Path, target: Path, flops_ratio: float, crop: int) -> dict:
-    """Calibrate the ClassSR weights in `source` on the held-out photos of `data`; write them to `target`."""
+def calibrate_file(
+    source: Path, data: Path, target: Path, flops_ratio: float, crop: int, overwrite: bool = False
+) -> dict:
+    """Calibrate the ClassSR weights in `source` on the held-out photos of `data`; write them to `target`
+    (WeightsError where it exists and `overwrite` is off). Returns the summary `train calibrate` prints."""
     from classsr_cli.data.dataset import input_noise
     from classsr_cli.train.validation import load_val_photos
     from classsr_cli.weights import load_weights, save_model
 
+    if Path(target).exists() and not overwrite:
+        raise WeightsError(f"{target} exists: pass --overwrite to replace it")
     loaded = load_weights(source, kind="classsr")
     # denoising data: the Class-Module must see the noisy inputs it routes at inference
     sigma = input_noise(Path(data), loaded.model.scale)

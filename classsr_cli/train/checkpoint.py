@@ -13,15 +13,14 @@ A checkpoint is one file, RUN/<stage>.ckpt, a dict of tensors, numbers, strings 
 No numpy objects and no pickled classes, so `torch.load(weights_only=True)` reads it.
 """
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from classsr_cli.errors import WeightsError
+from classsr_cli.files import atomic_path
 
 FORMAT = "classsr-train-1"
 
@@ -64,14 +63,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     """Write a temporary file beside `path`, then rename it: a crash never leaves a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_path(path) as temp:
         torch.save({"format": FORMAT, **payload}, temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def load_checkpoint(path: Path) -> dict:

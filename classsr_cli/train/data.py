@@ -2,27 +2,22 @@
 
 The sampler, not the dataset, draws the permutation of each epoch and the flip/rotation of each sample, so
 a resumed run sees exactly the batches an uninterrupted one would have, with any number of loader workers.
+On a GPU the batches are gathered there from the same stream (`make_loader`), so `classsr train --device
+cuda` feeds the GPU without a CPU loader, as `benchmarks/gpu_run.py` does.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from classsr_cli.data.augment import DIHEDRAL_TRANSFORMS, dihedral
 from classsr_cli.errors import DataError
 
-DIHEDRAL_TRANSFORMS = 8  # 4 rotations x (flipped or not)
-
-
-def dihedral(image: torch.Tensor, code: int) -> torch.Tensor:
-    """One of the 8 flips/rotations of a (C, H, W) tensor: bit 2 flips left-right, bits 0-1 rotate by 90."""
-    if code & 4:
-        image = image.flip(-1)
-    if code & 3:
-        image = torch.rot90(image, code & 3, dims=(-2, -1))
-    return image.contiguous()
+# the share of a GPU's free memory that the training data may take there; the rest is the networks'
+DEVICE_DATA_SHARE = 0.5
 
 
 class ShardedStream(Sampler):
@@ -87,6 +82,13 @@ def open_train_set(root: Path, classes: list[int] | None, seed: int) -> Dataset:
     return dataset
 
 
+def _fits_on(device: torch.device, dataset: Dataset) -> bool:
+    from classsr_cli.train.device_data import DeviceSubImages
+
+    free, _ = torch.cuda.mem_get_info(device)
+    return DeviceSubImages.nbytes(dataset) <= DEVICE_DATA_SHARE * free
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -96,9 +98,22 @@ def make_loader(
     start: int,
     workers: int,
     device: torch.device,
-) -> DataLoader:
-    """An endless loader of (lr, hr, cls) batches for this process, beginning at sample `start`."""
+    on_device: bool | None = None,
+) -> Iterable:
+    """An endless source of (lr, hr, cls) batches for this process, beginning at sample `start`.
+
+    On a GPU where the dataset's scaled photos fit in DEVICE_DATA_SHARE of its free memory, they are held
+    there and each batch is gathered there (`train.device_data.DeviceSubImages`): the very batches the CPU
+    loader makes, with no loader in the way. `on_device` chooses either (None: as just said); `workers`
+    counts the CPU loader's processes.
+    """
     stream = ShardedStream(len(dataset), seed, rank, world_size, start)
+    if on_device is None:
+        on_device = device.type == "cuda" and _fits_on(device, dataset)
+    if on_device:
+        from classsr_cli.train.device_data import DeviceSubImages
+
+        return DeviceSubImages(dataset, device).batches(stream, batch_size)
     return DataLoader(
         Augmented(dataset),
         batch_size=batch_size,

@@ -9,15 +9,15 @@ of every scaled photo (as the prepared index samples them), one of the 8 flips/r
 one gather each for LR and HR. Nothing waits for the CPU.
 """
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from classsr_cli.data.augment import DIHEDRAL_TRANSFORMS, dihedral
 from classsr_cli.errors import DataError
 from classsr_cli.imaging.bicubic import imresize_tensor, to_uint8_tensor
-from classsr_cli.train.data import DIHEDRAL_TRANSFORMS, dihedral
 
 PAPER_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 
@@ -34,7 +34,7 @@ class Positions:
 
 def _dihedral_sources(patch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, cols), each (8, patch, patch) int64: output pixel (i, j) of transform c reads crop pixel
-    (rows[c, i, j], cols[c, i, j]). Read off `train.data.dihedral` itself, so the two always agree."""
+    (rows[c, i, j], cols[c, i, j]). Read off `data.augment.dihedral` itself, so the two always agree."""
     grid = torch.arange(patch * patch).reshape(1, patch, patch)
     sources = torch.stack([dihedral(grid, code)[0] for code in range(DIHEDRAL_TRANSFORMS)])
     return (sources // patch).to(device), (sources % patch).to(device)
@@ -186,3 +186,53 @@ def fixed_crops(
             hr_crops.append(hr[y * sr_scale : y * sr_scale + big, x * sr_scale : x * sr_scale + big])
     lr_batch = torch.stack(lr_crops).float().div_(255.0).contiguous(memory_format=torch.channels_last)
     return lr_batch, torch.stack(hr_crops).cpu().numpy()
+
+
+class DeviceSubImages:
+    """A prepared folder's sub-images (a `SubImageDataset`: one split, the stage's classes) held on the
+    device, as the data source of `classsr train` there: its scaled photos stay on the device as uint8,
+    and a batch is a gather by index, flipped and rotated there. Batches are those the CPU loader makes
+    from the same stream of (sub-image, transform code) pairs (`train.data.ShardedStream`), to the bit.
+    """
+
+    def __init__(self, dataset, device: torch.device | str):
+        self.device = torch.device(device)
+        self.patch, self.sr_scale = dataset.patch, dataset.scale
+        table = dataset.crop_table()
+        keys = list(zip(table["image"].tolist(), table["scale"].tolist(), strict=True))
+        numbers = {key: number for number, key in enumerate(sorted(set(keys)))}
+        pairs = [dataset.images(*key) for key in numbers]
+        self.hr = _FlatImages([self._upload(hr) for hr, _ in pairs], self.device)
+        self.lr = _FlatImages([self._upload(lr) for _, lr in pairs], self.device)
+        self._image = torch.tensor([numbers[key] for key in keys], dtype=torch.int64, device=self.device)
+        self._y = torch.from_numpy(table["y"].astype(np.int64)).to(self.device)
+        self._x = torch.from_numpy(table["x"].astype(np.int64)).to(self.device)
+        self._cls = torch.from_numpy(table["cls"].astype(np.int64)).to(self.device)
+        self._lr_sources = _dihedral_sources(self.patch, self.device)
+        self._hr_sources = _dihedral_sources(self.patch * self.sr_scale, self.device)
+
+    def _upload(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(image)).to(self.device)  # a copy: the files are mapped read-only
+
+    @staticmethod
+    def nbytes(dataset) -> int:
+        """Bytes the dataset's scaled photos take on a device (read from the files' headers)."""
+        table = dataset.crop_table()
+        keys = set(zip(table["image"].tolist(), table["scale"].tolist(), strict=True))
+        return sum(hr.nbytes + lr.nbytes for hr, lr in (dataset.images(*key) for key in keys))
+
+    def batch(self, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(LR, HR, class) of the sub-images `pairs` = [(row of the dataset, transform code)]: float32
+        (B, 3, p, p) and (B, 3, sp, sp) in [0, 1] (channels-last in memory), int64 (B,), on the device."""
+        index = torch.tensor([row for row, _ in pairs], dtype=torch.int64, device=self.device)
+        code = torch.tensor([code for _, code in pairs], dtype=torch.int64, device=self.device)
+        positions = Positions(self._image[index], self._y[index], self._x[index], code)
+        lr = self.lr.gather(positions, 1, self.patch, self._lr_sources)
+        hr = self.hr.gather(positions, self.sr_scale, self.patch * self.sr_scale, self._hr_sources)
+        return lr.float().div_(255.0), hr.float().div_(255.0), self._cls[index]
+
+    def batches(self, stream, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Endless batches of `batch_size` from `stream`, an iterable of (row, transform code) pairs."""
+        pairs = iter(stream)
+        while True:
+            yield self.batch([next(pairs) for _ in range(batch_size)])

@@ -2,41 +2,26 @@
 
 `torchrun --nproc_per_node N -m classsr_cli train ...` sets WORLD_SIZE, RANK and LOCAL_RANK; with more than
 one process the run uses DistributedDataParallel (NCCL between GPUs, gloo between CPU processes). Rank 0 alone
-writes checkpoints, logs and weights and shows progress.
+writes checkpoints, logs and weights and shows progress. A process's place in the launch is the engine's
+`Ranks` (`engine/ranks.py`), read from the same variables, with the device it trains on.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from classsr_cli.engine.ranks import Ranks, from_environment
 from classsr_cli.engine.runner import pick_device
 from classsr_cli.errors import ModelError
 
 
-@dataclass(frozen=True)
-class Context:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    local_world_size: int = 1
-    device: torch.device = torch.device("cpu")
+@dataclass
+class Context(Ranks):
+    """This process's place in a torchrun launch (`Ranks`: rank, is_main, from_main...) and its device."""
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def pick_training_device(spec: str, local_rank: int, distributed: bool) -> torch.device:
@@ -56,20 +41,24 @@ def pick_training_device(spec: str, local_rank: int, distributed: bool) -> torch
 
 def setup(device_spec: str = "auto") -> Context:
     """Join the process group if torchrun started several processes; pick this process's device."""
-    world_size = _env_int("WORLD_SIZE", 1)
-    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    local_world = _env_int("LOCAL_WORLD_SIZE", world_size)
-    device = pick_training_device(device_spec, local_rank, world_size > 1)
+    ranks = from_environment()
+    device = pick_training_device(device_spec, ranks.local_rank, ranks.distributed)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:  # the user's thread count stands
         # the processes on one machine share its cores; oversubscribing them makes every process slower
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // max(1, local_world)))
-    if world_size > 1 and not dist.is_initialized():
+        torch.set_num_threads(max(1, cores // max(1, ranks.local_world_size)))
+    if ranks.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, rank=rank, world_size=world_size)
-    return Context(rank, local_rank, world_size, local_world, device)
+        dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
+    return Context(
+        rank=ranks.rank,
+        local_rank=ranks.local_rank,
+        world_size=ranks.world_size,
+        local_world_size=ranks.local_world_size,
+        device=device,
+    )
 
 
 def teardown(context: Context) -> None:
@@ -80,23 +69,3 @@ def teardown(context: Context) -> None:
 def barrier(context: Context) -> None:
     if context.distributed:
         dist.barrier()
-
-
-def from_main(context: Context, produce):
-    """Run `produce()` on rank 0 and hand its result (or its error) to every process.
-
-    Files are read once, by the process that writes them, so machines need not share a filesystem.
-    """
-    if not context.distributed:
-        return produce()
-    box = [None]
-    if context.is_main:
-        try:
-            box[0] = ("ok", produce())
-        except Exception as error:  # noqa: BLE001 - re-raised on every rank below
-            box[0] = ("error", error)
-    dist.broadcast_object_list(box, src=0, device=context.device if context.device.type == "cuda" else None)
-    status, value = box[0]
-    if status == "error":
-        raise value
-    return value

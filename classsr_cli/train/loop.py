@@ -116,7 +116,7 @@ def open_checkpoint(run_dir: Path, name: str, resume: bool, context: distributed
             refuse_existing_run(run_dir, name)
         return load_checkpoint(path) if path.exists() else None
 
-    return distributed.from_main(context, read)
+    return context.from_main(read)
 
 
 def resolve_settings(options: dict, checkpoint: dict | None, defaults: dict) -> Settings:

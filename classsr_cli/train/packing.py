@@ -9,8 +9,6 @@ whose shards are all present, and refuses one whose shards come from different c
 """
 
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from classsr_cli.errors import WeightsError
-from classsr_cli.weights import publish
+from classsr_cli.files import atomic_paths, write_json
 
 FORMAT = "classsr-packed-1"
 MIB = 1 << 20
@@ -161,9 +159,9 @@ def write_packed(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     files = pack(states, file_bytes, prefix)
-    written = []
-    try:
-        for packed in files:
+    paths = [folder / packed.file for packed in files]
+    with atomic_paths(paths) as temps:
+        for packed, temp in zip(files, temps, strict=True):
             tensors, networks = {}, {}
             for shard in packed.shards:
                 for key in shard.keys:
@@ -175,16 +173,8 @@ def write_packed(
                     **((info or {}).get(shard.name, {})),
                 }
             metadata = {"format": FORMAT, "generation": str(generation), "networks": json.dumps(networks)}
-            handle, temp = tempfile.mkstemp(dir=folder, prefix=f".{packed.file}.", suffix=".tmp")
-            os.close(handle)
-            written.append((temp, folder / packed.file))
-            save_file(tensors, temp, metadata=metadata)
-        for temp, path in written:
-            publish(temp, path)
-    finally:
-        for temp, _ in written:
-            Path(temp).unlink(missing_ok=True)
-    return [path for _, path in written]
+            save_file(tensors, str(temp), metadata=metadata)
+    return paths
 
 
 def _packed_files(sources: Iterable[Path]) -> list[Path]:
@@ -271,5 +261,5 @@ def export_networks(sources: Iterable[Path], out: Path, **provenance: str) -> li
         facts = {k: v for k, v in info.get(name, {}).items() if k not in _NOT_PROVENANCE}
         facts.update(provenance)
         paths.append(save_model(model, Path(out) / f"{name}.safetensors", family, **facts))
-        (Path(out) / f"{name}.provenance.json").write_text(json.dumps(facts, indent=2) + "\n")
+        write_json(Path(out) / f"{name}.provenance.json", facts)
     return paths

@@ -21,12 +21,14 @@ import numpy as np
 import torch
 
 from classsr_cli.data.dataset import SPLITS, SubImageDataset, input_noise, load_index, prepared_info
-from classsr_cli.data.prepare import SPLIT_TRAIN, NetworkRanker, NoisyInput
+from classsr_cli.data.prepare import SPLIT_TRAIN
+from classsr_cli.data.ranking import NetworkRanker, NoisyInput
 from classsr_cli.engine.routing import plan_for
 from classsr_cli.engine.runner import pick_device
 from classsr_cli.errors import DataError, ModelError
+from classsr_cli.files import write_json
 from classsr_cli.models import ClassSR
-from classsr_cli.weights import load_model, write_json_atomically
+from classsr_cli.weights import load_model
 
 # Output pixels this far from a sub-image's edge are left out of its error: there a branch sees zero
 # padding, which the engine's region execution replaces with real neighbouring pixels.
@@ -143,7 +145,7 @@ def relabel(
                 (partial / name).symlink_to(source / name)
         np.save(partial / "index.npy", index)
         np.save(partial / "branch_errors.npy", errors)
-        write_json_atomically(partial / "meta.json", meta)
+        write_json(partial / "meta.json", meta)
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -188,13 +188,14 @@ def central_crops(photos: list[Path], lr_size: int, scale: int = 4) -> ValCrops:
 @torch.no_grad()
 def crop_psnrs(network: Callable[[torch.Tensor], torch.Tensor], crops: ValCrops, device: torch.device) -> list:
     """RGB PSNR (dB, 8-bit output, `scale`-pixel border) of `network` run whole on each LR crop."""
-    from classsr_cli.metrics import psnr, to_uint8
+    from classsr_cli.metrics import psnr
+    from classsr_cli.pixels import unit_to_uint8
 
     values = []
     for lr, hr in zip(crops.lr, crops.hr):
         x = torch.from_numpy(lr).permute(2, 0, 1)[None].to(device)
         sr = network(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-        values.append(round(psnr(to_uint8(sr), hr, border=4), 4))
+        values.append(round(psnr(unit_to_uint8(sr), hr, border=4), 4))
     return values
 
 

@@ -262,21 +262,32 @@ def assemble_branches(run_dir: Path, family: str, widths, seed: int = 0) -> Path
     paths = [run_dir / f"branch{j}.safetensors" for j in range(1, len(widths) + 1)]
     if not all(path.exists() for path in paths):
         return None
-    return assemble_networks(paths, run_dir, family, widths, seed)
+    return assemble_networks(paths, run_dir, family, widths, seed, overwrite=True)
 
 
 def assemble_networks(
-    paths, run_dir: Path, family: str, widths=None, seed: int = 0, classifier_from: Path | None = None
+    paths,
+    run_dir: Path,
+    family: str,
+    widths=None,
+    seed: int = 0,
+    classifier_from: Path | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """RUN/stage1.safetensors from single networks, simple -> hard, behind a fresh Class-Module, or the
     Class-Module of the ClassSR model `classifier_from` (its routing, calibration included, kept).
 
     Stage 1 by other means: e.g. networks of the branch widths trained on all data; or a trained model
     whose branches were fine-tuned one by one (`train branches --branch K --init MODEL`).
-    Raises WeightsError where the networks' widths or the Class-Module's class count do not fit.
+    Raises WeightsError where the networks' widths or the Class-Module's class count do not fit, or where
+    RUN/stage1.safetensors exists and `overwrite` is off.
     """
     from classsr_cli.models import create
     from classsr_cli.weights import load_weights, save_model
+
+    target = Path(run_dir) / "stage1.safetensors"
+    if target.exists() and not overwrite:
+        raise WeightsError(f"{target} exists: pass --overwrite to replace it")
 
     loaded = [load_weights(path, kind="base", family=family).model for path in paths]  # one-line errors
     found = [network.width for network in loaded]
@@ -299,7 +310,7 @@ def assemble_networks(
             )
         model.classifier.load_state_dict(source.classifier.state_dict())
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return save_model(model, Path(run_dir) / "stage1.safetensors", family, stage="stage1")
+    return save_model(model, target, family, stage="stage1")
 
 
 # -- stages 2 and 3 ---------------------------------------------------------------------------------
@@ -326,7 +337,7 @@ def _initial_classsr(
         loaded = load_weights(init, family=request.model)
         return loaded.model, loaded.family
 
-    model, family = distributed.from_main(context, read)
+    model, family = context.from_main(read)
     if not isinstance(model, ClassSR):
         raise WeightsError(
             f"{init} holds a single network; {stage} needs a ClassSR model (stage1.safetensors)"

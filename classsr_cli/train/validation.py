@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from classsr_cli.metrics import psnr, psnr_y, to_uint8
+from classsr_cli.metrics import psnr, psnr_y
+from classsr_cli.pixels import unit_to_uint8
 
 
 @dataclass
@@ -67,7 +68,7 @@ def validate(
     border = engine.scale if engine.scale > 1 else 0  # as bench: SR crops the scale, denoising nothing
     for photo in photos:
         sr, _ = engine.upscale_array(photo.lr, tally=tally)
-        sr = to_uint8(sr)
+        sr = unit_to_uint8(sr)
         rgb.append(psnr(sr, photo.hr, border=border))
         luma.append(psnr_y(sr, photo.hr, border=border))
     return {
