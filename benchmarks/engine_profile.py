@@ -140,14 +140,20 @@ def central_lr(photo: Path, width: int, height: int) -> np.ndarray:
     return np.clip(imresize(hr.astype(np.float32), 0.25), 0, 1).astype(np.float32)
 
 
-def profile_family(family: str, crops: list[np.ndarray], device: str) -> dict:
+def profile_family(family: str, crops: list[np.ndarray], device: str, layout: str = "device") -> dict:
+    """The table's rows for one family on `device`; layout "gpu" runs a GPU's shapes (two fixed piece
+    shapes, full batches) whatever the device, so that a CPU shows what a GPU would see."""
     from classsr_cli.engine.routing import plan_for
 
     real = load_weights(family, kind="classsr").model
     model = stand_in_model(real)
     recorder = Recorder()
     recorder.watch([*model.branches, model.classifier, *model.classifier.children()])
-    engine = Upscaler(model, device=device)
+    engine = Upscaler(model, device=device, exact_shapes=False if layout == "gpu" else None)
+    if layout == "gpu":
+        from classsr_cli.engine.upscaler import default_shapes
+
+        engine.shapes = default_shapes(engine.plan.branches, torch.device("cuda"), 256)
     real_plan = plan_for(real)
     engine.plan.branch_flops = real_plan.branch_flops  # the paper's convention, of the real branches
     engine.plan.branch_executed = real_plan.branch_executed
@@ -186,7 +192,7 @@ def profile_family(family: str, crops: list[np.ndarray], device: str) -> dict:
                 "seconds": round(wall, 3),
             }
         )
-    return {"family": family, "device": str(engine.device), "images": rows}
+    return {"family": family, "device": str(engine.device), "layout": layout, "images": rows}
 
 
 def engine_units(engine, height: int, width: int) -> dict:
@@ -210,14 +216,17 @@ def main(argv=None) -> None:
     parser.add_argument("--families", default="fsrcnn,carn,dncnn")
     parser.add_argument("--sizes", default=",".join(f"{w}x{h}" for w, h in SIZES))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--layout", default="device", choices=("device", "gpu"), help="gpu: a GPU's shapes on any device"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     sizes = [tuple(int(v) for v in size.split("x")) for size in args.sizes.split(",")]
     photos = (args.photos * len(sizes))[: len(sizes)]
     crops = [central_lr(photo, w, h) for photo, (w, h) in zip(photos, sizes, strict=True)]
-    report = {"photos": [str(p) for p in photos], "sizes": args.sizes, "families": []}
+    report = {"photos": [str(p) for p in photos], "sizes": args.sizes, "layout": args.layout, "families": []}
     for family in args.families.split(","):
-        result = profile_family(family, crops, args.device)
+        result = profile_family(family, crops, args.device, args.layout)
         report["families"].append(result)
         for row in result["images"]:
             print(json.dumps({"family": family, **row}), flush=True)

@@ -444,8 +444,7 @@ def engine_table(
     against one tile per call on a crop. A measurement is skipped within `margin` seconds of the deadline
     (monotonic clock): the profile's final_seconds or 5% of the time left, whichever is less."""
     margin = min(profile.final_seconds, 0.05 * max(0.0, deadline - time.monotonic()))
-    # as `classsr upscale` runs: cuDNN's autotuning (on for training) would be paid again for every new piece
-    # shape, and the region engine makes many
+    # as `classsr upscale` runs: the engine turns cuDNN's autotuning on itself, around its own fixed shapes
     torch.backends.cudnn.benchmark = False
     import cv2
 
@@ -490,7 +489,7 @@ def engine_table(
         if (
             time.monotonic() < deadline - margin
         ):  # pieces of exact shapes, the CPU's way: what fixing them buys
-            exact_s, _ = timed(Upscaler(model, str(device), flops_budget=budget, fixed_shapes=False), lr, 2)
+            exact_s, _ = timed(Upscaler(model, str(device), flops_budget=budget, exact_shapes=True), lr, 2)
             row["classsr_exact_shapes_s"] = round(exact_s, 4)
         if time.monotonic() < deadline - margin:
             base_s, _ = timed(Upscaler(model, str(device), branch=model.num_classes), lr, 2)
@@ -545,7 +544,7 @@ def frame_rows(
         classsr = Upscaler(model, str(device))
         classsr_s, tally = timed(classsr, lr, repeats)
         base_s, _ = timed(Upscaler(model, str(device), branch=model.num_classes), lr, repeats)
-        exact_s, _ = timed(Upscaler(model, str(device), fixed_shapes=False), lr, repeats)
+        exact_s, _ = timed(Upscaler(model, str(device), exact_shapes=True), lr, repeats)
         row = {
             "family": family,
             "input": f"{size[0]}x{size[1]}",
@@ -558,6 +557,30 @@ def frame_rows(
         }
         rows.append(row)
         log(json.dumps(row))
+    return rows
+
+
+def engine_profile_rows(held_out: np.ndarray, device: torch.device, families: list[str], dry_run: bool, log):
+    """benchmarks/engine_profile.py on this device: new shapes, host conversions, aten calls and host time
+    of the engine's own work (stand-in networks), on three crops of the held-out photo."""
+    import cv2
+
+    from benchmarks.engine_profile import SIZES, profile_family
+    from classsr_cli.weights import shipped_entry
+
+    sizes = [(w // 8, h // 8) for w, h in SIZES] if dry_run else SIZES
+    crops = []
+    for width, height in sizes:
+        top, left = (held_out.shape[0] - 4 * height) // 2, (held_out.shape[1] - 4 * width) // 2
+        hr = held_out[max(0, top) : max(0, top) + 4 * height, max(0, left) : max(0, left) + 4 * width]
+        crops.append(cv2.resize(hr, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0)
+    rows = []
+    for family in families:
+        if shipped_entry(family, "classsr"):
+            result = profile_family(family, crops, str(device))
+            rows.append(result)
+            for row in result["images"]:
+                log(json.dumps({"family": family, **row}))
     return rows
 
 
@@ -582,6 +605,8 @@ def run_engine_only(args, device: torch.device, profile: Profile, report: dict, 
     log(format_engine_table(rows))
     size = (64, 36) if args.dry_run else FRAME_8K_LR
     report["frame_8k"] = frame_rows(held, device, families, size, 1 if args.dry_run else 2, log)
+    write_json(out / REPORT, report)
+    report["engine_profile"] = engine_profile_rows(held, device, families, args.dry_run, log)
     write_json(out / REPORT, report)
     copy_atomically(keep / LOG, out / LOG, tail_bytes=LOG_BYTES)
     return report

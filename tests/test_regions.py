@@ -153,7 +153,7 @@ def test_the_class_module_over_chunks_scores_each_sub_image_as_if_alone(shipped)
     """Per chunk, the Class-Module's features averaged over each sub-image's window are the sub-image's own;
     sub-images off the grid (aligned to the right and bottom edges) run alone. Every cell gets the class of
     the sub-image it lies in, whatever the sizes of the image and the chunks (small here: many of them)."""
-    from classsr_cli.engine.regions import TOP_ROWS, RegionStream
+    from classsr_cli.engine.regions import RegionStream
     from classsr_cli.engine.upscaler import Layout, _MirroredRows
 
     shapes = Shapes(band_rows=2, big_cols=2, small=(1, 1), chunk_cols=2)
@@ -169,8 +169,7 @@ def test_the_class_module_over_chunks_scores_each_sub_image_as_if_alone(shipped)
         geometry = stream.geometry
         tiles = torch.from_numpy(padded).permute(2, 0, 1)
         for band in range(geometry.bands):
-            first = band * shapes.band_rows * 28
-            rows = source.rows(first - TOP_ROWS, first - TOP_ROWS + stream.band_h)
+            rows = source.rows(*stream.band_span(band))
             rgb = torch.from_numpy(rows).contiguous()
             classes = stream._classify(band, rgb)
             cell0, stop = geometry.band_cells(band)
@@ -387,9 +386,10 @@ def test_many_small_chunks_and_bands_give_the_picture_of_one(shipped, monkeypatc
     model = shipped["classsr-fsrcnn.safetensors"]
     one = Shapes(band_rows=8, big_cols=8, small=(1, 1), chunk_cols=8, exact=True)
     whole, whole_tally = Upscaler(model, "cpu", branch=3, shapes=one).upscale_array(lr)
-    monkeypatch.setattr(regions, "CANVAS_BYTES", 0)
     monkeypatch.setattr(regions, "MIN_CANVAS_SLOTS", 2)
-    tiny = Shapes(band_rows=1, big_cols=2, small=(1, 1), chunk_cols=2, batch_pixels=10**6, exact=True)
+    tiny = Shapes(
+        band_rows=1, big_cols=2, small=(1, 1), chunk_cols=2, batch_pixels=10**6, exact=True, canvas_bytes=0
+    )
     pieces, tally = Upscaler(model, "cpu", branch=3, shapes=tiny).upscale_array(lr)
     assert tally.class_counts == whole_tally.class_counts
     assert np.abs(pieces - whole).max() < 2 / 255
@@ -417,5 +417,8 @@ def test_every_branch_sees_two_input_shapes_and_a_gpu_layout_fixed_batches(shipp
     big = (4 * 28 + 2 * engine.context, 8 * 28 + 2 * engine.context)
     small = (28 + 2 * engine.context, 2 * 28 + 2 * engine.context)
     assert {shape[2:] for shape in seen} <= {big, small}
-    capacities = {shapes.per_batch(4 * 28, 8 * 28, engine.context), shapes.per_batch(28, 2 * 28, engine.context)}
+    capacities = {
+        shapes.per_batch(4 * 28, 8 * 28, engine.context),
+        shapes.per_batch(28, 2 * 28, engine.context),
+    }
     assert {shape[0] for shape in seen} <= capacities

@@ -49,6 +49,9 @@ class Shapes:
     exact: bool = False
     # what one more piece costs beyond its pixels, in FLOPs of the same speed (planning only)
     piece_overhead: float = 0.0
+    # output canvases kept at once (a chunk's lives until its pieces have all run): as many as fit in this
+    # many bytes, and at least two; more let batches fill across more chunks before they must run
+    canvas_bytes: int = 512 * 2**20
 
     def __post_init__(self):
         rows, cols = self.small

@@ -19,8 +19,10 @@ from classsr_cli.engine.upscaler import Layout, Upscaler
 from classsr_cli.errors import OutputError
 from classsr_cli.imaging import DEFAULT_MAX_PIXELS, ImageWriter, open_image, output_format
 
-# How many LR rows are read at a time: small enough to keep memory flat, large enough to amortise decoding.
+# How many LR rows are read at a time: small enough to keep memory flat, large enough to amortise decoding;
+# fewer for very wide images, so that a strip (float32) stays within READ_BYTES.
 READ_ROWS = 128
+READ_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -150,9 +152,10 @@ def upscale_file(
         protect=[source],
     ) as writer:
         out_dtype = np.uint8 if writer.bit_depth == 8 else np.uint16
-        strips = in_background(reader.strips(rows=READ_ROWS))
+        rows = max(8, min(READ_ROWS, READ_BYTES // (4 * info.width * layout.channels)))
+        strips = in_background(reader.strips(rows=rows), depth=1)
         output = engine.stream(info.height, info.width, strips, layout, tally, on_tiles, out_dtype=out_dtype)
-        writer.write(in_background(_timed(output, engine_time)))
+        writer.write(in_background(_timed(output, engine_time), depth=1))  # a band can be large
     written_map = None
     if class_map is not None:
         from classsr_cli.imaging.classmap import write_class_map
@@ -234,13 +237,7 @@ def in_background(items, depth: int = 2):
                 return
             yield item
     finally:
-        stop.set()
-        while thread.is_alive():  # let it put its last item and see the flag
-            try:
-                waiting.get(timeout=0.05)
-            except queue.Empty:
-                pass
-            thread.join(timeout=0.05)
+        stop.set()  # the thread sees it at its next item and ends; nobody waits for it (Ctrl-C, errors)
 
 
 def _tile_count(height: int, width: int) -> int:

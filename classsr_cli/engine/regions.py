@@ -53,14 +53,12 @@ FADE = 2
 FEATURE_WINDOW = 8
 # Off-grid sub-images (aligned to the image's right or bottom edge) are classified alone, this many a call.
 OFF_GRID_BATCH = 32
-# Output canvases kept at once (a chunk's canvas lives until all its pieces have run): as many as fit in
-# this many bytes, and at least MIN_CANVAS_SLOTS
-CANVAS_BYTES = 160 * 2**20
-MIN_CANVAS_SLOTS = 4
+# Output canvases kept at least (Shapes.canvas_bytes sets how many more)
+MIN_CANVAS_SLOTS = 2
 # Below this alpha a pixel's colour is not recovered from premultiplied values (it is all but invisible).
 ALPHA_FLOOR = 1.0 / 1024
-# LR rows read above each band: the sub-images aligned to the image's bottom edge start up to 31 rows
-# above the band holding their last cells
+# LR rows read above a band at most: a sub-image aligned to the image's bottom edge starts up to 31 rows above
+# the band holding its last cells
 TOP_ROWS = PATCH
 
 
@@ -90,8 +88,9 @@ class Workspace:
         self.shapes = shapes
         self.canvas_h = (shapes.band_rows * CELL + 2 * FADE) * scale
         self.canvas_w = (shapes.chunk_cols * CELL + 2 * FADE) * scale
-        slots = max(MIN_CANVAS_SLOTS, CANVAS_BYTES // (self.canvas_h * self.canvas_w * 3 * 4))
-        self.canvases = torch.zeros(slots, self.canvas_h, self.canvas_w, 3, device=device)
+        slots = max(MIN_CANVAS_SLOTS, shapes.canvas_bytes // (self.canvas_h * self.canvas_w * 3 * 4))
+        # zeroed when a chunk takes one: memory is touched only for the canvases in use
+        self.canvases = torch.empty(slots, self.canvas_h, self.canvas_w, 3, device=device)
         self.canvas_flat = self.canvases.view(-1, 3)
         self.buckets: dict[tuple[int, int, int], _Bucket] = {}
         self._scatter: dict[tuple[int, int], torch.Tensor] = {}
@@ -161,10 +160,11 @@ class RegionStream:
         self.margin = max(self.context, PATCH - CELL)  # LR pixels around each chunk's cells
         self.fade_px = FADE * self.scale
         shapes = self.shapes
-        # the band's LR pixels: TOP_ROWS above its cells (off-grid sub-images), `margin` below and each side
+        # the band's LR pixels: its cells with `margin` below and on each side, and above them `margin` or
+        # what the band's sub-images off the grid need (up to TOP_ROWS); `tops` holds each band's
         self.lattice_w = self.geometry.chunks_per_band * shapes.chunk_cols * CELL
-        self.band_h = TOP_ROWS + shapes.band_rows * CELL + self.margin
         self.band_w = self.lattice_w + 2 * self.margin
+        self.tops: dict[int, int] = {}
         space: Workspace = engine.workspace()
         self.space = space
         self.canvas_h, self.canvas_w = space.canvas_h, space.canvas_w
@@ -198,8 +198,7 @@ class RegionStream:
         geometry = self.geometry
         self.tally.pixels += self.height * self.width
         for band in range(geometry.bands):
-            first_row = band * self.shapes.band_rows * CELL
-            rows = source.rows(first_row - TOP_ROWS, first_row - TOP_ROWS + self.band_h)
+            rows = source.rows(*self.band_span(band))
             lr = torch.from_numpy(rows).to(self.device, self.dtype, non_blocking=True)  # (h, w, C)
             color = lr[..., : self.layout.color_channels]
             if self.layout.has_alpha:  # premultiplied: what lies under transparent pixels cannot matter
@@ -212,6 +211,15 @@ class RegionStream:
             yield from self._finish_ready()
         self._flush()
         yield from self._finish_ready()
+
+    def band_span(self, band: int) -> tuple[int, int]:
+        """The LR rows [start, stop) the band reads: its cells, `margin` below and above, or above as far
+        as its sub-images off the grid start (at most TOP_ROWS); kept in `tops`."""
+        first_row = band * self.shapes.band_rows * CELL
+        _, off_grid = cell_sources(self.geometry, band)
+        starts = [self.geometry.row_starts[row] for row, _ in off_grid]
+        self.tops[band] = max(self.margin, first_row - min(starts, default=first_row))
+        return first_row - self.tops[band], first_row + self.shapes.band_rows * CELL + self.margin
 
     # -- routing ------------------------------------------------------------------------------------
 
@@ -228,7 +236,7 @@ class RegionStream:
         head = module.lastOut
         block = PATCH // FEATURE_WINDOW
         grid = []
-        top, left = TOP_ROWS, self.margin
+        top, left = self.tops[band], self.margin
         per_position = plan.classifier_executed / FEATURE_WINDOW**2
         # exact shapes: each chunk's pass covers only its cells inside the image (the rest repeat the last)
         first_cell, stop = geometry.band_cells(band)
@@ -268,7 +276,7 @@ class RegionStream:
     def _classify_off_grid(self, band: int, rgb: torch.Tensor, tiles: list[tuple[int, int]]) -> torch.Tensor:
         """Logits of the sub-images off the 28-pixel grid (aligned to the right or bottom edge), run alone."""
         geometry = self.geometry
-        first_row = band * self.shapes.band_rows * CELL - TOP_ROWS
+        first_row = band * self.shapes.band_rows * CELL - self.tops[band]
         starts = np.array(
             [
                 (geometry.row_starts[r] - first_row) * self.band_w + geometry.col_starts[c] + self.margin
@@ -353,7 +361,8 @@ class RegionStream:
             for row0, row1, col0, col1, branch in chunk_plan.pieces:
                 height, width = row_edges[row1] - row_edges[row0], col_edges[col1] - col_edges[col0]
                 # LR corner of the piece's input in the band, its output's corner in the chunk's canvas
-                y, x = TOP_ROWS + row0 * CELL - self.context, self.margin + (c0 + col0) * CELL - self.context
+                y = self.tops[band] + row0 * CELL - self.context
+                x = self.margin + (c0 + col0) * CELL - self.context
                 dest = chunk.slot * self.canvas_h * self.canvas_w + row0 * CELL * scale * self.canvas_w
                 dest += col0 * CELL * scale
                 code_y = ramp_code(first_cell + row0 == 0, first_cell + row1 >= geometry.cell_rows)
@@ -531,7 +540,7 @@ class RegionStream:
         """Alpha of the output rows x cols: bicubic over the band's LR alpha (not a picture to restore)."""
         scale, margin = self.scale, 2
         alpha_lr = self.band_alpha[chunk.band]
-        first_row = chunk.band * self.shapes.band_rows * CELL - TOP_ROWS  # LR row of alpha_lr's first
+        first_row = chunk.band * self.shapes.band_rows * CELL - self.tops[chunk.band]  # alpha_lr's first
         y0, y1 = rows[0] // scale - margin, -(-rows[1] // scale) + margin
         x0, x1 = cols[0] // scale - margin, -(-cols[1] // scale) + margin
         window = alpha_lr[y0 - first_row : y1 - first_row, x0 + self.margin : x1 + self.margin]

@@ -41,10 +41,13 @@ CONTEXT = 4
 # the features of one cell row stay in the caches. GPUs want size: BAND_ROWS everywhere else.
 BAND_ROWS_ON_CPU = 1
 BAND_ROWS = 4
-# What one more piece costs beyond its pixels on a CPU, in FLOPs of the same speed: a call of a small piece
-# took about 0.9 ms more than its pixels' share, where FSRCNN-O ran 80 MFLOPs in 0.9 ms (on 40x40 against
-# 236x236 LR pixels; runs of CARN-M showed no more than that). GPUs batch pieces: none counted there.
-PIECE_OVERHEAD = 80e6
+# What one more piece costs beyond its pixels on a CPU, in FLOPs of the same speed (planning only). The
+# engine of an earlier release measured 0.9 ms a piece, when FSRCNN-O ran 80 MFLOPs in 0.9 ms, each piece then
+# being cut, run and blended on its own; pieces now run in batches of their size, gathered and scattered
+# together, so a piece costs a share of a batch's work: a third of that is assumed.
+PIECE_OVERHEAD = 30e6
+# Output canvases on a CPU: a few suffice, its batches are short
+CPU_CANVAS_BYTES = 32 * 2**20
 
 
 @dataclass
@@ -80,10 +83,12 @@ class Upscaler:
         piece_rows: int | None = None,
         shapes: Shapes | None = None,
         graphs: bool | None = None,
+        exact_shapes: bool | None = None,
     ):
         """`piece_rows` sets the band's cell rows (and the big pieces'); `shapes` every size of the region
-        engine (`engine/chunks.py`; defaults by device and network); `graphs` captures each bucket's batch
-        as a CUDA graph after its first run (default: on CUDA)."""
+        engine (`engine/chunks.py`; defaults by device and network); `exact_shapes` pieces of any size, cut
+        at the image's edges (default: on a CPU) or two fixed shapes and full batches; `graphs` captures each
+        bucket's batch as a CUDA graph after its first run (default: on CUDA)."""
         if tiling not in TILINGS:
             raise ModelError(f"unknown tiling '{tiling}': use {' or '.join(TILINGS)}")
         self.tiling = tiling
@@ -107,6 +112,8 @@ class Upscaler:
             if not 1 <= piece_rows <= 8:
                 raise ModelError(f"piece_rows must be 1 to 8, got {piece_rows}")
             self.shapes = replace(self.shapes, band_rows=piece_rows, small=(1, self.shapes.small[1]))
+        if exact_shapes is not None:
+            self.shapes = replace(self.shapes, exact=exact_shapes)
         if flops_budget is not None:  # a budget keeps each cell's class: pieces of one class, single cells
             self.shapes = replace(self.shapes, small=(1, 1))
         self.piece_rows = self.shapes.band_rows
@@ -302,7 +309,12 @@ def default_shapes(branches, device: torch.device, batch_size: int) -> Shapes:
         rows = BAND_ROWS
     if device.type == "cpu":  # exact pieces; what a small piece costs beyond its pixels was measured there
         return Shapes(
-            band_rows=rows, batch_pixels=batch_size * PATCH**2, exact=True, piece_overhead=PIECE_OVERHEAD
+            band_rows=rows,
+            chunk_cols=8,
+            batch_pixels=batch_size * PATCH**2,
+            exact=True,
+            piece_overhead=PIECE_OVERHEAD,
+            canvas_bytes=CPU_CANVAS_BYTES,
         )
     return Shapes(band_rows=rows, batch_pixels=batch_size * PATCH**2)
 
