@@ -74,8 +74,8 @@ class _Bucket:
     meta: torch.Tensor  # (capacity, 3) int64: flat canvas offset, ramp row of the rows, of the columns
     count: int = 0
     chunks: list = field(default_factory=list)  # serial number of each pending piece's chunk
-    runs: int = 0
-    graph: object = None
+    runs: dict = field(default_factory=dict)  # batch count -> runs so far
+    graphs: dict = field(default_factory=dict)  # batch count -> captured CUDA graph
 
 
 class Workspace:
@@ -404,17 +404,41 @@ class RegionStream:
     # -- running -----------------------------------------------------------------------------------
 
     def _run(self, bucket: _Bucket) -> None:
-        """Run a bucket's batch and add the results into the canvases. A short batch runs at its own count
-        where tails are exact (a CPU), else padded with pieces that add nothing (ramp row ZERO_RAMP)."""
-        count = bucket.count if self.shapes.exact else bucket.capacity
-        self.engine.run_bucket(bucket, lambda b: self.bucket_step(b, count), exact=count < bucket.capacity)
+        """Run a bucket's pieces and add the results into the canvases. A full batch runs at the bucket's
+        capacity; a short one (the end of an image) at its own count with exact shapes (a CPU), else as
+        batches of powers of two (every one of them warmed up when the bucket was made: no new shape)."""
         pixels = bucket.inputs.shape[1] * bucket.inputs.shape[2]
-        self.tally.executed_flops += int(count * pixels * self.cost[bucket.branch])
+        self.tally.executed_flops += int(bucket.count * pixels * self.cost[bucket.branch])
+        if not self.shapes.exact and not bucket.runs:
+            self._warm_up(bucket)
+        if bucket.count == bucket.capacity or self.shapes.exact:
+            self.engine.run_bucket(bucket, bucket.count, self.bucket_step)
+        else:
+            left = bucket.count
+            while left:
+                count = 1 << (left.bit_length() - 1)
+                self.engine.run_bucket(bucket, count, self.bucket_step)
+                left -= count
+                # the rest to the front (no overlap: fewer than `count` are left), for fixed addresses
+                bucket.inputs[:left] = bucket.inputs[count : count + left].clone()
+                bucket.meta[:left] = bucket.meta[count : count + left].clone()
         for serial in bucket.chunks:
             self._chunk(serial).pending -= 1
         bucket.chunks = []
         bucket.count = 0
         bucket.meta[:, 1:] = ZERO_RAMP
+
+    def _warm_up(self, bucket: _Bucket) -> None:
+        """Run every batch size a bucket can use once, on pieces that add nothing (fixed shapes only): the
+        device meets all its shapes on the first image. Not counted in any image's executed FLOPs."""
+        saved = bucket.meta.clone()
+        bucket.meta[:, 1:] = ZERO_RAMP
+        count = 1
+        while count <= bucket.capacity:
+            self.engine.run_bucket(bucket, count, self.bucket_step)
+            count *= 2
+        self.engine.run_bucket(bucket, bucket.capacity, self.bucket_step)
+        bucket.meta.copy_(saved)
 
     def bucket_step(self, bucket: _Bucket, count: int) -> None:
         """The device work of one batch of `count` pieces: branch, back-projection, weights, scatter."""

@@ -132,29 +132,27 @@ class Upscaler:
             self._workspace = Workspace(self)
         return self._workspace
 
-    def run_bucket(self, bucket, step, exact: bool = False) -> None:
-        """Run one bucket's batch: `step(bucket)` eagerly, or on CUDA from its second full batch on as a
-        captured graph (same tensors every time: the bucket's, the canvases, the tables). `exact`: a short
-        batch at its own count, always eager."""
+    def run_bucket(self, bucket, count: int, step) -> None:
+        """Run `step(bucket, count)`, the device work of a batch of the bucket's first `count` pieces:
+        eagerly, or on CUDA, from the second batch of that size on, by replaying a graph captured from it
+        (the same tensors every time: the bucket's, the canvases, the tables)."""
         with torch.inference_mode():
-            if not self.graphs or exact:
-                step(bucket)
+            runs = bucket.runs.get(count, 0)
+            bucket.runs[count] = runs + 1
+            if not self.graphs or (runs == 0 and count not in bucket.graphs):
+                step(bucket, count)
                 return
-            if bucket.graph is None and bucket.runs >= 1:
+            if count not in bucket.graphs:
                 try:
                     graph = torch.cuda.CUDAGraph()
                     with torch.cuda.graph(graph):
-                        step(bucket)
-                    bucket.graph = graph
+                        step(bucket, count)
+                    bucket.graphs[count] = graph
                 except RuntimeError:  # not capturable here: run eagerly from now on
                     self.graphs = False
-                    step(bucket)
+                    step(bucket, count)
                     return
-            if bucket.graph is not None:
-                bucket.graph.replay()
-            else:
-                step(bucket)
-            bucket.runs += 1
+            bucket.graphs[count].replay()
 
     @property
     def num_classes(self) -> int:
