@@ -206,8 +206,8 @@ def find_pairs(
     never silently mixes given and made LR. Denoising uses HR only. Images too small to score are kept as
     pairs with `skipped` set; the others are checked against their LR's size (DataError).
     """
-    from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos
     from classsr_cli.data.testsets import find_dataset
+    from classsr_cli.imaging.photos import PHOTO_SUFFIXES, list_photos
 
     if limit is not None and limit < 1:
         raise DataError(f"--limit must be at least 1, got {limit}")
@@ -252,16 +252,16 @@ def _check_lr_size(lr: Path, lr_size: tuple[int, int], hr: Path, hr_size: tuple[
 
 def make_lr(hr: np.ndarray) -> np.ndarray:
     """LR from uint8 HR (cropped to a multiple of 4) as make-testsets stores it: bicubic x1/4, 8 bits."""
-    from classsr_cli.imaging.bicubic import imresize, to_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
 
-    return to_uint8(imresize(hr.astype(np.float32), scale=1 / SCALE))
+    return matlab_uint8(imresize(hr.astype(np.float32), scale=1 / SCALE))
 
 
 def load_pair(pair: ImagePair, protocol: Protocol = UPSCALE) -> tuple[np.ndarray, np.ndarray]:
     """(HR uint8 cropped to a multiple of the scale, input), both (h, w, 3) RGB: the input is the LR image
     (uint8), or for denoising the HR image plus noise seeded by the image's name (float32 in [0, 1] on
     1/255 steps)."""
-    from classsr_cli.data.photos import read_rgb8
+    from classsr_cli.imaging.photos import read_rgb8
 
     scale = protocol.scale
     hr = read_rgb8(pair.hr)

@@ -286,8 +286,8 @@ def train_slimmable_command(
     debug: bool = DEBUG_OPTION,
 ):
     """Train every branch width of SRResNet or RCAN in one slimmable run, resumable from a ledger."""
-    from classsr_cli.data.photos import list_photos
     from classsr_cli.engine.runner import pick_device
+    from classsr_cli.imaging.photos import list_photos
     from classsr_cli.models.registry import get_family, resolve_widths
     from classsr_cli.train.slimmable import Recipe, train_slimmable
     from classsr_cli.weights import load_weights

@@ -157,8 +157,8 @@ def _init_worker(threads: int) -> None:
 
 def process_photo(job: PhotoJob) -> dict:
     """Scale, reduce and rank one photo; write its images and part file. Returns a status dict."""
-    from classsr_cli.data.photos import read_rgb8
-    from classsr_cli.imaging.bicubic import imresize, to_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
+    from classsr_cli.imaging.photos import read_rgb8
 
     name = Path(job.source).name
     try:
@@ -177,7 +177,7 @@ def process_photo(job: PhotoJob) -> dict:
             scaled = photo
         else:
             photo_float = photo.astype(np.float32) if photo_float is None else photo_float
-            scaled = to_uint8(imresize(photo_float, factor))
+            scaled = matlab_uint8(imresize(photo_float, factor))
         height = scaled.shape[0] // job.sr_scale * job.sr_scale
         width = scaled.shape[1] // job.sr_scale * job.sr_scale
         if height < hr_patch or width < hr_patch:
@@ -186,7 +186,7 @@ def process_photo(job: PhotoJob) -> dict:
         hr = np.ascontiguousarray(scaled[:height, :width])
         lr_shape = (height // job.sr_scale, width // job.sr_scale)
         # denoising (scale 1): the clean image is the input too; the noise is added when it is used
-        lr = hr if job.sr_scale == 1 else to_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
+        lr = hr if job.sr_scale == 1 else matlab_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
         ys = subimage_positions(lr.shape[0], job.patch, job.stride)
         xs = subimage_positions(lr.shape[1], job.patch, job.stride)
         psnr = rank_subimages(lr, hr, ys, xs, job.patch, job.sr_scale, ranker)
@@ -342,7 +342,7 @@ def prepare_data(
         raise DataError(f"--workers must be at least 1, got {workers}")
     if not src.is_dir():
         raise InputError(f"source folder not found: {src}")
-    from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos
+    from classsr_cli.imaging.photos import PHOTO_SUFFIXES, list_photos
 
     photos = list_photos(src)
     if not photos:

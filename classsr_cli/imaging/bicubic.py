@@ -130,8 +130,11 @@ def imresize(
     return work
 
 
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Round to 8 bits as MATLAB converts to uint8: half away from zero, clipped to [0, 255]."""
+def matlab_uint8(image: np.ndarray) -> np.ndarray:
+    """Values on the 0-255 scale (as `imresize` returns them for 8-bit images) as uint8, the way MATLAB's
+    `uint8()` converts: rounded half away from zero, clipped to [0, 255]; same shape.
+
+    Not `pixels.unit_to_uint8`, which takes floats in [0, 1] (image files' convention)."""
     return np.clip(np.floor(image + 0.5), 0, 255).astype(np.uint8)
 
 
@@ -164,7 +167,7 @@ def imresize_tensor(
 
     Same sizes, taps, pass order and tap order as `imresize`, so float32 results match it to rounding. Any
     leading dimensions (channels, batch) are carried along. Integer input is computed in float32 (float64
-    input stays float64); the result is float, neither rounded nor clipped (`to_uint8_tensor` rounds it).
+    input stays float64); the result is float, neither rounded nor clipped (`matlab_uint8_tensor` rounds it).
     Raises ValueError for a bad scale or shape, or fewer than 2 dimensions.
     """
     import torch
@@ -192,8 +195,8 @@ def imresize_tensor(
     return work
 
 
-def to_uint8_tensor(image):
-    """`to_uint8` for a torch tensor: half away from zero, clipped to [0, 255], dtype uint8."""
+def matlab_uint8_tensor(image):
+    """`matlab_uint8` for a torch tensor of 0-255 values: half away from zero, clipped to [0, 255], uint8."""
     import torch
 
     return (image + 0.5).floor_().clamp_(0, 255).to(torch.uint8)

@@ -167,8 +167,8 @@ class ValCrops:
 
 def central_crops(photos: list[Path], lr_size: int, scale: int = 4) -> ValCrops:
     """The central (scale x lr_size)-pixel square of each photo as HR, and its MATLAB-bicubic LR (8-bit)."""
-    from classsr_cli.data.photos import read_rgb8
-    from classsr_cli.imaging.bicubic import imresize, to_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
+    from classsr_cli.imaging.photos import read_rgb8
 
     names, lrs, hrs = [], [], []
     side = lr_size * scale
@@ -178,7 +178,7 @@ def central_crops(photos: list[Path], lr_size: int, scale: int = 4) -> ValCrops:
         crop = min(side, height - height % scale, width - width % scale)
         top, left = (height - crop) // 2, (width - crop) // 2
         hr = np.ascontiguousarray(image[top : top + crop, left : left + crop])
-        lr = to_uint8(imresize(hr.astype(np.float32), 1 / scale))
+        lr = matlab_uint8(imresize(hr.astype(np.float32), 1 / scale))
         names.append(path.name)
         lrs.append(lr.astype(np.float32) / 255.0)
         hrs.append(hr)
@@ -200,8 +200,7 @@ def crop_psnrs(network: Callable[[torch.Tensor], torch.Tensor], crops: ValCrops,
 
 
 def bicubic_psnrs(crops: ValCrops) -> list:
-    from classsr_cli.imaging.bicubic import imresize
-    from classsr_cli.imaging.bicubic import to_uint8 as matlab_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
     from classsr_cli.metrics import psnr
 
     return [
