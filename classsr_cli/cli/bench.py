@@ -101,21 +101,11 @@ def bench(
 
     from classsr_cli import bench as benchmark
     from classsr_cli.api import load_network
-    from classsr_cli.errors import DataError
-    from classsr_cli.models import get_family
 
     # a comparison needs ClassSR, of either task
     loaded, _ = load_network(model, weights, task=None, base_fallback=False)
     network, family = loaded.model, loaded.family
-    if get_family(family).task == "denoise":
-        noise_sigma = 25.0 if noise_sigma is None else noise_sigma
-        if not 0 < noise_sigma <= 255:
-            raise DataError(f"--noise-sigma must lie in (0, 255] (0-255 scale), got {noise_sigma}")
-        protocol = benchmark.Protocol(scale=1, noise_sigma=noise_sigma)
-    elif noise_sigma is not None:
-        raise DataError("--noise-sigma is for denoising models (dncnn); upscaling benches add no noise")
-    else:
-        protocol = benchmark.UPSCALE
+    protocol = benchmark.protocol_for(family, noise_sigma)
     root, pairs = benchmark.find_pairs(dataset, data_root, limit, protocol)
     if report is not None:
         benchmark.prepare_report_dir(report)
