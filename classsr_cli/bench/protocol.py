@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from classsr_cli.data.noise import DEFAULT_NOISE_SIGMA
 from classsr_cli.errors import DataError
 
 SCALE = 4
 BORDER = SCALE  # SR papers crop the scale's worth of pixels from each side before PSNR
-DEFAULT_NOISE_SIGMA = 25.0  # denoising: DnCNN's standard setting (0-255 scale)
 
 
 @dataclass(frozen=True)

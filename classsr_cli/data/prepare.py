@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from classsr_cli.data.noise import DEFAULT_NOISE_SIGMA
 from classsr_cli.data.ranking import (
     BICUBIC,
     BLUR,
@@ -59,7 +60,6 @@ INDEX_DTYPE = np.dtype(
         ("split", "u1"),  # SPLIT_TRAIN or SPLIT_VAL
     ]
 )
-DEFAULT_NOISE_SIGMA = 25.0  # DnCNN's standard setting, on the 0-255 scale
 
 
 # -- small pure pieces ----------------------------------------------------------------------------------
