@@ -32,16 +32,16 @@ def flops(
     debug: bool = DEBUG_OPTION,
 ):
     """FLOPs and parameters per 32x32 sub-image (x4; dncnn: same size), as the paper counts and as run."""
-    from classsr_cli.flops import classsr_costs
-    from classsr_cli.models import create, get_family
+    from classsr_cli.bench import family_title
+    from classsr_cli.flops import family_costs
 
-    family = get_family(model)
-    costs = {"model": family.name, **classsr_costs(create(family.name, parse_widths(widths), classes))}
+    costs = family_costs(model, parse_widths(widths), classes)
     if as_json:
         print_json(costs)
         return
     task = f"x{costs['scale']}" if costs["scale"] > 1 else "denoising"
-    table = Table(title=f"ClassSR-{family.title}, {task}, per {costs['patch']}x{costs['patch']} sub-image")
+    title = family_title(costs["model"])
+    table = Table(title=f"ClassSR-{title}, {task}, per {costs['patch']}x{costs['patch']} sub-image")
     for column in ("module", "width", "params", "FLOPs (paper)", "FLOPs (executed)", "of base"):
         table.add_column(column, justify="right" if column != "module" else "left")
     base = costs["branches"][-1]["flops"]

@@ -27,7 +27,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,9 @@ def slice_state(state: dict[str, torch.Tensor], shapes: dict[str, torch.Size]) -
     sliced = {}
     for key, shape in shapes.items():
         tensor = state[key]
-        if tensor.dim() != len(shape) or any(have < want for have, want in zip(tensor.shape, shape)):
+        if tensor.dim() != len(shape) or any(
+            have < want for have, want in zip(tensor.shape, shape, strict=True)
+        ):
             raise ModelError(f"{key}: {tuple(tensor.shape)} cannot be sliced to {tuple(shape)}")
         sliced[key] = tensor[tuple(slice(0, n) for n in shape)]
     return sliced
@@ -79,7 +81,9 @@ class Slimmable(nn.Module):
         self._skeletons = {w: create_base(family, w) for w in self.widths[:-1]}
         for skeleton in self._skeletons.values():
             skeleton.requires_grad_(False)
-        self._shapes = {w: {k: v.shape for k, v in s.state_dict().items()} for w, s in self._skeletons.items()}
+        self._shapes = {
+            w: {k: v.shape for k, v in s.state_dict().items()} for w, s in self._skeletons.items()
+        }
 
     def state_dict(self, *args, **kwargs):
         return self.net.state_dict(*args, **kwargs)
@@ -186,13 +190,15 @@ def central_crops(photos: list[Path], lr_size: int, scale: int = 4) -> ValCrops:
 
 
 @torch.no_grad()
-def crop_psnrs(network: Callable[[torch.Tensor], torch.Tensor], crops: ValCrops, device: torch.device) -> list:
+def crop_psnrs(
+    network: Callable[[torch.Tensor], torch.Tensor], crops: ValCrops, device: torch.device
+) -> list:
     """RGB PSNR (dB, 8-bit output, `scale`-pixel border) of `network` run whole on each LR crop."""
     from classsr_cli.metrics import psnr
     from classsr_cli.pixels import unit_to_uint8
 
     values = []
-    for lr, hr in zip(crops.lr, crops.hr):
+    for lr, hr in zip(crops.lr, crops.hr, strict=True):
         x = torch.from_numpy(lr).permute(2, 0, 1)[None].to(device)
         sr = network(x)[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
         values.append(round(psnr(unit_to_uint8(sr), hr, border=4), 4))
@@ -204,7 +210,8 @@ def bicubic_psnrs(crops: ValCrops) -> list:
     from classsr_cli.metrics import psnr
 
     return [
-        round(psnr(matlab_uint8(imresize(lr * 255.0, 4)), hr, border=4), 4) for lr, hr in zip(crops.lr, crops.hr)
+        round(psnr(matlab_uint8(imresize(lr * 255.0, 4)), hr, border=4), 4)
+        for lr, hr in zip(crops.lr, crops.hr, strict=True)
     ]
 
 
@@ -304,7 +311,9 @@ def train_slimmable(
     optimizer = torch.optim.Adam(model.net.parameters(), lr=recipe.lr, betas=(0.9, 0.999))
     dataset = open_train_set(Path(data_root), None, recipe.seed)
     data_patch = dataset.patch
-    loader = make_loader(dataset, recipe.batch_size, recipe.seed, 0, 1, start * recipe.batch_size, 0, torch_device)
+    loader = make_loader(
+        dataset, recipe.batch_size, recipe.seed, 0, 1, start * recipe.batch_size, 0, torch_device
+    )
     crops = central_crops(val_photos, recipe.val_crop, model.scale)
     records = ledger.records()
     if not any(r.get("type") == "reference" for r in records):
@@ -312,7 +321,9 @@ def train_slimmable(
         row["bicubic"] = bicubic_psnrs(crops)
         if reference is not None:
             row[reference_name] = crop_psnrs(reference.to(torch_device).eval(), crops, torch_device)
-        row["means"] = {k: round(float(np.mean(v)), 4) for k, v in row.items() if k not in ("type", "photos", "crop_lr")}
+        row["means"] = {
+            k: round(float(np.mean(v)), 4) for k, v in row.items() if k not in ("type", "photos", "crop_lr")
+        }
         ledger.append(row)
         echo("reference on the crops: " + ", ".join(f"{k} {v:.3f}" for k, v in row["means"].items()))
 
@@ -348,7 +359,10 @@ def train_slimmable(
         model.train()
         ledger.append(result)
         last_val = {"iter": iteration, **{str(w): result[str(w)]["psnr"] for w in model.widths}}
-        echo(f"iter {iteration}: " + ", ".join(f"width {w} {result[str(w)]['psnr']:.3f} dB" for w in model.widths))
+        echo(
+            f"iter {iteration}: "
+            + ", ".join(f"width {w} {result[str(w)]['psnr']:.3f} dB" for w in model.widths)
+        )
 
     try:
         batches = iter(loader)
@@ -400,3 +414,47 @@ def train_slimmable(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return run_state()
+
+
+def slimmable_run(
+    ledger_dir: Path,
+    data_root: Path,
+    val_folder: Path,
+    model: str = "srresnet",
+    widths: Sequence[int] | None = None,
+    iters: int = 40000,
+    stop_at: int | None = None,
+    lr: float = 4e-4,
+    reference: str | None = "carn",
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """`train_slimmable` from plain arguments, as `classsr train slimmable` runs it.
+
+    `model`: the family (srresnet or rcan); `widths`: the branch widths (None: the paper's preset); the
+    validation photos are those of `val_folder`; `reference`: a shipped base network by name, scored once
+    on the same crops ('' or None: none), recorded as "<reference>-o"; `device`: auto, cpu, cuda or cuda:N.
+    Returns `train_slimmable`'s run state with the family's name added ("family"). Raises ModelError for an
+    unknown family or bad widths, WeightsError for a reference that cannot be loaded, and what
+    `train_slimmable` raises.
+    """
+    from classsr_cli.engine.runner import pick_device
+    from classsr_cli.imaging.photos import list_photos
+    from classsr_cli.models.registry import get_family, resolve_widths
+    from classsr_cli.weights import load_weights
+
+    family = get_family(model).name
+    chosen = resolve_widths(family, widths=widths)
+    reference_net = load_weights(reference, kind="base").model if reference else None
+    state = train_slimmable(
+        Recipe(family=family, widths=list(chosen), iters=iters, lr=lr),
+        ledger_dir,
+        data_root,
+        list_photos(val_folder),
+        reference=reference_net,
+        reference_name=f"{reference}-o" if reference else "reference",
+        device=str(pick_device(device)),
+        stop_at=stop_at,
+        echo=echo,
+    )
+    return {**state, "family": family}
