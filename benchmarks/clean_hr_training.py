@@ -17,9 +17,9 @@ import torch
 
 from benchmarks.bp_training import fine_tune
 from benchmarks.plain_peer import central_crop
-from classsr_cli.data.photos import list_photos
 from classsr_cli.engine import Upscaler
 from classsr_cli.imaging import read_image
+from classsr_cli.imaging.photos import list_photos
 from classsr_cli.metrics import psnr
 from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.train.device_data import DevicePhotos

@@ -215,9 +215,9 @@ def crop_panels(
 ) -> list[tuple[str, np.ndarray]]:
     """[(label, uint8 HR-sized crop)]: bicubic, each shipped ClassSR upscaler (not the denoisers), HR."""
     from classsr_cli.bench import make_lr
-    from classsr_cli.data.photos import read_rgb8
     from classsr_cli.engine import Upscaler
     from classsr_cli.imaging.bicubic import imresize
+    from classsr_cli.imaging.photos import read_rgb8
     from classsr_cli.metrics import psnr
     from classsr_cli.pixels import unit_to_uint8
     from classsr_cli.weights import load_weights, shipped_families
@@ -262,11 +262,11 @@ def class_map(photo: Path, family: str | None, device: str = "cpu") -> tuple[np.
     """(class map as uint8 RGB, legend facts) of the photo's LR, drawn as `upscale --class-map` does."""
     from classsr_cli.api import default_model
     from classsr_cli.bench import make_lr
-    from classsr_cli.data.photos import read_rgb8
     from classsr_cli.engine import Upscaler
     from classsr_cli.engine.pipeline import ClassGrid
     from classsr_cli.imaging import read_image, write_image
     from classsr_cli.imaging.classmap import write_class_map
+    from classsr_cli.imaging.photos import read_rgb8
     from classsr_cli.weights import load_weights
 
     family = family or default_model()

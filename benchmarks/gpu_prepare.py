@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.gpu_run import LOG, REPORT
-from classsr_cli.data.photos import list_photos
+from classsr_cli.imaging.photos import list_photos
 
 ROOT = Path(__file__).resolve().parent.parent
 GPU = ROOT / ".gpu"

@@ -44,9 +44,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classsr_cli.data.photos import list_photos
 from classsr_cli.errors import ClasssrError, DataError
 from classsr_cli.files import atomic_open, write_json
+from classsr_cli.imaging.photos import list_photos
 from classsr_cli.metrics import psnr
 from classsr_cli.models import create_base, get_family
 from classsr_cli.pixels import unit_to_uint8

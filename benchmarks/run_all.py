@@ -26,7 +26,7 @@ def main() -> None:
     run("benchmarks/train_speed.py", "--families", "fsrcnn,carn")
     val = Path(os.environ.get("CLASSSR_VAL", ROOT / "datasets" / "val"))
     if val.is_dir():
-        from classsr_cli.data.photos import list_photos
+        from classsr_cli.imaging.photos import list_photos
         from classsr_cli.models import list_families
         from classsr_cli.weights import shipped_families
 

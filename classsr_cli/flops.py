@@ -91,3 +91,13 @@ def classsr_costs(model) -> dict:
         "branches": branches,
         "params": count_params(model),
     }
+
+
+def family_costs(family: str, widths=None, classes: int | None = None) -> dict:
+    """`classsr_costs` of an untrained ClassSR model of `family` (any case) with these branch widths, or the
+    paper's preset for `classes` (default 3), with the family's name ("model"). ModelError for an unknown
+    family or widths it does not allow."""
+    from classsr_cli.models import create, get_family
+
+    name = get_family(family).name
+    return {"model": name, **classsr_costs(create(name, widths, classes))}

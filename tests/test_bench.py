@@ -15,8 +15,7 @@ from classsr_cli.bench import ImagePair, load_pair, pair_key
 from classsr_cli.engine import Upscaler
 from classsr_cli.flops import measure
 from classsr_cli.imaging import read_image
-from classsr_cli.imaging.bicubic import imresize
-from classsr_cli.imaging.bicubic import to_uint8 as matlab_uint8
+from classsr_cli.imaging.bicubic import imresize, matlab_uint8
 from classsr_cli.models import create, create_base
 from classsr_cli.weights import save_model
 

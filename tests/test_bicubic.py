@@ -5,7 +5,14 @@ import math
 import numpy as np
 import pytest
 
-from classsr_cli.imaging.bicubic import cubic, imresize, output_length, resize_matrix, resize_taps, to_uint8
+from classsr_cli.imaging.bicubic import (
+    cubic,
+    imresize,
+    matlab_uint8,
+    output_length,
+    resize_matrix,
+    resize_taps,
+)
 
 
 def reference_resize_1d_weights(in_length: int, out_length: int, scale: float) -> np.ndarray:
@@ -143,7 +150,7 @@ def test_resize_matrix_batches_small_images():
 
 def test_to_uint8_rounds_half_up_and_clips():
     values = np.array([0.49, 0.5, 1.5, 2.5, 254.5, -3.0, 300.0])
-    np.testing.assert_array_equal(to_uint8(values), [0, 1, 2, 3, 255, 0, 255])
+    np.testing.assert_array_equal(matlab_uint8(values), [0, 1, 2, 3, 255, 0, 255])
 
 
 def test_interior_agrees_with_pillow_bicubic():
@@ -163,7 +170,7 @@ def test_interior_agrees_with_pillow_bicubic():
 def test_the_tensor_path_matches_the_numpy_path(arguments):
     import torch
 
-    from classsr_cli.imaging.bicubic import imresize_tensor, to_uint8_tensor
+    from classsr_cli.imaging.bicubic import imresize_tensor, matlab_uint8_tensor
 
     image = (np.random.default_rng(0).random((203, 157, 3)) * 255).astype(np.float32)
     expected = imresize(image, **arguments)
@@ -171,7 +178,7 @@ def test_the_tensor_path_matches_the_numpy_path(arguments):
     result = imresize_tensor(torch.from_numpy(image).permute(2, 0, 1)[None], **arguments)[0].permute(1, 2, 0)
     assert result.dtype == torch.float32 and tuple(result.shape) == expected.shape
     np.testing.assert_allclose(result.numpy(), expected, rtol=0, atol=1e-4)
-    assert np.array_equal(to_uint8_tensor(result).numpy(), to_uint8(expected))
+    assert np.array_equal(matlab_uint8_tensor(result).numpy(), matlab_uint8(expected))
 
 
 def test_the_tensor_path_computes_integers_in_float32_and_checks_its_arguments():

@@ -23,7 +23,7 @@ from classsr_cli.data.prepare import (
 from classsr_cli.data.ranking import assign_classes, classes_from_thresholds, resolve_rank_model
 from classsr_cli.data.testsets import find_dataset, make_testsets, parse_sizes
 from classsr_cli.errors import DataError, InputError
-from classsr_cli.imaging.bicubic import imresize, to_uint8
+from classsr_cli.imaging.bicubic import imresize, matlab_uint8
 
 PHOTO_SIZES = {"a_flat.png": (200, 264), "b_mixed.png": (180, 300), "c_busy.png": (256, 256)}
 SCALES = (1.0, 0.8, 0.6)
@@ -164,10 +164,10 @@ def test_stored_images_are_the_bicubic_pairs(prepared, photos):
     np.testing.assert_array_equal(
         hr, photo[: hr.shape[0], : hr.shape[1]]
     )  # scale 1.0: the photo, cropped to /4
-    np.testing.assert_array_equal(lr, to_uint8(imresize(np.asarray(hr, np.float64), 0.25)))
+    np.testing.assert_array_equal(lr, matlab_uint8(imresize(np.asarray(hr, np.float64), 0.25)))
     smaller = image["scales"][1]
     hr_small = np.load(out / smaller["hr"])
-    scaled = to_uint8(imresize(photo.astype(np.float64), SCALES[1]))
+    scaled = matlab_uint8(imresize(photo.astype(np.float64), SCALES[1]))
     np.testing.assert_array_equal(hr_small, scaled[: hr_small.shape[0], : hr_small.shape[1]])
 
 
@@ -179,7 +179,7 @@ def test_psnr_is_the_bicubic_upscale_of_the_subimage(prepared):
         entry = meta["images"][row["image"]]["scales"][row["scale"]]
         lr = np.load(out / entry["lr"])[row["y"] : row["y"] + 32, row["x"] : row["x"] + 32]
         hr = np.load(out / entry["hr"])[row["y"] * 4 : row["y"] * 4 + 128, row["x"] * 4 : row["x"] * 4 + 128]
-        sr = to_uint8(imresize(lr.astype(np.float64), 4)).astype(np.float64)
+        sr = matlab_uint8(imresize(lr.astype(np.float64), 4)).astype(np.float64)
         mse = np.mean((sr - hr) ** 2)
         assert row["psnr"] == pytest.approx(min(100.0, 10 * np.log10(255**2 / mse)), abs=1e-3)
 
@@ -314,7 +314,7 @@ def test_unaugmented_lr_is_the_bicubic_reduction_of_hr(prepared):
         lr, hr, _ = dataset[item]
         hr8 = (hr.permute(1, 2, 0).numpy() * 255).round()
         lr8 = (lr.permute(1, 2, 0).numpy() * 255).round()
-        reduced = to_uint8(imresize(hr8, 0.25)).astype(np.float64)
+        reduced = matlab_uint8(imresize(hr8, 0.25)).astype(np.float64)
         # the stored LR was reduced from the whole image: equal away from the crop's border (kernel: 2 px)
         assert np.abs(reduced[3:-3, 3:-3] - lr8[3:-3, 3:-3]).max() <= 1
 
@@ -387,7 +387,7 @@ def test_make_testsets_by_long_side(photos, tmp_path):
     hr = read_png(tmp_path / "sets" / "Test256" / "HR" / "wide.png")
     lr = read_png(tmp_path / "sets" / "Test256" / "LR" / "wide.png")
     assert hr.shape == (152, 256, 3)  # 300x180 -> 256x154 (long side 256), cropped to a multiple of 4
-    np.testing.assert_array_equal(lr, to_uint8(imresize(hr.astype(np.float64), 0.25)))
+    np.testing.assert_array_equal(lr, matlab_uint8(imresize(hr.astype(np.float64), 0.25)))
     full = read_png(tmp_path / "sets" / "TestFull" / "HR" / "small.png")
     assert full.shape == (88, 120, 3)
     again = make_testsets(src, tmp_path / "sets", parse_sizes("256,full"), show_progress=False)

@@ -64,8 +64,8 @@ def test_crops_are_the_dihedral_transforms_of_the_pyramid_at_the_drawn_positions
 def test_the_pyramid_is_the_one_prepare_data_writes(tmp_path):
     import cv2
 
-    from classsr_cli.data.photos import read_rgb8
     from classsr_cli.data.prepare import photo_key, prepare_data, scale_tag
+    from classsr_cli.imaging.photos import read_rgb8
 
     source = tmp_path / "photos"
     source.mkdir()

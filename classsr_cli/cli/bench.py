@@ -32,16 +32,16 @@ def flops(
     debug: bool = DEBUG_OPTION,
 ):
     """FLOPs and parameters per 32x32 sub-image (x4; dncnn: same size), as the paper counts and as run."""
-    from classsr_cli.flops import classsr_costs
-    from classsr_cli.models import create, get_family
+    from classsr_cli.bench import family_title
+    from classsr_cli.flops import family_costs
 
-    family = get_family(model)
-    costs = {"model": family.name, **classsr_costs(create(family.name, parse_widths(widths), classes))}
+    costs = family_costs(model, parse_widths(widths), classes)
     if as_json:
         print_json(costs)
         return
     task = f"x{costs['scale']}" if costs["scale"] > 1 else "denoising"
-    table = Table(title=f"ClassSR-{family.title}, {task}, per {costs['patch']}x{costs['patch']} sub-image")
+    title = family_title(costs["model"])
+    table = Table(title=f"ClassSR-{title}, {task}, per {costs['patch']}x{costs['patch']} sub-image")
     for column in ("module", "width", "params", "FLOPs (paper)", "FLOPs (executed)", "of base"):
         table.add_column(column, justify="right" if column != "module" else "left")
     base = costs["branches"][-1]["flops"]
@@ -101,21 +101,11 @@ def bench(
 
     from classsr_cli import bench as benchmark
     from classsr_cli.api import load_network
-    from classsr_cli.errors import DataError
-    from classsr_cli.models import get_family
 
     # a comparison needs ClassSR, of either task
     loaded, _ = load_network(model, weights, task=None, base_fallback=False)
     network, family = loaded.model, loaded.family
-    if get_family(family).task == "denoise":
-        noise_sigma = 25.0 if noise_sigma is None else noise_sigma
-        if not 0 < noise_sigma <= 255:
-            raise DataError(f"--noise-sigma must lie in (0, 255] (0-255 scale), got {noise_sigma}")
-        protocol = benchmark.Protocol(scale=1, noise_sigma=noise_sigma)
-    elif noise_sigma is not None:
-        raise DataError("--noise-sigma is for denoising models (dncnn); upscaling benches add no noise")
-    else:
-        protocol = benchmark.UPSCALE
+    protocol = benchmark.protocol_for(family, noise_sigma)
     root, pairs = benchmark.find_pairs(dataset, data_root, limit, protocol)
     if report is not None:
         benchmark.prepare_report_dir(report)

@@ -15,7 +15,9 @@ def prepare_data(
     scales: str = typer.Option("1.0,0.9,0.8,0.7,0.6", "--scales", help="Factors photos are shrunk by."),
     task: str = typer.Option("upscale", "--task", help="upscale (x4 SR data) or denoise (Gaussian noise)."),
     noise_sigma: float = typer.Option(
-        25.0, "--noise-sigma", help="Denoise: noise sigma on the 0-255 scale (added on the fly in training)."
+        prepare.DEFAULT_NOISE_SIGMA,
+        "--noise-sigma",
+        help="Denoise: noise sigma on the 0-255 scale (added on the fly in training).",
     ),
     scale: int = typer.Option(None, "--scale", help="SR scale: LR = HR reduced by it (4; denoise: 1)."),
     patch: int = typer.Option(32, "--patch", help="LR sub-image size."),

@@ -189,14 +189,12 @@ def train_assemble_command(
 ):
     """Stage 1 from networks trained elsewhere (e.g. on all data) -> RUN/stage1.safetensors."""
     from classsr_cli.errors import ModelError
-    from classsr_cli.models import get_family
     from classsr_cli.train import assemble_networks
 
     if not model:
         raise ModelError("--model is required: fsrcnn, carn, srresnet, rcan or dncnn")
-    family = get_family(model).name
     written = assemble_networks(
-        networks, out, family, seed=seed, classifier_from=classifier, overwrite=overwrite
+        networks, out, model, seed=seed, classifier_from=classifier, overwrite=overwrite
     )
     say(f"stage 1 assembled from {len(networks)} networks -> {written}")
 
@@ -286,28 +284,13 @@ def train_slimmable_command(
     debug: bool = DEBUG_OPTION,
 ):
     """Train every branch width of SRResNet or RCAN in one slimmable run, resumable from a ledger."""
-    from classsr_cli.data.photos import list_photos
-    from classsr_cli.engine.runner import pick_device
-    from classsr_cli.models.registry import get_family, resolve_widths
-    from classsr_cli.train.slimmable import Recipe, train_slimmable
-    from classsr_cli.weights import load_weights
+    from classsr_cli.train.slimmable import slimmable_run
 
-    family = get_family(model).name
-    chosen = resolve_widths(family, widths=parse_widths(widths))
-    reference_net = load_weights(reference, kind="base").model if reference else None
-    recipe = Recipe(family=family, widths=list(chosen), iters=iters, lr=lr)
-    state = train_slimmable(
-        recipe,
-        ledger,
-        data,
-        list_photos(val),
-        reference=reference_net,
-        reference_name=f"{reference}-o" if reference else "reference",
-        device=str(pick_device(device)),
-        stop_at=stop_at,
-        echo=say,
+    state = slimmable_run(
+        ledger, data, val, model, parse_widths(widths), iters, stop_at, lr, reference, device, say
     )
-    say(f"{family} at step {state['iteration']} ({state['seconds'] / 3600:.2f} h of training) -> {ledger}")
+    hours = state["seconds"] / 3600
+    say(f"{state['family']} at step {state['iteration']} ({hours:.2f} h of training) -> {ledger}")
 
 
 # listed last, after the other commands, as --help has always listed them

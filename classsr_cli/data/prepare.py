@@ -15,20 +15,31 @@ On disk (OUT/):
   index.npy                               structured array, one row per sub-image: INDEX_DTYPE
   meta.json                               arguments, photos and their files, split, thresholds, counts
 Sub-images are never written out one by one: the dataset crops them from the memory-mapped images.
-`ranking.py` rates the sub-images and cuts the classes; this module makes and writes everything else.
+`pairs.py` makes one photo's images and part (in a worker process), `ranking.py` rates the sub-images and
+cuts the classes; this module runs the photos and writes the index and meta.json.
 """
 
-import hashlib
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
+from classsr_cli.data.noise import DEFAULT_NOISE_SIGMA
+from classsr_cli.data.pairs import (
+    PhotoJob,
+    init_worker,
+    input_kind,
+    load_part,
+    photo_key,
+    process_photo,
+    ranker_for,
+    scale_tag,
+    subimage_positions,
+)
 from classsr_cli.data.ranking import (
     BICUBIC,
     BLUR,
@@ -36,8 +47,6 @@ from classsr_cli.data.ranking import (
     RankModel,
     assign_classes,
     classes_from_thresholds,
-    make_ranker,
-    rank_subimages,
     resolve_rank_model,
 )
 from classsr_cli.errors import DataError, InputError
@@ -59,7 +68,6 @@ INDEX_DTYPE = np.dtype(
         ("split", "u1"),  # SPLIT_TRAIN or SPLIT_VAL
     ]
 )
-DEFAULT_NOISE_SIGMA = 25.0  # DnCNN's standard setting, on the 0-255 scale
 
 
 # -- small pure pieces ----------------------------------------------------------------------------------
@@ -85,16 +93,6 @@ def check_scales(scales: Sequence[float]) -> None:
         raise DataError(f"scale factors repeat: {', '.join(map(str, scales))}")
 
 
-def subimage_positions(length: int, patch: int, stride: int) -> np.ndarray:
-    """Start offsets of windows of `patch` every `stride`, plus one flush with the end if the grid misses."""
-    if length < patch:
-        return np.zeros(0, dtype=np.int64)
-    starts = list(range(0, length - patch + 1, stride))
-    if starts[-1] != length - patch:
-        starts.append(length - patch)
-    return np.asarray(starts, dtype=np.int64)
-
-
 def choose_val_photos(count: int, fraction: float, seed: int) -> np.ndarray:
     """A seeded choice of whole photos for validation: a boolean mask over `count` photos (in sorted order).
 
@@ -106,155 +104,6 @@ def choose_val_photos(count: int, fraction: float, seed: int) -> np.ndarray:
     wanted = min(count - 1, max(1, round(fraction * count)))
     mask[np.random.default_rng(seed).choice(count, size=wanted, replace=False)] = True
     return mask
-
-
-def photo_key(path: Path) -> str:
-    """A file-system-safe, collision-free name for a photo's files: its stem plus a hash of its file name."""
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", path.stem)[:60] or "photo"
-    return f"{stem}-{hashlib.sha1(path.name.encode()).hexdigest()[:8]}"
-
-
-def scale_tag(scale: float) -> str:
-    return f"s{scale:.3f}"
-
-
-# -- one photo (runs in a worker process) ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PhotoJob:
-    source: str
-    key: str
-    out: str
-    scales: tuple[float, ...]
-    sr_scale: int
-    patch: int
-    stride: int
-    rank: RankModel
-    fingerprint: str
-    noise_sigma: float = 0.0  # > 0: a denoising set (sr_scale 1), ranked on noisy sub-images
-
-
-_RANKERS: dict = {}  # one ranker per process and model, loaded on first use
-
-
-def _ranker_for(job: PhotoJob):
-    cache_key = (job.rank.identity, job.patch, job.sr_scale, job.noise_sigma)
-    if cache_key not in _RANKERS:
-        _RANKERS[cache_key] = make_ranker(job.rank, job.patch, job.sr_scale, job.noise_sigma)
-    return _RANKERS[cache_key]
-
-
-def _init_worker(threads: int) -> None:
-    import signal
-
-    import torch
-
-    torch.set_num_threads(threads)
-    # Ctrl-C is handled once, by the parent (which cancels the queue); workers finish their photo quietly
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def process_photo(job: PhotoJob) -> dict:
-    """Scale, reduce and rank one photo; write its images and part file. Returns a status dict."""
-    from classsr_cli.data.photos import read_rgb8
-    from classsr_cli.imaging.bicubic import imresize, to_uint8
-
-    name = Path(job.source).name
-    try:
-        photo = read_rgb8(Path(job.source))
-    except InputError as error:
-        return {"key": job.key, "name": name, "status": "skipped", "reason": str(error)}
-    except MemoryError:
-        return {"key": job.key, "name": name, "status": "skipped", "reason": f"{name}: too large for memory"}
-    ranker = _ranker_for(job)
-    out = Path(job.out)
-    hr_patch = job.patch * job.sr_scale
-    scale_ids, all_y, all_x, all_psnr, shapes = [], [], [], [], []
-    photo_float = None
-    for scale_id, factor in enumerate(job.scales):
-        if factor == 1.0:
-            scaled = photo
-        else:
-            photo_float = photo.astype(np.float32) if photo_float is None else photo_float
-            scaled = to_uint8(imresize(photo_float, factor))
-        height = scaled.shape[0] // job.sr_scale * job.sr_scale
-        width = scaled.shape[1] // job.sr_scale * job.sr_scale
-        if height < hr_patch or width < hr_patch:
-            shapes.append((0, 0))
-            continue
-        hr = np.ascontiguousarray(scaled[:height, :width])
-        lr_shape = (height // job.sr_scale, width // job.sr_scale)
-        # denoising (scale 1): the clean image is the input too; the noise is added when it is used
-        lr = hr if job.sr_scale == 1 else to_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
-        ys = subimage_positions(lr.shape[0], job.patch, job.stride)
-        xs = subimage_positions(lr.shape[1], job.patch, job.stride)
-        psnr = rank_subimages(lr, hr, ys, xs, job.patch, job.sr_scale, ranker)
-        tag = scale_tag(factor)
-        with atomic_open(out / "images" / f"{job.key}_{tag}_hr.npy") as handle:
-            np.save(handle, hr)
-        if job.sr_scale > 1:  # at scale 1 the HR file serves as the input as well
-            with atomic_open(out / "images" / f"{job.key}_{tag}_lr.npy") as handle:
-                np.save(handle, lr)
-        grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-        scale_ids.append(np.full(grid_y.size, scale_id, dtype=np.uint8))
-        all_y.append(grid_y.ravel().astype(np.int32))
-        all_x.append(grid_x.ravel().astype(np.int32))
-        all_psnr.append(psnr)
-        shapes.append((height, width))
-    if not all_psnr:
-        return {
-            "key": job.key,
-            "name": name,
-            "status": "skipped",
-            "reason": f"{name}: too small ({photo.shape[1]}x{photo.shape[0]}); "
-            f"needs {hr_patch}x{hr_patch} at some scale",
-        }
-    # the part file is written last: its presence means every file of this photo is complete
-    part = {
-        "fingerprint": np.array(job.fingerprint),
-        "photo_shape": np.array(photo.shape[:2], dtype=np.int64),
-        "hr_shapes": np.array(shapes, dtype=np.int64),
-        "scale": np.concatenate(scale_ids),
-        "y": np.concatenate(all_y),
-        "x": np.concatenate(all_x),
-        "psnr": np.concatenate(all_psnr),
-    }
-    with atomic_open(out / "parts" / f"{job.key}.npz") as handle:
-        np.savez(handle, **part)
-    return {"key": job.key, "name": name, "status": "done"}
-
-
-def _load_part(out: Path, job: PhotoJob) -> dict | None:
-    """A finished photo's results if they were made with the same settings and its files are all there."""
-    path = out / "parts" / f"{job.key}.npz"
-    if not path.exists():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            part = {name: data[name] for name in data.files}
-        if str(part["fingerprint"]) != job.fingerprint:
-            return None
-        for factor, (height, width) in zip(job.scales, part["hr_shapes"], strict=True):
-            if height == 0:
-                continue
-            tag = scale_tag(factor)
-            hr = np.load(out / "images" / f"{job.key}_{tag}_hr.npy", mmap_mode="r")
-            lr = np.load(out / "images" / f"{job.key}_{tag}_{_input_kind(job.sr_scale)}.npy", mmap_mode="r")
-            if hr.shape != (height, width, 3) or lr.shape != (
-                height // job.sr_scale,
-                width // job.sr_scale,
-                3,
-            ):
-                return None
-        return part
-    except (OSError, ValueError, KeyError):  # missing, truncated or foreign: recompute
-        return None
-
-
-def _input_kind(sr_scale: int) -> str:
-    """Which stored image is the network's input: the LR image, or at scale 1 (denoising) the HR one."""
-    return "lr" if sr_scale > 1 else "hr"
 
 
 # -- the whole run --------------------------------------------------------------------------------------
@@ -342,7 +191,7 @@ def prepare_data(
         raise DataError(f"--workers must be at least 1, got {workers}")
     if not src.is_dir():
         raise InputError(f"source folder not found: {src}")
-    from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos
+    from classsr_cli.imaging.photos import PHOTO_SUFFIXES, list_photos
 
     photos = list_photos(src)
     if not photos:
@@ -353,9 +202,7 @@ def prepare_data(
     noisy = f" on sub-images with Gaussian noise of sigma {noise_sigma:g}" if noise_sigma else ""
     log(f"ranking sub-images by the PSNR of: {rank.label}{noisy}")
     if rank.kind not in (BICUBIC, BLUR):
-        _RANKERS[(rank.identity, patch, sr_scale, noise_sigma)] = make_ranker(
-            rank, patch, sr_scale, noise_sigma
-        )  # fail fast on bad weights
+        ranker_for(rank, patch, sr_scale, noise_sigma)  # fail fast on bad weights
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
     for leftover in [*(out / "images").glob(".*.tmp"), *(out / "parts").glob(".*.tmp")]:
@@ -378,7 +225,7 @@ def prepare_data(
     ]
     parts: dict[str, dict] = {}
     for job in jobs:
-        part = _load_part(out, job)
+        part = load_part(out, job)
         if part is not None:
             parts[job.key] = part
     resumed = len(parts)
@@ -388,7 +235,7 @@ def prepare_data(
     skipped = _run_jobs(pending, workers, show_progress, resumed, len(jobs))
     for job in pending:
         if job.key not in skipped:
-            part = _load_part(out, job)
+            part = load_part(out, job)
             if part is None:
                 raise DataError(
                     f"the results of {Path(job.source).name} vanished from {out / 'parts'} while running"
@@ -449,7 +296,7 @@ def _run_jobs(
         # spawn, not fork: torch and libvips keep threads that a forked child must not inherit
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(threads,)
+            workers, mp_context=context, initializer=init_worker, initargs=(threads,)
         ) as pool:
             futures = [pool.submit(process_photo, job) for job in jobs]
             try:
@@ -492,7 +339,7 @@ def _finish(out, jobs, parts, skipped, arguments: dict, rank: RankModel) -> dict
                 {
                     "scale": factor,
                     "hr": f"images/{job.key}_{tag}_hr.npy" if has else None,
-                    "lr": f"images/{job.key}_{tag}_{_input_kind(sr_scale)}.npy" if has else None,
+                    "lr": f"images/{job.key}_{tag}_{input_kind(sr_scale)}.npy" if has else None,
                     "hr_size": [int(width), int(height)],
                     "lr_size": [int(width) // sr_scale, int(height) // sr_scale],
                     "subimages": int(np.count_nonzero(part["scale"] == scale_id)),

@@ -101,10 +101,10 @@ def _write_png(path: Path, rgb: np.ndarray) -> None:
 
 def _set_hr(photo: np.ndarray, spec: SetSpec) -> np.ndarray | None:
     """The photo at the set's size (before cropping), or None when it is smaller than that size."""
-    from classsr_cli.imaging.bicubic import imresize, to_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
 
     if spec.factor is not None:  # DIV8K: imresize(photo, factor), MATLAB's ceil sizes
-        return photo if spec.factor == 1 else to_uint8(imresize(photo.astype(np.float32), spec.factor))
+        return photo if spec.factor == 1 else matlab_uint8(imresize(photo.astype(np.float32), spec.factor))
     height, width = photo.shape[:2]
     long = max(height, width)
     if spec.long_side is None or long == spec.long_side:
@@ -113,7 +113,7 @@ def _set_hr(photo: np.ndarray, spec: SetSpec) -> np.ndarray | None:
         return None
     ratio = spec.long_side / long
     shape = (max(1, round(height * ratio)), max(1, round(width * ratio)))
-    return to_uint8(imresize(photo.astype(np.float32), output_shape=shape))
+    return matlab_uint8(imresize(photo.astype(np.float32), output_shape=shape))
 
 
 def make_testsets(
@@ -127,8 +127,8 @@ def make_testsets(
 
     A pair whose HR and LR files are newer than the source photo is kept from an earlier run.
     """
-    from classsr_cli.data.photos import PHOTO_SUFFIXES, list_photos, read_rgb8
-    from classsr_cli.imaging.bicubic import imresize, to_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
+    from classsr_cli.imaging.photos import PHOTO_SUFFIXES, list_photos, read_rgb8
     from classsr_cli.progress import progress_bar
 
     started = time.perf_counter()
@@ -200,7 +200,7 @@ def make_testsets(
             height, width = hr.shape[0] // SR_SCALE * SR_SCALE, hr.shape[1] // SR_SCALE * SR_SCALE
             hr = np.ascontiguousarray(hr[:height, :width])
             lr_shape = (height // SR_SCALE, width // SR_SCALE)
-            lr = to_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
+            lr = matlab_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
             _write_png(hr_path, hr)
             _write_png(lr_path, lr)
             entry["images"] += 1

@@ -18,9 +18,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from classsr_cli.data.photos import list_photos, odd_entries
 from classsr_cli.errors import InputError, OutputError
 from classsr_cli.imaging import output_format
+from classsr_cli.imaging.photos import list_photos, odd_entries
 
 WRITABLE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp"}
 CLASS_MAP_SUFFIX = ".classes.png"

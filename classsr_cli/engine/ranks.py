@@ -64,27 +64,35 @@ class Ranks:
     def device_spec(self, spec: str = "auto") -> str:
         """The --device value for this process: `spec` itself in a single process.
 
-        Under torchrun, a CUDA device (auto where a GPU exists, `cuda`, `cuda:N`) becomes the GPU of this
-        process's local rank, counted from N, as in training; ModelError if that GPU does not exist. CPU
-        processes on one machine share its cores instead of each taking all of them.
+        Under torchrun, `spec` resolved and claimed for this process (`claim`): a CUDA device (auto where a
+        GPU exists, `cuda`, `cuda:N`) becomes the GPU of this process's local rank, counted from N, as in
+        training; CPU processes on one machine share its cores instead of each taking all of them.
         """
         if not self.distributed:
             return spec
-        device = pick_device(spec)
+        return str(self.claim(pick_device(spec)))
+
+    def claim(self, device: torch.device) -> torch.device:
+        """This process's part of the machine on `device`, the one way the engine and training take it.
+
+        CUDA: the GPU of this process's local rank (under torchrun), counted from `device`'s index, made
+        the current one; ModelError if that GPU does not exist. CPU: torch's threads set to the cores this
+        process may use (`usable_cores`) shared among its machine's processes, unless OMP_NUM_THREADS is
+        set (the user's count stands). Other devices as they are. Returns the device to use.
+        """
         if device.type == "cuda":
-            index = (device.index or 0) + self.local_rank
-            if index >= torch.cuda.device_count():
-                raise ModelError(
-                    f"local rank {self.local_rank} takes GPU {index}, but only "
-                    f"{torch.cuda.device_count()} are present: start fewer processes per machine"
-                )
+            index = (device.index or 0) + (self.local_rank if self.distributed else 0)
+            count = torch.cuda.device_count()
+            if index >= count:
+                by = f" by local rank {self.local_rank}" if self.distributed else ""
+                fewer = ": start fewer processes per machine" if self.distributed else ""
+                raise ModelError(f"GPU {index} was asked for{by}, but only {count} are present{fewer}")
             device = torch.device("cuda", index)
             torch.cuda.set_device(device)
-        elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # the user's count stands
+        elif device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # oversubscribed cores make every process slower
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            torch.set_num_threads(max(1, cores // max(1, self.local_world_size)))
-        return str(device)
+            torch.set_num_threads(max(1, usable_cores() // max(1, self.local_world_size)))
+        return device
 
     def from_main(self, produce: Callable[[], T]) -> T:
         """`produce()` run on rank 0 alone, its result (or its error) handed to every rank.
@@ -180,6 +188,11 @@ class _Failure:
         if isinstance(error, ClasssrError):
             return cls(rank, str(error))
         return cls(rank, f"stopped by {type(error).__name__}: {error} (that rank printed its traceback)")
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the system has one, else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def from_environment() -> Ranks:

@@ -44,6 +44,7 @@ from classsr_cli.imaging.metadata import (
     upright_exif,
     upright_xmp,
 )
+from classsr_cli.pixels import unit_from_samples
 
 # 2**30 input pixels (a 32768 x 32768 image): far above any camera or scanner file, while a tiny file that
 # claims more (a decompression bomb) is refused before a single row is decoded. Override with max_pixels.
@@ -358,7 +359,7 @@ class ImageReader:
     def _to_float(self, raw: bytes, rows: int) -> np.ndarray:
         dtype = np.uint8 if self.info.bit_depth == 8 else np.uint16
         samples = np.frombuffer(raw, dtype=dtype).reshape(rows, self.info.width, self.info.channels)
-        return np.divide(samples, 255.0 if dtype is np.uint8 else 65535.0, dtype=np.float32)
+        return unit_from_samples(samples)
 
     def strips(self, rows: int = 256) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (y0, strip) top to bottom: float32 arrays (h, width, channels) in [0, 1], h <= rows.

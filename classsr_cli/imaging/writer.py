@@ -12,11 +12,11 @@ How a file is made (memory stays bounded by one TIFF strip, whatever the image h
 3. On success the finished file is given the output name (atomic within a folder). On any exception,
    KeyboardInterrupt included, every temporary file is removed and nothing appears at the output path.
 
-Files under construction (step 1 and 2) are unnamed where the system allows (Linux: O_TMPFILE, linked into
-place through /proc/self/fd at the end): if the process dies before, even by SIGKILL, the kernel frees them
-and the folder holds no partial file. Elsewhere they have hidden names (`.NAME.XXXXXXXX.classsr-part.EXT`)
-and are removed on any exception; the CLI turns SIGTERM and SIGHUP into one, so only a SIGKILL (or a power
-cut) can leave such a file there.
+Files under construction (step 1 and 2) are the project's one kind of temporary file (`files.PartFile`),
+unnamed where the system allows (Linux: O_TMPFILE, linked into place through /proc/self/fd at the end): if
+the process dies before, even by SIGKILL, the kernel frees them and the folder holds no partial file.
+Elsewhere they have hidden names (`.NAME.XXXXXXXX.classsr-part.EXT`) and are removed on any exception; the
+CLI turns SIGTERM and SIGHUP into one, so only a SIGKILL (or a power cut) can leave such a file there.
 
 Metadata (docs/formats.md has the table): the ICC profile (when it fits the channels), EXIF (describing
 the written pixels, see metadata.picture_exif) and XMP go into PNG, JPEG and WebP. TIFF output carries ICC,
@@ -31,9 +31,7 @@ cannot hold is listed in `ImageWriter.dropped`, in words, before any work, for t
 
 from __future__ import annotations
 
-import errno
 import os
-import secrets
 import sys
 import zlib
 from collections.abc import Iterable, Iterator
@@ -45,6 +43,7 @@ import pyvips
 import tifffile
 
 from classsr_cli.errors import OutputError
+from classsr_cli.files import PartFile
 from classsr_cli.imaging.metadata import (
     EXIF_MAX_BYTES,
     EXIF_PREFIX,
@@ -63,6 +62,7 @@ from classsr_cli.imaging.metadata import (
     upright_xmp,
 )
 from classsr_cli.imaging.reader import vips_error_detail
+from classsr_cli.pixels import samples_from_unit
 
 _FORMAT_BY_SUFFIX = {
     ".png": "png",
@@ -91,99 +91,7 @@ _JPEG_MAX_XMP = JPEG_MAX_PAYLOAD - len(_XMP_HEADER)  # one APP1 segment (libvips
 # Unnamed files under construction where the system has them (see the module docstring); tests turn it off to
 # exercise the named fallback.
 UNNAMED_TEMP_FILES = sys.platform.startswith("linux") and hasattr(os, "O_TMPFILE")
-_PROC_FD = Path("/proc/self/fd")
-# errors by which O_TMPFILE says "not here" (old kernels, file systems without it): use a named file instead
-_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT}
-
-
-class _Scratch:
-    """A file under construction in the output folder: unnamed (O_TMPFILE) if possible, else hidden.
-
-    `io_path` opens it (for tifffile and libvips); `publish` gives it its final name; `discard` drops it.
-    """
-
-    def __init__(self, target: Path, suffix: str):
-        self.target = target
-        self.fd: int | None = None
-        self.path: Path | None = None  # the hidden name, only for a named file
-        if UNNAMED_TEMP_FILES and _PROC_FD.is_dir():
-            try:
-                # mode 0o666: the umask decides, as for any new file
-                self.fd = os.open(target.parent, os.O_TMPFILE | os.O_RDWR, 0o666)
-                return
-            except OSError as error:
-                if error.errno not in _NO_TMPFILE:
-                    raise
-        self.path = _hidden_name(target, suffix)
-        # O_EXCL: never reuse someone else's file
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-
-    @property
-    def io_path(self) -> str:
-        return os.fspath(self.path) if self.path is not None else f"{_PROC_FD}/{self.fd}"
-
-    def publish(self, overwrite: bool) -> None:
-        """Give the finished file the target's name; without `overwrite`, OutputError if it is taken."""
-        target = self.target
-        if self.path is None:
-            # linkat(AT_SYMLINK_FOLLOW) of the /proc link names the unnamed file; fails if the name is taken
-            name = target if not overwrite else _hidden_name(target, target.suffix)
-            try:
-                _link_following(self.io_path, name)
-            except FileExistsError:
-                raise OutputError(f"{target}: already exists: pass --overwrite to replace it") from None
-            if overwrite:
-                try:
-                    os.replace(name, target)
-                except BaseException:
-                    name.unlink(missing_ok=True)
-                    raise
-            self.discard()
-            return
-        if not overwrite:
-            # A hard link fails if the name was taken meanwhile, where a rename would silently replace it.
-            try:
-                os.link(self.path, target)
-                self.discard()  # removes the hidden name; the file lives on under the target's
-                return
-            except FileExistsError:
-                raise OutputError(f"{target}: already exists: pass --overwrite to replace it") from None
-            except OSError:  # file systems without hard links
-                if target.exists():
-                    raise OutputError(f"{target}: already exists: pass --overwrite to replace it") from None
-        os.replace(self.path, target)
-        self.path = None  # renamed: nothing of ours left to remove
-        self.discard()
-
-    def discard(self) -> None:
-        """Close (an unnamed file then vanishes) and remove a named one; best effort, never raises."""
-        if self.path is not None:
-            try:
-                self.path.unlink()
-            except OSError:
-                pass  # already gone: the original error matters more than a leftover
-            self.path = None
-        if self.fd is not None:
-            try:
-                os.close(self.fd)
-            except OSError:
-                pass
-            self.fd = None
-
-
-def _hidden_name(target: Path, suffix: str) -> Path:
-    # hidden, unique and in the target folder, so that the final rename never crosses file systems
-    return target.with_name(f".{target.name[:100]}.{secrets.token_hex(4)}.classsr-part{suffix}")
-
-
-def _link_following(source: str, target: Path) -> None:
-    """Hard-link `source`, following it if it is a symbolic link (as /proc/self/fd/N is), to `target`."""
-    # CPython calls link(2), which does not follow, unless a dir_fd asks for linkat(2)
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.link(source, target.name, dst_dir_fd=folder, follow_symlinks=True)
-    finally:
-        os.close(folder)
+_PART_SUFFIX = ".classsr-part"  # hidden names: .NAME.XXXXXXXX.classsr-part.EXT
 
 
 def output_format(path: str | os.PathLike[str]) -> str:
@@ -294,8 +202,8 @@ class ImageWriter:
             protect = [protect]
         self._check_destination([Path(p) for p in protect])
 
-        self._scratches: list[_Scratch] = []
-        self._finished: _Scratch | None = None  # the file holding the complete result
+        self._parts: list[PartFile] = []
+        self._finished: PartFile | None = None  # the file holding the complete result
         self._write_started = False
         self._source_failed = False
         self._closed = False
@@ -383,27 +291,27 @@ class ImageWriter:
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{self.path}: the folder {parent} is not writable")
 
-    def _reserve_temp(self, suffix: str) -> _Scratch:
+    def _reserve_temp(self, suffix: str) -> PartFile:
         try:
-            scratch = _Scratch(self.path, suffix)
+            part = PartFile(self.path, _PART_SUFFIX + suffix, unnamed=UNNAMED_TEMP_FILES)
         except OSError as error:
             raise OutputError(
                 f"{self.path}: cannot create a file in {self.path.parent} ({error.strerror or error})"
             ) from error
-        self._scratches.append(scratch)
-        return scratch
+        self._parts.append(part)
+        return part
 
     def _discard(self) -> None:
-        for scratch in self._scratches:
-            scratch.discard()
-        self._scratches.clear()
+        for part in self._parts:
+            part.discard()
+        self._parts.clear()
         self._finished = None
 
     # -- context manager ----------------------------------------------------------------------------------
 
     def __enter__(self) -> ImageWriter:
         # Reserve the temporary file now: an unwritable folder is reported before any work is done.
-        if not self._scratches:
+        if not self._parts:
             self._reserve_temp(".tif")
         return self
 
@@ -440,9 +348,9 @@ class ImageWriter:
             raise RuntimeError(f"{self.path}: closed before write() delivered all {self.height} rows")
         try:
             self._finished.publish(self.overwrite)
-        except OutputError:
+        except FileExistsError:
             self.abort()
-            raise
+            raise OutputError(f"{self.path}: already exists: pass --overwrite to replace it") from None
         except OSError as error:
             self.abort()
             raise OutputError(f"{self.path}: cannot move the finished file into place ({error})") from error
@@ -464,15 +372,15 @@ class ImageWriter:
             raise RuntimeError("write() is called once per ImageWriter")
         self._write_started = True
         try:
-            if not self._scratches:
+            if not self._parts:
                 self._reserve_temp(".tif")
-            tiff = self._scratches[0]
+            tiff = self._parts[0]
             self._write_tiff(tiff, strips, final=self.format == "tiff")
             if self.format == "tiff":
                 self._finished = tiff
             else:
                 self._finished = self._convert(tiff, self._reserve_temp(self.path.suffix.lower()))
-                self._scratches.remove(tiff)
+                self._parts.remove(tiff)
                 tiff.discard()
         except OSError as error:
             self.abort()
@@ -484,7 +392,7 @@ class ImageWriter:
             raise
 
     def _samples(self, strip: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        """One strip as integer samples of `dtype`: scaled, rounded half up, clipped; NaN becomes 0."""
+        """One strip as integer samples of `dtype` (`pixels.samples_from_unit`: rounded half up, clipped)."""
         array = np.asarray(strip)
         if array.ndim == 2 and self.channels == 1:
             array = array[:, :, np.newaxis]
@@ -497,12 +405,7 @@ class ImageWriter:
             return array
         if array.dtype.kind != "f":
             raise TypeError(f"strips must be float arrays in [0, 1] (or {dtype.name}), got {array.dtype}")
-        max_value = float(np.iinfo(dtype).max)
-        scaled = np.multiply(array, max_value, dtype=np.float32)
-        scaled += 0.5
-        np.fmax(scaled, 0.0, out=scaled)  # fmax, unlike clip, also turns NaN into 0
-        np.fmin(scaled, max_value, out=scaled)
-        return scaled.astype(dtype)
+        return samples_from_unit(array, dtype)
 
     def _encoded_strips(
         self, strips: Iterable[np.ndarray], dtype: np.dtype, rows_per_strip: int, compress: bool
@@ -549,7 +452,7 @@ class ImageWriter:
         differences[:, 1:] -= samples[:, :-1]
         return zlib.compress(differences, TIFF_DEFLATE_LEVEL)
 
-    def _write_tiff(self, scratch: _Scratch, strips: Iterable[np.ndarray], final: bool) -> None:
+    def _write_tiff(self, part: PartFile, strips: Iterable[np.ndarray], final: bool) -> None:
         dtype = np.dtype("<u1") if self.bit_depth == 8 else np.dtype("<u2")
         row_bytes = self.width * self.channels * dtype.itemsize
         rows_per_strip = max(1, min(self.height, _STRIP_BYTES // row_bytes))
@@ -563,7 +466,7 @@ class ImageWriter:
         # a file object: tifffile would resolve a /proc/self/fd path to a new file of its own
         bigtiff = self.height * row_bytes > _BIGTIFF_BYTES
         with (
-            open(scratch.io_path, "r+b") as handle,
+            open(part.io_path, "r+b") as handle,
             tifffile.TiffWriter(handle, bigtiff=bigtiff, byteorder="<") as tiff,
         ):
             tiff.write(
@@ -584,7 +487,7 @@ class ImageWriter:
                 metadata=None,  # no tifffile JSON description
             )
 
-    def _convert(self, tiff: _Scratch, target: _Scratch) -> _Scratch:
+    def _convert(self, tiff: PartFile, target: PartFile) -> PartFile:
         """Stream the intermediate TIFF into PNG, JPEG or WebP in `target` with libvips."""
         try:
             image = pyvips.Image.tiffload(tiff.io_path, access="sequential", fail_on="error", revalidate=True)

@@ -13,6 +13,7 @@ from classsr_cli.models.registry import (
     list_families,
     resolve_widths,
 )
+from classsr_cli.models.spec import spec_of
 
 __all__ = [
     "TASKS",
@@ -26,4 +27,5 @@ __all__ = [
     "get_family",
     "list_families",
     "resolve_widths",
+    "spec_of",
 ]

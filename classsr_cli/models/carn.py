@@ -92,6 +92,7 @@ class _UpsampleWrapper(nn.Module):
         return self.up(x)
 
 
+@SPEC.describes
 class CARN(nn.Module):
     """x4 CARN-M: mean shift, entry conv, three cascading blocks with 1x1 fusion, grouped upsampler."""
 

@@ -25,15 +25,13 @@ SPEC = FamilySpec(
 )
 
 
+@SPEC.describes
 class DnCNN(nn.Module):
     """17 convolutions (3x3): conv+ReLU, 15 x conv+BatchNorm+ReLU, conv; the network predicts the noise.
 
     Input and output are (N, 3, H, W) RGB in [0, 1], the same size (`scale` is 1): output = x - noise(x).
     `width` is the channel count of the hidden layers.
     """
-
-    # what the engine reads from a branch (engine/upscaler.py): the spec's figure
-    engine_context = SPEC.engine_context
 
     def __init__(self, width: int = 64, depth: int = 17, channels: int = 3):
         super().__init__()

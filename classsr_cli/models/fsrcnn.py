@@ -23,12 +23,9 @@ SPEC = FamilySpec(
 )
 
 
+@SPEC.describes
 class FSRCNN(nn.Module):
     """x4 FSRCNN with d feature channels, s shrinking channels and m mapping layers; input [0, 1]."""
-
-    # what the engine reads from a branch (engine/upscaler.py): the spec's figures
-    cpu_piece_rows = SPEC.cpu_piece_rows
-    engine_context = SPEC.engine_context
 
     def __init__(self, d: int = 56, s: int = 12, m: int = 4, scale: int = 4, channels: int = 3):
         super().__init__()

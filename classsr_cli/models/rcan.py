@@ -60,6 +60,7 @@ class ResidualGroup(nn.Module):
         return x + self.body(x)
 
 
+@SPEC.describes
 class RCAN(nn.Module):
     """x4 RCAN: 10 residual groups of 20 RCABs, channel attention with reduction 16; input [0, 1]."""
 

@@ -1,4 +1,4 @@
-"""Families by name, collected from the SPEC at the end of each `models/<family>.py`, and
+"""Families by name, collected from the SPEC of each `models/<family>.py`, and
 `create(family, widths=...)`."""
 
 from collections.abc import Sequence

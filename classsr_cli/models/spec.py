@@ -1,14 +1,20 @@
-"""What the project knows about a family, beside its network: each `models/<family>.py` ends with its SPEC.
+"""What the project knows about a family, beside its network: each `models/<family>.py` states its SPEC.
 
 A spec holds the paper's facts (branch widths per class count, the FLOPs it reports), what the network is
 (task, scale, allowed widths), what the engine needs from it (real context around each region piece, piece
 height on a CPU) and how an official checkpoint of it is recognised. `models/registry.py` collects them.
+
+The family's network class is marked with `@SPEC.describes`: the one place where the class gets its spec
+(`spec_of(network)`) and, as class attributes, the engine's needs the spec states.
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import nn
+
+# what a spec says the engine needs from a branch, given to the network class as attributes of these names
+ENGINE_NEEDS = ("engine_context", "cpu_piece_rows")
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,16 @@ class FamilySpec:
     # convention (`flops.py`: 2 x multiply-adds, a transposed convolution counted at its output size)
     paper_flops: tuple[float, ...] | None = None
 
+    def describes(self, network: type[nn.Module]) -> type[nn.Module]:
+        """Class decorator for the family's network: `network.spec` becomes this spec, and each engine need
+        it states (ENGINE_NEEDS, where not None) a class attribute of the same name, which the engine reads
+        from a branch. Returns `network`."""
+        network.spec = self
+        for need in ENGINE_NEEDS:
+            if getattr(self, need) is not None:
+                setattr(network, need, getattr(self, need))
+        return network
+
     @property
     def base_width(self) -> int:
         """The width of the -O network, the base: the hardest branch's, the same for every class count."""
@@ -49,3 +65,10 @@ class FamilySpec:
         widths = [round((low + i * step) / self.width_multiple) * self.width_multiple for i in range(classes)]
         widths[-1] = high
         return tuple(widths)
+
+
+def spec_of(network: nn.Module) -> FamilySpec | None:
+    """The spec of the family `network` is a network of (`FamilySpec.describes`), or that a module standing
+    in for one carries as its `spec`; None for any other module (a ClassSR container)."""
+    spec = getattr(network, "spec", None)
+    return spec if isinstance(spec, FamilySpec) else None

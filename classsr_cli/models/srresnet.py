@@ -29,6 +29,7 @@ class ResidualBlockNoBN(nn.Module):
         return x + self.conv2(F.relu(self.conv1(x)))
 
 
+@SPEC.describes
 class SRResNet(nn.Module):
     """x4 MSRResNet: 16 residual blocks, two pixel-shuffle stages, bilinear skip; input [0, 1]."""
 

@@ -17,7 +17,7 @@ import torch
 
 from classsr_cli.data.augment import DIHEDRAL_TRANSFORMS, dihedral
 from classsr_cli.errors import DataError
-from classsr_cli.imaging.bicubic import imresize_tensor, to_uint8_tensor
+from classsr_cli.imaging.bicubic import imresize_tensor, matlab_uint8_tensor
 
 PAPER_SCALES = (1.0, 0.9, 0.8, 0.7, 0.6)
 
@@ -155,13 +155,13 @@ def pyramid(
     original = torch.from_numpy(np.ascontiguousarray(photo)).to(device).permute(2, 0, 1)
     pairs = []
     for factor in scales:
-        scaled = original if factor == 1.0 else to_uint8_tensor(imresize_tensor(original, scale=factor))
+        scaled = original if factor == 1.0 else matlab_uint8_tensor(imresize_tensor(original, scale=factor))
         height = scaled.shape[1] // sr_scale * sr_scale
         width = scaled.shape[2] // sr_scale * sr_scale
         if height < sr_scale or width < sr_scale:
             continue
         hr = scaled[:, :height, :width]
-        lr = to_uint8_tensor(imresize_tensor(hr, output_shape=(height // sr_scale, width // sr_scale)))
+        lr = matlab_uint8_tensor(imresize_tensor(hr, output_shape=(height // sr_scale, width // sr_scale)))
         pairs.append((hr.permute(1, 2, 0).contiguous(), lr.permute(1, 2, 0).contiguous()))
     return pairs
 

@@ -6,7 +6,6 @@ writes checkpoints, logs and weights and shows progress. A process's place in th
 `Ranks` (`engine/ranks.py`), read from the same variables, with the device it trains on.
 """
 
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -24,31 +23,21 @@ class Context(Ranks):
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
-def pick_training_device(spec: str, local_rank: int, distributed: bool) -> torch.device:
+def pick_training_device(spec: str) -> torch.device:
+    """The device `spec` names for training: cpu or cuda (auto never picks mps); ModelError otherwise."""
     device = pick_device(spec)
     if device.type == "mps" and (spec or "auto").lower() == "auto":
         device = torch.device("cpu")
-    if device.type == "cuda":
-        # under torchrun each process takes the GPU of its local rank (counted from cuda:N if given)
-        index = (device.index or 0) + (local_rank if distributed else 0)
-        if index >= torch.cuda.device_count():
-            raise ModelError(f"GPU {index} was asked for but only {torch.cuda.device_count()} are present")
-        return torch.device("cuda", index)
-    if device.type != "cpu":
+    if device.type not in ("cpu", "cuda"):
         raise ModelError(f"training runs on cpu or cuda, not '{spec}'")
     return device
 
 
 def setup(device_spec: str = "auto") -> Context:
-    """Join the process group if torchrun started several processes; pick this process's device."""
+    """Join the process group if torchrun started several processes; pick and claim this process's device
+    (`Ranks.claim`: under torchrun the GPU of its local rank, or its share of the CPU cores)."""
     ranks = from_environment()
-    device = pick_training_device(device_spec, ranks.local_rank, ranks.distributed)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    elif "OMP_NUM_THREADS" not in os.environ:  # the user's thread count stands
-        # the processes on one machine share its cores; oversubscribing them makes every process slower
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cores // max(1, ranks.local_world_size)))
+    device = ranks.claim(pick_training_device(device_spec))
     if ranks.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)

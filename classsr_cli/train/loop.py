@@ -2,7 +2,6 @@
 
 import json
 import math
-import os
 import random
 import signal
 import threading
@@ -21,6 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from classsr_cli.data.noise import add_noise
+from classsr_cli.engine.ranks import usable_cores
 from classsr_cli.errors import ModelError, OutputError, WeightsError
 from classsr_cli.train import distributed
 from classsr_cli.train.checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
@@ -192,8 +192,7 @@ def seed_everything(seed: int) -> None:
 
 
 def default_workers(device: torch.device, local_world: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    per_process = max(1, cores // max(1, local_world))
+    per_process = max(1, usable_cores() // max(1, local_world))
     if device.type == "cuda":
         return min(8, max(1, per_process - 1))
     # on a CPU the loader's worker competes with the training threads: only worth it with cores to spare

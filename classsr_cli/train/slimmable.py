@@ -27,7 +27,7 @@ import json
 import math
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -172,8 +172,8 @@ class ValCrops:
 
 def central_crops(photos: list[Path], lr_size: int, scale: int = 4) -> ValCrops:
     """The central (scale x lr_size)-pixel square of each photo as HR, and its MATLAB-bicubic LR (8-bit)."""
-    from classsr_cli.data.photos import read_rgb8
-    from classsr_cli.imaging.bicubic import imresize, to_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
+    from classsr_cli.imaging.photos import read_rgb8
 
     names, lrs, hrs = [], [], []
     side = lr_size * scale
@@ -183,7 +183,7 @@ def central_crops(photos: list[Path], lr_size: int, scale: int = 4) -> ValCrops:
         crop = min(side, height - height % scale, width - width % scale)
         top, left = (height - crop) // 2, (width - crop) // 2
         hr = np.ascontiguousarray(image[top : top + crop, left : left + crop])
-        lr = to_uint8(imresize(hr.astype(np.float32), 1 / scale))
+        lr = matlab_uint8(imresize(hr.astype(np.float32), 1 / scale))
         names.append(path.name)
         lrs.append(lr.astype(np.float32) / 255.0)
         hrs.append(hr)
@@ -207,8 +207,7 @@ def crop_psnrs(
 
 
 def bicubic_psnrs(crops: ValCrops) -> list:
-    from classsr_cli.imaging.bicubic import imresize
-    from classsr_cli.imaging.bicubic import to_uint8 as matlab_uint8
+    from classsr_cli.imaging.bicubic import imresize, matlab_uint8
     from classsr_cli.metrics import psnr
 
     return [
@@ -416,3 +415,47 @@ def train_slimmable(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return run_state()
+
+
+def slimmable_run(
+    ledger_dir: Path,
+    data_root: Path,
+    val_folder: Path,
+    model: str = "srresnet",
+    widths: Sequence[int] | None = None,
+    iters: int = 40000,
+    stop_at: int | None = None,
+    lr: float = 4e-4,
+    reference: str | None = "carn",
+    device: str = "auto",
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """`train_slimmable` from plain arguments, as `classsr train slimmable` runs it.
+
+    `model`: the family (srresnet or rcan); `widths`: the branch widths (None: the paper's preset); the
+    validation photos are those of `val_folder`; `reference`: a shipped base network by name, scored once
+    on the same crops ('' or None: none), recorded as "<reference>-o"; `device`: auto, cpu, cuda or cuda:N.
+    Returns `train_slimmable`'s run state with the family's name added ("family"). Raises ModelError for an
+    unknown family or bad widths, WeightsError for a reference that cannot be loaded, and what
+    `train_slimmable` raises.
+    """
+    from classsr_cli.engine.runner import pick_device
+    from classsr_cli.imaging.photos import list_photos
+    from classsr_cli.models.registry import get_family, resolve_widths
+    from classsr_cli.weights import load_weights
+
+    family = get_family(model).name
+    chosen = resolve_widths(family, widths=widths)
+    reference_net = load_weights(reference, kind="base").model if reference else None
+    state = train_slimmable(
+        Recipe(family=family, widths=list(chosen), iters=iters, lr=lr),
+        ledger_dir,
+        data_root,
+        list_photos(val_folder),
+        reference=reference_net,
+        reference_name=f"{reference}-o" if reference else "reference",
+        device=str(pick_device(device)),
+        stop_at=stop_at,
+        echo=echo,
+    )
+    return {**state, "family": family}

@@ -282,9 +282,10 @@ def assemble_networks(
     Raises WeightsError where the networks' widths or the Class-Module's class count do not fit, or where
     RUN/stage1.safetensors exists and `overwrite` is off.
     """
-    from classsr_cli.models import create
+    from classsr_cli.models import create, get_family
     from classsr_cli.weights import load_weights, save_model
 
+    family = get_family(family).name  # any case; ModelError for an unknown family
     target = Path(run_dir) / "stage1.safetensors"
     if target.exists() and not overwrite:
         raise WeightsError(f"{target} exists: pass --overwrite to replace it")

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from classsr_cli.pixels import unit_to_uint8
+
 # what counts as a photo in a source folder (the formats the reader decodes); other files are ignored
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".gif", ".avif", ".heic", ".heif")
 
@@ -45,10 +47,11 @@ def read_rgb8(path: Path) -> np.ndarray:
     """An (H, W, 3) uint8 sRGB array, decoded by the project's image reader (the one `upscale` uses).
 
     The reader applies the EXIF orientation and converts to sRGB; here grey becomes RGB, transparency is
-    flattened onto white and 16-bit samples are rounded to 8 bits (datasets are 8-bit, as in the paper).
+    flattened onto white and samples are rounded to 8 bits as image files are (`pixels.unit_to_uint8`;
+    datasets are 8-bit, as in the paper).
     Raises InputError with a one-line reason when the file cannot be decoded.
     """
-    from classsr_cli.imaging import read_image
+    from classsr_cli.imaging.reader import read_image  # pyvips loads on first use
 
     pixels = read_image(path, max_pixels=None)
     channels = pixels.shape[2]
@@ -57,4 +60,4 @@ def read_rgb8(path: Path) -> np.ndarray:
         pixels = pixels[:, :, :-1] * alpha + (1.0 - alpha)
     if pixels.shape[2] == 1:
         pixels = np.repeat(pixels, 3, axis=2)
-    return np.clip(np.floor(pixels * 255.0 + 0.5), 0, 255).astype(np.uint8)
+    return unit_to_uint8(pixels)
