@@ -31,6 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from classsr_cli.engine import Upscaler
 from classsr_cli.imaging import read_image
+from classsr_cli.models.spec import spec_of
 from classsr_cli.weights import load_weights
 
 SIZES = ((480, 270), (400, 224), (560, 315))
@@ -43,9 +44,7 @@ class StandIn(nn.Module):
         super().__init__()
         self.scale = getattr(branch, "scale", 4)
         self.width = getattr(branch, "width", 0)
-        for hint in ("engine_context", "cpu_piece_rows"):
-            if hasattr(branch, hint):
-                setattr(self, hint, getattr(branch, hint))
+        self.spec = spec_of(branch)  # what the engine reads from a branch
         self.conv = nn.Conv2d(3, 3 * self.scale**2, 3, padding=1)
         self.shuffle = nn.PixelShuffle(self.scale) if self.scale > 1 else nn.Identity()
 

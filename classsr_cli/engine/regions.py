@@ -25,7 +25,7 @@ and nothing loops over pieces in Python.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -155,7 +155,9 @@ class RegionStream:
         self.context = engine.context
         self.device = engine.device
         self.dtype = engine.runner.dtype
-        self.shapes: Shapes = engine.shapes
+        self.shapes: Shapes = _fit_band(
+            engine.shapes, width * self.scale * layout.channels, out_dtype, self.scale
+        )
         self.geometry = Geometry(height, width, self.shapes)
         self.margin = max(self.context, PATCH - CELL)  # LR pixels around each chunk's cells
         self.fade_px = FADE * self.scale
@@ -167,8 +169,11 @@ class RegionStream:
         self.tops: dict[int, int] = {}
         space: Workspace = engine.workspace()
         self.space = space
-        self.canvas_h, self.canvas_w = space.canvas_h, space.canvas_w
-        self.canvases = space.canvases
+        # this image's bands may be lower than the engine's (`_fit_band`): the top of each canvas then
+        self.canvas_h = (self.shapes.band_rows * CELL + 2 * FADE) * self.scale
+        self.canvas_w = space.canvas_w
+        self.slot_size = space.canvas_h * space.canvas_w
+        self.canvases = space.canvases[:, : self.canvas_h]
         self.free_slots = deque(range(space.canvases.shape[0]))
         self.gather: dict[tuple[int, int], torch.Tensor] = {}
         # LR pixels of each cell row and column that pieces compute: whole cells with fixed shapes, else
@@ -363,7 +368,7 @@ class RegionStream:
                 # LR corner of the piece's input in the band, its output's corner in the chunk's canvas
                 y = self.tops[band] + row0 * CELL - self.context
                 x = self.margin + (c0 + col0) * CELL - self.context
-                dest = chunk.slot * self.canvas_h * self.canvas_w + row0 * CELL * scale * self.canvas_w
+                dest = chunk.slot * self.slot_size + row0 * CELL * scale * self.canvas_w
                 dest += col0 * CELL * scale
                 code_y = ramp_code(first_cell + row0 == 0, first_cell + row1 >= geometry.cell_rows)
                 code_x = ramp_code(c0 + col0 == 0, c0 + col1 >= geometry.cell_cols)
@@ -605,6 +610,21 @@ class RegionStream:
 
 
 _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uint16}
+# With exact shapes (a CPU), an image so wide that a band's output rows would take more than this many bytes
+# gets lower bands: the output of a band is held whole until it leaves (80000-pixel-wide panoramas)
+OUTPUT_BAND_BYTES = 48 * 2**20
+
+
+def _fit_band(shapes: Shapes, row_samples: int, out_dtype, scale: int) -> Shapes:
+    """`shapes`, with bands low enough that one band's output rows fit OUTPUT_BAND_BYTES (exact shapes
+    only: fixed ones keep their shapes whatever the image)."""
+    if not shapes.exact:
+        return shapes
+    itemsize = np.dtype(out_dtype).itemsize if out_dtype is not None else 4
+    rows = OUTPUT_BAND_BYTES // max(1, row_samples * itemsize * CELL * scale)
+    if rows >= shapes.band_rows:
+        return shapes
+    return replace(shapes, band_rows=max(1, int(rows)), small=(1, shapes.small[1]))
 
 
 def _quantise(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

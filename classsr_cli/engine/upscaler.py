@@ -29,6 +29,7 @@ from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget, 
 from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype
 from classsr_cli.engine.tiling import PATCH, coverage, padded_size, tile_starts
 from classsr_cli.errors import ModelError
+from classsr_cli.models.spec import spec_of
 
 # A band holds at least this many batches of tiles, so each branch sees full batches even on narrow images.
 BATCHES_PER_BAND = 4
@@ -62,9 +63,15 @@ class Layout:
         return self.color_channels + int(self.has_alpha)
 
 
+def _hint(branch, name: str):
+    """An engine hint from the spec of the family a branch belongs to (None where it gives none)."""
+    spec = spec_of(branch)
+    return getattr(spec, name, None) if spec is not None else None
+
+
 def context_for(branches) -> int:
-    """LR pixels of real image around every piece: CONTEXT, or more where a branch says it needs more."""
-    return max(getattr(branch, "engine_context", CONTEXT) for branch in branches)
+    """LR pixels of real image around every piece: CONTEXT, or more where a branch's family needs more."""
+    return max(_hint(branch, "engine_context") or CONTEXT for branch in branches)
 
 
 class Upscaler:
@@ -302,7 +309,7 @@ def default_shapes(branches, device: torch.device, batch_size: int) -> Shapes:
     if device.type == "cpu":
         context = context_for(branches)
         default = BAND_ROWS_ON_CPU if context <= CONTEXT else BAND_ROWS
-        rows = max(getattr(branch, "cpu_piece_rows", default) for branch in branches)
+        rows = max(_hint(branch, "cpu_piece_rows") or default for branch in branches)
     else:
         rows = BAND_ROWS
     if device.type == "cpu":  # exact pieces; what a small piece costs beyond its pixels was measured there

@@ -13,11 +13,12 @@ SPEC = FamilySpec(
     # reaches about 7 LR pixels, and with 4 the zero padding beyond showed on smooth input, random smooth
     # gradients through ClassSR-FSRCNN up to 2.4 grey levels off bicubic, 1.8 with 6 (tests/test_regions.py)
     engine_context=6,
-    # Region pieces eight cell rows tall on a CPU: its features are small, so less context per output
-    # pixel pays more than cache-sized pieces (one-row pieces: FSRCNN-O through the engine 1.64 times the
-    # plain network's time, four rows 1.09 to 1.16; ClassSR-FSRCNN 0.93 with four rows, 0.90 with eight,
-    # on the 6 validation crops of plain_peer.py)
-    cpu_piece_rows=8,
+    # Bands (and the tallest pieces) four cell rows tall on a CPU: its features are small, so less context
+    # per output pixel pays more than cache-sized pieces (an earlier engine, with one-row pieces: FSRCNN-O
+    # 1.64 times the plain network's time, four rows 1.09 to 1.16). Eight rows were a little faster then
+    # (0.90 against 0.93 of the plain network), but pieces of up to eight by eight cells, in every size,
+    # took a 9600x9600 output's memory from 552 to 689 MiB (benchmarks/engine_memory.py's engine alone)
+    cpu_piece_rows=4,
     checkpoint_key="head_conv.0.weight",
     paper_flops=(141.26e6, 304.57e6, 467.88e6),
 )
