@@ -21,6 +21,7 @@ runs as `classsr denoise` does, without back-projection.
 
 import argparse
 import json
+import tempfile
 import time
 import zlib
 from pathlib import Path
@@ -105,11 +106,39 @@ def noisy_crop(
     return clean, noisy_image(clean, sigma, zlib.crc32(path.stem.encode()))
 
 
-def contenders(family: str, device: str) -> dict:
+class OnnxWhole:
+    """The base network exported by the project's exporter (`classsr export`'s code, the network as the only
+    branch of a two-branch container) and run by onnxruntime over the whole image at once, on the CPU."""
+
+    def __init__(self, network: torch.nn.Module, family: str, folder: Path):
+        import onnxruntime
+
+        from classsr_cli.export import export
+        from classsr_cli.models import ClassSR
+
+        export(ClassSR([network, network]), family, folder, overwrite=True)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.session = onnxruntime.InferenceSession(
+            str(folder / "branch2.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self.scale = getattr(network, "scale", 4)
+
+    def __call__(self, lr: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(lr.transpose(2, 0, 1)[None], dtype=np.float32)
+        (out,) = self.session.run(None, {self.session.get_inputs()[0].name: x})
+        return np.clip(out[0].transpose(1, 2, 0), 0, 1)
+
+
+def contenders(family: str, device: str, onnx_folder: Path | None = None) -> dict:
     classsr = load_weights(family, kind="classsr").model
     base = load_weights(family, kind="base").model
+    extra = {}
+    if onnx_folder is not None and pick_device(device).type == "cpu":
+        extra[f"{family}-O whole image, onnxruntime"] = OnnxWhole(base, family, onnx_folder / family)
     return {
         f"{family}-O plain, {PEER_TILE}-px tiles": PlainTiles(base, device),
+        **extra,
         f"ClassSR-{family} ({'denoise' if getattr(classsr, 'scale', 4) == 1 else 'upscale'})": Upscaler(
             classsr, device
         ),
@@ -119,7 +148,7 @@ def contenders(family: str, device: str) -> dict:
 
 
 def run(row, lr: np.ndarray):
-    if isinstance(row, PlainTiles):
+    if isinstance(row, PlainTiles | OnnxWhole):
         return row(lr), None
     return row.upscale_array(lr)
 
@@ -137,6 +166,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds per photo; each row's fastest counts")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--reduce", type=int, default=1, help="shrink photos by this factor first (clean HR)")
+    parser.add_argument("--no-onnx", action="store_true", help="leave out the onnxruntime row")
     args = parser.parse_args()
     crop_w, crop_h = (int(v) for v in args.crop.lower().split("x"))
     upscaling = [central_crop(path, crop_w, crop_h, args.reduce) for path in args.photos]
@@ -148,8 +178,9 @@ def main() -> None:
         "noise_sigma": args.noise_sigma,
         "families": {},
     }
+    onnx_folder = None if args.no_onnx else Path(tempfile.mkdtemp(prefix="plain-peer-onnx-"))
     for family in args.families.split(","):
-        rows = contenders(family, args.device)
+        rows = contenders(family, args.device, onnx_folder)
         denoiser = next(iter(rows.values())).scale == 1
         if denoiser:
             photos = [
@@ -194,6 +225,18 @@ def main() -> None:
                 entry["executed_ratio"] = round(sum(e * t for _, e, t in flops[name]) / tiles, 3)
             table[name] = entry
             print(json.dumps({"family": family, "row": name, **entry}), flush=True)
+        # the engine's own target: ClassSR's time over the base network's through the same engine, against
+        # the ratio of their executed FLOPs (Class-Module included)
+        classsr_row = next(name for name in rows if name.startswith("ClassSR-") and "paper" not in name)
+        base_row = next(name for name in rows if "through the engine" in name)
+        executed = table[classsr_row]["executed_ratio"] / table[base_row]["executed_ratio"]
+        seconds_ratio = table[classsr_row]["seconds"] / table[base_row]["seconds"]
+        table["engine_ratios"] = {
+            "time": round(seconds_ratio, 3),
+            "executed_flops": round(executed, 3),
+            "time_over_executed": round(seconds_ratio / executed, 3),
+        }
+        print(json.dumps({"family": family, "engine_ratios": table["engine_ratios"]}), flush=True)
         report["families"][family] = table
     print(json.dumps(report, indent=2))
 

@@ -21,7 +21,7 @@ def run(*args: str) -> None:
 
 def main() -> None:
     run("-m", "benchmarks.engine_speed", "--families", "fsrcnn,carn,srresnet")
-    run("-m", "benchmarks.engine_memory", "--sizes", "600,2400")
+    run("-m", "benchmarks.engine_memory", "--sizes", "600,2400,20000x120")
     run("benchmarks/imaging_memory.py")
     run("benchmarks/train_speed.py", "--families", "fsrcnn,carn")
     val = Path(os.environ.get("CLASSSR_VAL", ROOT / "datasets" / "val"))
@@ -35,6 +35,9 @@ def main() -> None:
                 run("-m", "classsr_cli", "bench", str(val), "--model", family, "--json")
         # ClassSR against the base network run the usual way (64-pixel tiles), every shipped family
         photos = [str(path) for path in list_photos(val)]
+        # the engine's own work (stand-in networks) on three crops: a CPU's layout and a GPU's
+        for layout in ("device", "gpu"):
+            run("-m", "benchmarks.engine_profile", *photos[:3], "--layout", layout)
         families = ",".join(
             family for family in shipped_families("classsr") if family in shipped_families("base")
         )
