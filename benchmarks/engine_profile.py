@@ -97,7 +97,7 @@ class Recorder(TorchDispatchMode):
 
 
 class HostConversions:
-    """Counts Tensor.cpu/.numpy/.item/.tolist calls while active."""
+    """Counts Tensor.cpu/.numpy/.item/.tolist calls while active (`.cpu().numpy()` counts once)."""
 
     NAMES = ("cpu", "numpy", "item", "tolist")
 
@@ -109,9 +109,16 @@ class HostConversions:
         return self
 
     def _counted(self, method):
+        name = method.__name__
+
         def wrapper(tensor, *args, **kwargs):
-            self.count += 1
-            return method(tensor, *args, **kwargs)
+            # `.cpu().numpy()` is one crossing: the view of a tensor just copied to the host adds none
+            if not (name == "numpy" and getattr(tensor, "_copied_to_host", False)):
+                self.count += 1
+            out = method(tensor, *args, **kwargs)
+            if name == "cpu" and isinstance(out, torch.Tensor):
+                out._copied_to_host = True
+            return out
 
         return wrapper
 

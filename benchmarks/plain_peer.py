@@ -193,7 +193,9 @@ def main() -> None:
         seconds = {name: 0.0 for name in rows}
         scores = {name: [] for name in rows}
         flops = {}
-        for hr, lr in photos:
+        classsr_row = next(name for name in rows if name.startswith("ClassSR-") and "paper" not in name)
+        base_row = next(name for name in rows if "through the engine" in name)
+        for photo, (hr, lr) in zip(args.photos, photos, strict=True):
             # rounds in which the rows take turns: a burst of load from elsewhere falls on all rows alike,
             # and the fastest round of each row is the one least disturbed by it
             fastest, outputs = {name: float("inf") for name in rows}, {}
@@ -210,6 +212,23 @@ def main() -> None:
                     flops.setdefault(name, []).append(
                         (tally.flops_ratio(row.plan), tally.executed_ratio(row.plan), tally.tiles)
                     )
+            # per photo: ClassSR's engine time over the base network's, against their executed FLOPs
+            mine, theirs = flops[classsr_row][-1], flops[base_row][-1]
+            time_ratio = fastest[classsr_row] / fastest[base_row]
+            print(
+                json.dumps(
+                    {
+                        "family": family,
+                        "photo": photo.name,
+                        "flops_ratio": round(mine[0], 3),
+                        "engine_time_ratio": round(time_ratio, 3),
+                        "executed_flops_ratio": round(mine[1] / theirs[1], 3),
+                        "time_over_executed": round(time_ratio / (mine[1] / theirs[1]), 3),
+                        "classsr_over_plain": round(fastest[classsr_row] / fastest[next(iter(rows))], 3),
+                    }
+                ),
+                flush=True,
+            )
         peer = next(iter(rows))
         table = {}
         for name in rows:
@@ -227,8 +246,6 @@ def main() -> None:
             print(json.dumps({"family": family, "row": name, **entry}), flush=True)
         # the engine's own target: ClassSR's time over the base network's through the same engine, against
         # the ratio of their executed FLOPs (Class-Module included)
-        classsr_row = next(name for name in rows if name.startswith("ClassSR-") and "paper" not in name)
-        base_row = next(name for name in rows if "through the engine" in name)
         executed = table[classsr_row]["executed_ratio"] / table[base_row]["executed_ratio"]
         seconds_ratio = table[classsr_row]["seconds"] / table[base_row]["seconds"]
         table["engine_ratios"] = {
