@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_run
-from classsr_cli.errors import WeightsError
+from classsr_cli.errors import OutputError, WeightsError
 from classsr_cli.models import create_base
 from classsr_cli.train.data import dihedral
 from classsr_cli.train.device_data import DevicePhotos, fixed_crops, pyramid
@@ -281,3 +281,88 @@ def test_engine_only_times_the_shipped_models_without_training(photos, tmp_path)
     (frame,) = report["frame_8k"]  # at 64x36 in a dry run, 1920x1080 on a GPU
     assert frame["output"] == "256x144" and frame["classsr_s"] > 0 and frame["base_s"] > 0
     assert sum(frame["class_counts"]) > 0
+
+
+# -- a whole call on one slimmable ledger (--resume) -------------------------------------------------
+
+
+def ledger_call(photos: Path, ledger: Path, out: Path, root: Path, *extra: str) -> dict:
+    """A dry ledger call on a tiny RCAN (widths 16/24/32), the synthetic photos as training and validation."""
+    arguments = ["--dry-run", "--families", "rcan", "--widths", "16,24,32", "--resume", str(ledger)]
+    arguments += ["--photos", str(photos), "--val", str(photos), "--carried", str(root / "carried")]
+    arguments += ["--out", str(out), "--keep", str(root / "keep"), "--seconds", "6", *extra]
+    return gpu_run.main(arguments)
+
+
+def test_a_ledger_call_creates_then_resumes_a_sharded_ledger_and_its_files_add_back(photos, tmp_path):
+    from classsr_cli.train.slimmable import Ledger
+
+    ledger = tmp_path / "ledger"
+    first = ledger_call(photos, ledger, tmp_path / "out1", tmp_path)
+    plan = first["transfer"]
+    assert 0 < plan["ledger_weights"] < plan["total"] <= gpu_run.CARRY_LIMIT
+    run = first["ledger"]
+    assert run["started_at"] == 0 and run["iteration"] >= gpu_run.DRY.min_steps and run["batch"] == 2
+    assert run["validation"]["iter"] == run["iteration"]  # every call ends with a validation
+    assert sorted(run["validation"]) == ["16", "24", "32", "iter"]
+    shards = Ledger(ledger).shards()
+    assert [p.name for p in shards] == ["weights-1.safetensors"] and not (
+        ledger / "weights.safetensors"
+    ).exists()
+    returned = sorted(p.name for p in (tmp_path / "out1").iterdir())
+    assert returned == ["curve.jsonl", "gpu_run.json", "gpu_run.log", "weights-1.safetensors"]
+    lines = [json.loads(line) for line in (ledger / "curve.jsonl").read_text().splitlines()]
+    assert [line["type"] for line in lines[:2]] == ["reference", "call"]
+    assert "carn-o" in lines[0]["means"] and lines[1]["iter"] == 0 and lines[1]["batch"] == 2
+    assert {line["type"] for line in lines[2:]} == {"train", "val"}
+
+    # the second call resumes: fp16 shards into the fp32 network, bf16 autocast on the CPU on request
+    state, _ = Ledger(ledger).read()
+    assert all(v.dtype == torch.float32 for v in state.values())
+    second = ledger_call(photos, ledger, tmp_path / "out2", tmp_path, "--precision", "bf16")
+    assert second["ledger"]["started_at"] == run["iteration"]
+    assert second["ledger"]["iteration"] >= run["iteration"] + gpu_run.DRY.min_steps
+    assert "probe" not in second and "transfer" in second
+    lines = [json.loads(line) for line in (ledger / "curve.jsonl").read_text().splitlines()]
+    calls = [line for line in lines if line["type"] == "call"]
+    assert [c["iter"] for c in calls] == [0, run["iteration"]] and calls[1]["precision"] == "bf16"
+    assert sum(line["type"] == "reference" for line in lines) == 1
+
+    # the returned folders, added in order to another copy of the ledger, make the same ledger
+    home = tmp_path / "home"
+    assert gpu_run.add_back(tmp_path / "out1", home)["to"] == run["iteration"]
+    assert not Ledger(home).add(tmp_path / "out1")["added"]  # already there
+    with pytest.raises(OutputError, match="in the order they ran"):
+        Ledger(tmp_path / "empty").add(tmp_path / "out2")  # it continued a later step
+    assert gpu_run.add_back(tmp_path / "out2", home)["added"]
+    assert (home / "curve.jsonl").read_text() == (ledger / "curve.jsonl").read_text()
+    for shard in Ledger(ledger).shards():
+        assert (home / shard.name).read_bytes() == shard.read_bytes()
+    assert not gpu_run.add_back(tmp_path / "out2", home)["added"]  # already there
+    with pytest.raises(OutputError, match="in the order they ran"):
+        Ledger(home).add(tmp_path / "out1")
+
+
+def test_a_dry_run_leaves_a_real_ledger_as_it_is_and_stops_when_too_much_would_travel(
+    photos, tmp_path, monkeypatch
+):
+    from classsr_cli.train.slimmable import Ledger, Slimmable
+
+    ledger = tmp_path / "ledger"
+    ledger_call(photos, ledger, tmp_path / "out1", tmp_path)
+    state, run_state = Ledger(ledger).read()
+    model = Slimmable("rcan", [16, 24, 32])
+    model.load_state_dict(state)
+    Ledger(ledger, tags={"dry_run": False, "started_at": 0}).write(
+        model, run_state
+    )  # as a GPU call leaves it
+    before = {p.name: p.read_bytes() for p in ledger.iterdir()}
+    report = ledger_call(photos, ledger, tmp_path / "out2", tmp_path)
+    assert {p.name: p.read_bytes() for p in ledger.iterdir()} == before
+    assert report["ledger"]["trained_in"].endswith("dry-ledger") and report["ledger"]["batch"] == 2
+    assert report["ledger"]["started_at"] == run_state["iteration"]
+
+    monkeypatch.setattr(gpu_run, "CARRY_LIMIT", 1 << 20)
+    with pytest.raises(SystemExit):
+        ledger_call(photos, tmp_path / "new", tmp_path / "out3", tmp_path)
+    assert not (tmp_path / "new").exists()
