@@ -30,14 +30,17 @@ The job, inside --seconds of wall time:
 With --resume LEDGER the whole call goes to one family instead: it continues the slimmable run kept in the
 ledger folder (`classsr_cli.train.slimmable`: widths as leading channels of the widest network, fp16 shards)
 with `train_slimmable`'s own loop, fed from the photos on the device, bf16 autocast, channels-last and fused
-Adam on a GPU, the batch the probe picks when the ledger is new. No checks and no engine table. The ledger's
-shards and this call's curve lines go to --out (`Ledger.export`) at every checkpoint; `--add-back` puts
-them into the repository's copy of the ledger. The dry run prints the bytes that travel to the GPU machine
-(`transfer_plan`) and stops when they pass 64 MiB.
+Adam on a GPU; a new ledger's batch is the one the probe picks (`ledger_batches`), kept from then on. No
+checks and no engine table. It stops itself 15 s before --seconds. The ledger's shards (two files for
+RCAN-64) and this call's curve lines go to --out (`Ledger.export`) at every checkpoint; `--add-back` puts
+them into the repository's copy of the ledger. A dry run trains a copy of the ledger (or a new one) in
+--keep and never writes the ledger itself; it prints the bytes that travel to the GPU machine
+(`transfer_plan`: checkout, ledger at its written size, .gpu) and stops when they pass 64 MiB.
 """
 
 import argparse
 import concurrent.futures
+import contextlib
 import copy
 import json
 import math
@@ -54,7 +57,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classsr_cli.errors import ClasssrError, DataError
+from classsr_cli.errors import ClasssrError, DataError, OutputError
 from classsr_cli.files import atomic_open, write_json
 from classsr_cli.imaging.photos import list_photos
 from classsr_cli.metrics import psnr
@@ -925,12 +928,17 @@ def format_plan(plan: dict) -> str:
     return f"transfer: {' + '.join(parts)} = {mib(plan['total'])} of {mib(plan['limit'])}"
 
 
-def dry_copy(ledger, work: Path, profile: Profile, tags: dict):
-    """A copy of a real run's ledger in `work` whose recipe takes the dry run's batch and crops, so that a
-    dry run loads the real shards and resumes from them without touching the ledger itself."""
+def dry_ledger(ledger, found: tuple[dict, dict] | None, work: Path, profile: Profile):
+    """Where a dry run trains: a fresh ledger in `work`, or for an existing ledger (`found`: its `read()`) a
+    copy of its weights and curve whose recipe takes the dry run's batch and crops, so that a dry run loads
+    the real shards and resumes from them. The ledger itself is never written by a dry run."""
     from classsr_cli.train.slimmable import Ledger, Recipe, Slimmable
 
-    state, run_state = ledger.read()
+    shutil.rmtree(work, ignore_errors=True)
+    copy = Ledger(work, FILE_BYTES)
+    if found is None:
+        return copy
+    state, run_state = found
     recipe = Recipe(**run_state["recipe"])
     recipe.batch_size, recipe.val_crop, recipe.val_every = (
         profile.batches[0],
@@ -938,12 +946,19 @@ def dry_copy(ledger, work: Path, profile: Profile, tags: dict):
         profile.val_every,
     )
     recipe.small_patch = min(recipe.small_patch, profile.patch * 3 // 4)
-    shutil.rmtree(work, ignore_errors=True)
-    copy = Ledger(work, FILE_BYTES, tags={**tags, "started_at": int(run_state["iteration"])})
     model = Slimmable(recipe.family, recipe.widths)
     model.load_state_dict(state)
     copy.write(model, {**run_state, "recipe": asdict(recipe)})
+    if ledger.curve.exists():
+        shutil.copyfile(ledger.curve, copy.curve)
     return copy
+
+
+def ledger_batches(family: str) -> tuple[int, ...]:
+    """The batches a new ledger's probe tries on a GPU: the family's and twice its largest (one network has
+    the whole GPU's memory)."""
+    batches = RECIPES[family].batches
+    return (*batches, 2 * max(batches))
 
 
 def run_ledger(args) -> dict:
@@ -961,7 +976,24 @@ def run_ledger(args) -> dict:
             f"pass --families with one of them, not '{args.families}'"
         )
     family = families[0]
-    widths = sorted(resolve_widths(family, widths=args.widths and [int(w) for w in args.widths.split(",")]))
+    ledger = Ledger(Path(args.resume), FILE_BYTES)
+    found = ledger.read()
+    if found is not None:  # the ledger's own widths; its family must be this one
+        if ledger.weights.exists():
+            raise ClasssrError(
+                f"{ledger.folder} keeps fp32 weights in one file: continue it with `classsr train slimmable`"
+            )
+        if ledger.stored_tags().get("dry_run") and not args.dry_run:
+            raise ClasssrError(
+                f"{ledger.folder} holds a dry run's ledger: remove its files before a real call"
+            )
+        kept = found[1]["recipe"]
+        if kept["family"] != family:
+            raise ClasssrError(f"{ledger.folder} holds a {kept['family']} run, not {family}")
+        widths = sorted(int(w) for w in kept["widths"])
+    else:
+        asked = args.widths and [int(w) for w in args.widths.split(",")]
+        widths = sorted(resolve_widths(family, widths=asked))
     if args.dry_run:
         device = torch.device("cpu")
     elif torch.cuda.is_available():
@@ -997,22 +1029,11 @@ def run_ledger(args) -> dict:
             )
 
     tags = {"device": label, "torch": torch.__version__, "dry_run": bool(args.dry_run)}
-    ledger = Ledger(Path(args.resume), FILE_BYTES)
-    found = ledger.read()
-    if found is not None:
-        stored = ledger.stored_tags()
-        if ledger.weights.exists():
-            raise ClasssrError(
-                f"{ledger.folder} keeps fp32 weights in one file: continue it with `classsr train slimmable`"
-            )
-        if stored.get("dry_run") and not args.dry_run:
-            raise ClasssrError(
-                f"{ledger.folder} holds a dry run's ledger: remove its files before a real call"
-            )
-        if args.dry_run and not stored.get("dry_run"):
-            ledger = dry_copy(ledger, keep / "dry-ledger", profile, tags)
-            found = ledger.read()
-            log(f"dry run: {args.resume} holds a real run; continuing a copy of it in {ledger.folder}")
+    if args.dry_run:
+        ledger = dry_ledger(ledger, found, keep / "dry-ledger", profile)
+        found = ledger.read()
+        what = f"a copy of {args.resume}" if found else "a new ledger"
+        log(f"dry run: training in {ledger.folder}, {what}")
     started_at = int(found[1]["iteration"]) if found else 0
     ledger.tags = {**tags, "started_at": started_at}
 
@@ -1043,14 +1064,15 @@ def run_ledger(args) -> dict:
         f"{report['data']['seconds']} s"
     )
 
-    precision = args.precision or "auto"
-    autocast = training_autocast(precision, device)
+    autocast = training_autocast(args.precision or "auto", device)
+    precision = "fp32" if isinstance(autocast, contextlib.nullcontext) else "bf16"
     if found is None:  # a new ledger: the probe picks its batch, kept in the recipe from then on
         model = Slimmable(family, widths).to(device)
         model.net.to(memory_format=torch.channels_last)
         network = Network(family, widths[-1], model, RECIPES[family].lr, None, 0)
         phase = time.monotonic()
-        probe(network, data, profile.batches or RECIPES[family].batches, profile, device, autocast)
+        batches = profile.batches or ledger_batches(family)
+        probe(network, data, batches, profile, device, autocast)
         log(
             f"probe {time.monotonic() - phase:.1f} s, seconds per step of width {widths[-1]}: "
             + ", ".join(
@@ -1077,9 +1099,12 @@ def run_ledger(args) -> dict:
     )
     reference = None
     if not any(r.get("type") == "reference" for r in ledger.records()):
-        from classsr_cli.weights import load_weights
+        try:  # the weights folder needs platformdirs, which travels as a wheel
+            from classsr_cli.weights import load_weights
 
-        reference = load_weights("carn", kind="base").model
+            reference = load_weights("carn", kind="base").model
+        except (ImportError, ClasssrError) as error:
+            log(f"no reference network on the curve ({error}): bicubic alone")
 
     def export(first_line: int) -> None:
         files = ledger.export(out, first_line)
@@ -1127,16 +1152,28 @@ def run_ledger(args) -> dict:
         f"{json.dumps(state['validation'])}"
     )
     log(f"returned: {', '.join(report.get('files', []))} in {out}")
-    log(f"add them here: python -m benchmarks.gpu_run --add-back DIR --resume {args.resume}")
+    if args.dry_run:
+        log(
+            "a dry run's files: add them only to a ledger of their own "
+            "(--add-back DIR --resume OTHER --dry-run)"
+        )
+    else:
+        log(f"add them here: python -m benchmarks.gpu_run --add-back DIR --resume {args.resume}")
     write_json(out / REPORT, report)
     copy_atomically(keep / LOG, out / LOG, tail_bytes=LOG_BYTES)
     return report
 
 
-def add_back(returned: Path, ledger_dir: Path) -> dict:
-    """Add a ledger call's returned files (`returned`: its --out) to the ledger `ledger_dir`."""
+def add_back(returned: Path, ledger_dir: Path, dry_run: bool = False) -> dict:
+    """Add a ledger call's returned files (`returned`: its --out) to the ledger `ledger_dir`. A dry run's
+    files are refused unless `dry_run` (they would mix a CPU's few steps into the GPU's curve)."""
     from classsr_cli.train.slimmable import Ledger
 
+    back = Ledger(returned)
+    if back.shards() and back.stored_tags().get("dry_run") and not dry_run:
+        raise OutputError(
+            f"{returned} holds a dry run's ledger: add it with --dry-run, to a ledger of its own"
+        )
     result = Ledger(ledger_dir).add(returned)
     if result["added"]:
         print(
@@ -1196,7 +1233,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         help="With --resume --dry-run: the folder that travels beside the checkout, counted in the plan.",
     )
     parser.add_argument(
-        "--add-back", metavar="DIR", help="Add a --resume call's returned folder to the ledger --resume."
+        "--add-back",
+        metavar="DIR",
+        help="Add a --resume call's returned folder to the ledger --resume (a dry run's: with --dry-run).",
     )
     parser.add_argument("--export", nargs="+", metavar="DIR", help="Folders of parts to convert.")
     parser.add_argument("--to", help="With --export: folder for the project's weights files.")
@@ -1211,7 +1250,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if args.add_back:
             if not args.resume:
                 parser.error("--add-back needs --resume LEDGER")
-            add_back(Path(args.add_back), Path(args.resume))
+            add_back(Path(args.add_back), Path(args.resume), args.dry_run)
             return None
         if not args.out:
             parser.error("--out is required")

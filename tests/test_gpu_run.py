@@ -290,77 +290,83 @@ def ledger_call(photos: Path, ledger: Path, out: Path, root: Path, *extra: str) 
     """A dry ledger call on a tiny RCAN (widths 16/24/32), the synthetic photos as training and validation."""
     arguments = ["--dry-run", "--families", "rcan", "--widths", "16,24,32", "--resume", str(ledger)]
     arguments += ["--photos", str(photos), "--val", str(photos), "--carried", str(root / "carried")]
-    arguments += ["--out", str(out), "--keep", str(root / "keep"), "--seconds", "6", *extra]
+    arguments += ["--out", str(out), "--keep", str(root / "keep"), "--seconds", "3", *extra]
     return gpu_run.main(arguments)
 
 
-def test_a_ledger_call_creates_then_resumes_a_sharded_ledger_and_its_files_add_back(photos, tmp_path):
+def test_a_ledger_call_creates_then_resumes_a_sharded_ledger_through_its_returned_files(photos, tmp_path):
     from classsr_cli.train.slimmable import Ledger
 
     ledger = tmp_path / "ledger"
     first = ledger_call(photos, ledger, tmp_path / "out1", tmp_path)
+    assert not ledger.exists()  # a dry run trains in a folder of its own
     plan = first["transfer"]
     assert 0 < plan["ledger_weights"] < plan["total"] <= gpu_run.CARRY_LIMIT
     run = first["ledger"]
-    assert run["started_at"] == 0 and run["iteration"] >= gpu_run.DRY.min_steps and run["batch"] == 2
+    assert run["trained_in"].endswith("dry-ledger") and run["batch"] == 2 and "probe" in first
+    assert run["started_at"] == 0 and run["iteration"] >= gpu_run.DRY.min_steps
     assert run["validation"]["iter"] == run["iteration"]  # every call ends with a validation
     assert sorted(run["validation"]) == ["16", "24", "32", "iter"]
-    shards = Ledger(ledger).shards()
-    assert [p.name for p in shards] == ["weights-1.safetensors"] and not (
-        ledger / "weights.safetensors"
-    ).exists()
     returned = sorted(p.name for p in (tmp_path / "out1").iterdir())
     assert returned == ["curve.jsonl", "gpu_run.json", "gpu_run.log", "weights-1.safetensors"]
-    lines = [json.loads(line) for line in (ledger / "curve.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "out1" / "curve.jsonl").read_text().splitlines()]
     assert [line["type"] for line in lines[:2]] == ["reference", "call"]
     assert "carn-o" in lines[0]["means"] and lines[1]["iter"] == 0 and lines[1]["batch"] == 2
-    assert {line["type"] for line in lines[2:]} == {"train", "val"}
+    assert lines[1]["precision"] == "fp32" and {line["type"] for line in lines[2:]} == {"train", "val"}
 
-    # the second call resumes: fp16 shards into the fp32 network, bf16 autocast on the CPU on request
-    state, _ = Ledger(ledger).read()
+    # a dry run's files go only into a ledger of their own, on request
+    with pytest.raises(OutputError, match="dry run"):
+        gpu_run.add_back(tmp_path / "out1", ledger)
+    assert gpu_run.add_back(tmp_path / "out1", ledger, dry_run=True)["to"] == run["iteration"]
+    shards = Ledger(ledger).shards()
+    assert [p.name for p in shards] == ["weights-1.safetensors"]
+    assert not (ledger / "weights.safetensors").exists()
+    state, _ = Ledger(ledger).read()  # the fp16 shards load into the fp32 network
     assert all(v.dtype == torch.float32 for v in state.values())
+
+    # the second call resumes a copy, bf16 autocast on the CPU on request; the ledger is left as it is
+    before = {p.name: p.read_bytes() for p in ledger.iterdir()}
     second = ledger_call(photos, ledger, tmp_path / "out2", tmp_path, "--precision", "bf16")
+    assert {p.name: p.read_bytes() for p in ledger.iterdir()} == before
     assert second["ledger"]["started_at"] == run["iteration"]
     assert second["ledger"]["iteration"] >= run["iteration"] + gpu_run.DRY.min_steps
     assert "probe" not in second and "transfer" in second
+
+    # added in the order they ran, the returned folders make one curve
+    with pytest.raises(OutputError, match="in the order they ran"):
+        Ledger(tmp_path / "empty").add(tmp_path / "out2")  # it continued a later step
+    assert gpu_run.add_back(tmp_path / "out2", ledger, dry_run=True)["added"]
     lines = [json.loads(line) for line in (ledger / "curve.jsonl").read_text().splitlines()]
     calls = [line for line in lines if line["type"] == "call"]
     assert [c["iter"] for c in calls] == [0, run["iteration"]] and calls[1]["precision"] == "bf16"
     assert sum(line["type"] == "reference" for line in lines) == 1
-
-    # the returned folders, added in order to another copy of the ledger, make the same ledger
-    home = tmp_path / "home"
-    assert gpu_run.add_back(tmp_path / "out1", home)["to"] == run["iteration"]
-    assert not Ledger(home).add(tmp_path / "out1")["added"]  # already there
+    assert Ledger(ledger).read()[1]["iteration"] == second["ledger"]["iteration"]
+    assert not gpu_run.add_back(tmp_path / "out2", ledger, dry_run=True)["added"]  # already there
     with pytest.raises(OutputError, match="in the order they ran"):
-        Ledger(tmp_path / "empty").add(tmp_path / "out2")  # it continued a later step
-    assert gpu_run.add_back(tmp_path / "out2", home)["added"]
-    assert (home / "curve.jsonl").read_text() == (ledger / "curve.jsonl").read_text()
-    for shard in Ledger(ledger).shards():
-        assert (home / shard.name).read_bytes() == shard.read_bytes()
-    assert not gpu_run.add_back(tmp_path / "out2", home)["added"]  # already there
-    with pytest.raises(OutputError, match="in the order they ran"):
-        Ledger(home).add(tmp_path / "out1")
+        Ledger(ledger).add(tmp_path / "out1")
 
 
-def test_a_dry_run_leaves_a_real_ledger_as_it_is_and_stops_when_too_much_would_travel(
-    photos, tmp_path, monkeypatch
+def test_a_real_ledger_is_refused_to_a_dry_runs_files_and_too_much_to_carry_stops_the_dry_run(
+    photos, tmp_path, monkeypatch, capsys
 ):
     from classsr_cli.train.slimmable import Ledger, Slimmable
 
     ledger = tmp_path / "ledger"
     ledger_call(photos, ledger, tmp_path / "out1", tmp_path)
+    gpu_run.add_back(tmp_path / "out1", ledger, dry_run=True)
+    with pytest.raises(SystemExit):  # a real call does not continue a dry run's ledger
+        gpu_run.main(["--families", "rcan", "--resume", str(ledger), "--out", str(tmp_path / "x")])
+    assert "holds a dry run's ledger" in capsys.readouterr().err
     state, run_state = Ledger(ledger).read()
     model = Slimmable("rcan", [16, 24, 32])
     model.load_state_dict(state)
     Ledger(ledger, tags={"dry_run": False, "started_at": 0}).write(
         model, run_state
     )  # as a GPU call leaves it
-    before = {p.name: p.read_bytes() for p in ledger.iterdir()}
     report = ledger_call(photos, ledger, tmp_path / "out2", tmp_path)
-    assert {p.name: p.read_bytes() for p in ledger.iterdir()} == before
-    assert report["ledger"]["trained_in"].endswith("dry-ledger") and report["ledger"]["batch"] == 2
     assert report["ledger"]["started_at"] == run_state["iteration"]
+    with pytest.raises(OutputError, match="dry run"):
+        gpu_run.add_back(tmp_path / "out2", ledger)
 
     monkeypatch.setattr(gpu_run, "CARRY_LIMIT", 1 << 20)
     with pytest.raises(SystemExit):
