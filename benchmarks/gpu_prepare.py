@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.gpu_run import CARRY_LIMIT, LOG, REPORT, format_plan, transfer_plan
+from benchmarks.gpu_run import GPU as GPU_PROFILE
 from classsr_cli.imaging.photos import list_photos
 from classsr_cli.train.packing import MIB
 
@@ -41,7 +42,7 @@ PYTHON = "P=$(command -v python || command -v python3)"
 # a re-encoded photo: JPEG at this quality with full-resolution colour (4:4:4)
 JPEG_QUALITY = 92
 PROBE_PIXELS = 500_000  # each photo's bits per pixel are measured once at this size, to plan the cap
-VAL_CROP = 192  # LR pixels of a validation crop: `slimmable.Recipe.val_crop`
+VAL_CROP = GPU_PROFILE.val_crop  # LR pixels of a validation crop, as the ledger call's recipe takes them
 
 
 def install_line(wheels: tuple[str, ...]) -> str:

@@ -372,3 +372,34 @@ def test_a_real_ledger_is_refused_to_a_dry_runs_files_and_too_much_to_carry_stop
     with pytest.raises(SystemExit):
         ledger_call(photos, tmp_path / "new", tmp_path / "out3", tmp_path)
     assert not (tmp_path / "new").exists()
+
+
+def test_prepare_shrinks_the_photos_into_what_is_left_and_its_validation_crops_score_as_their_photos(
+    photos, tmp_path
+):
+    pytest.importorskip("pyvips")
+    import numpy as np
+
+    from benchmarks import gpu_prepare
+    from classsr_cli.imaging.photos import list_photos, read_rgb8
+    from classsr_cli.train.slimmable import central_crops
+
+    sources = list_photos(photos)
+    whole = gpu_prepare.shrink_photos(sources, tmp_path / "all", 1 << 30)
+    assert whole["reduced"] == 0 and whole["photos"] == 2  # PNGs fit: re-encoded as JPEG, not shrunk
+    budget = whole["bytes"] // 2
+    shrunk = gpu_prepare.shrink_photos(sources, tmp_path / "shrunk", budget)
+    written = sorted(tmp_path.joinpath("shrunk").iterdir())
+    assert [p.name for p in written] == ["photo0.jpg", "photo1.jpg"]
+    assert shrunk["bytes"] == sum(p.stat().st_size for p in written) <= budget and shrunk["reduced"] >= 1
+    for path in written:
+        height, width = gpu_run.read_photo(path).shape[:2]
+        assert height * width <= shrunk["cap"] + height + width + 1  # the cap, sides rounded up
+
+    assert gpu_prepare.write_val_crops(photos, tmp_path / "val", lr_size=12) == 2
+    crops = sorted(tmp_path.joinpath("val").iterdir())
+    assert [gpu_run.read_photo(p).shape for p in crops] == [(48, 48, 3), (48, 48, 3)]
+    there = central_crops(crops, 12, read=gpu_run.read_photo)  # on a GPU machine: OpenCV, no pyvips
+    here = central_crops(sources, 12, read=read_rgb8)
+    for a, b in zip(there.hr + there.lr, here.hr + here.lr, strict=True):
+        np.testing.assert_array_equal(a, b)
