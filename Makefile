@@ -46,11 +46,16 @@ figures: $(STAMP)
 	$(BIN)/python -m benchmarks.figures --photos "$(PHOTOS)" $(if $(BENCH),--bench $(BENCH)) \
 		$(if $(PEER),--peer "$(PEER)")
 
-# Fills .gpu/ (training photos, pyvips wheels) for a GPU machine without a network; prints the call to make.
+# Fills .gpu/ (training photos made to fit, wheels) for a GPU machine without a network; prints the call to
+# make. A call for a slimmable ledger: make gpu-run GPU_FAMILIES=rcan GPU_RESUME=training/rcan (docs/gpu.md).
 GPU_PHOTOS ?= datasets/photos
+GPU_FAMILIES ?=
+GPU_RESUME ?=
+GPU_VAL ?= datasets/val
 
 gpu-run: $(STAMP)
-	$(BIN)/python -m benchmarks.gpu_prepare --photos "$(GPU_PHOTOS)"
+	$(BIN)/python -m benchmarks.gpu_prepare --photos "$(GPU_PHOTOS)" $(if $(GPU_FAMILIES),--families $(GPU_FAMILIES)) \
+		$(if $(GPU_RESUME),--resume "$(GPU_RESUME)" --val "$(GPU_VAL)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

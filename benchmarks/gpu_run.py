@@ -5,6 +5,8 @@
     python -m benchmarks.gpu_run --collect 2 --out DIR        # what did not fit in the first call's files
     python -m benchmarks.gpu_run --out DIR --engine-only --photos PHOTOS   # step 4 alone, no training
     python -m benchmarks.gpu_run --export DIR [DIR ...] --to RUN   # as the project's weights files
+    python -m benchmarks.gpu_run --families rcan --resume LEDGER --out DIR [--seconds 540] [--dry-run]
+    python -m benchmarks.gpu_run --add-back DIR --resume LEDGER   # a ledger call's files into the ledger
 
 The job, inside --seconds of wall time:
 1. CUDA checks: `pytest -m cuda tests/test_cuda.py` (they skip without a GPU).
@@ -24,10 +26,21 @@ The job, inside --seconds of wall time:
 4. The engine: `Upscaler` and `classsr upscale` on a 4K-class input (an LR of the held-out photo of at most
    960x540, the paper's Test4K size), ClassSR against `--branch M`, with and without reading and encoding,
    output megapixels per second, batched against one tile per call; the table is printed last.
+
+With --resume LEDGER the whole call goes to one family instead: it continues the slimmable run kept in the
+ledger folder (`classsr_cli.train.slimmable`: widths as leading channels of the widest network, fp16 shards)
+with `train_slimmable`'s own loop, fed from the photos on the device, bf16 autocast, channels-last and fused
+Adam on a GPU; a new ledger's batch is the one the probe picks (`ledger_batches`), kept from then on. No
+checks and no engine table. It stops itself 15 s before --seconds. The ledger's shards (two files for
+RCAN-64) and this call's curve lines go to --out (`Ledger.export`) at every checkpoint; `--add-back` puts
+them into the repository's copy of the ledger. A dry run trains a copy of the ledger (or a new one) in
+--keep and never writes the ledger itself; it prints the bytes that travel to the GPU machine
+(`transfer_plan`: checkout, ledger at its written size, .gpu) and stops when they pass 64 MiB.
 """
 
 import argparse
 import concurrent.futures
+import contextlib
 import copy
 import json
 import math
@@ -38,13 +51,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from classsr_cli.errors import ClasssrError, DataError
+from classsr_cli.errors import ClasssrError, DataError, OutputError
 from classsr_cli.files import atomic_open, write_json
 from classsr_cli.imaging.photos import list_photos
 from classsr_cli.metrics import psnr
@@ -54,10 +67,12 @@ from classsr_cli.train.device_data import PAPER_SCALES, DevicePhotos, fixed_crop
 from classsr_cli.train.loop import cosine_at, graceful_stop, training_autocast, training_step
 from classsr_cli.train.losses import LossWeights
 from classsr_cli.train.packing import (
+    FILE_BYTES,
     MIB,
     export_networks,
     fp16_state,
     network_name,
+    pack,
     plan_parts,
     write_packed,
 )
@@ -69,10 +84,14 @@ LOG = "gpu_run.log"
 FAMILIES = ("fsrcnn", "carn", "srresnet", "rcan")
 MIN_LR = 1e-7  # the project's stage-1 schedule ends there
 # An output folder takes 8 files of 16 MiB, 64 MiB in all: 6 weight files (the JSON and the log are the
-# other two), a margin under 16 MiB for the header estimate, and 2 MiB of the 64 left for the JSON and log.
+# other two; packing.FILE_BYTES keeps a margin under 16 MiB for the header estimate), and 2 MiB of the 64
+# left for the JSON and log.
 OUT_FILES = 6
-FILE_BYTES = 16 * MIB - 64 * 1024
 PART_BYTES = 62 * MIB
+# what travels to the GPU machine: the checkout's files (tracked, and untracked ones git does not ignore) and
+# the folders brought along (.gpu), 64 MiB in all
+CARRY_LIMIT = 64 * MIB
+CARRIED = ROOT / ".gpu"
 LOG_BYTES = MIB  # the log's tail that goes to the output folder
 # part 1 takes networks in this order: the families with no shipped weights first, the largest first
 PRIORITY = ("srresnet", "rcan", "carn", "fsrcnn")
@@ -116,10 +135,16 @@ class Profile:
     engine_seconds: float  # kept back for the engine table
     final_seconds: float  # kept back for the last checkpoint
     checks_seconds: float
+    # a ledger call (--resume): validation photos used, their central LR crop, steps between validations
+    # and between curve lines
+    val_photos: int | None = None
+    val_crop: int = 192
+    val_every: int = 2000
+    log_every: int = 100
 
 
 GPU = Profile(32, None, None, 2, 3, 1, 10.0, 16, 64, (960, 540), 256, 60.0, 15.0, 120.0)
-DRY = Profile(16, 2, (2,), 1, 1, 2, 2.0, 2, 24, (64, 48), 64, 25.0, 5.0, 90.0)
+DRY = Profile(16, 2, (2,), 1, 1, 2, 2.0, 2, 24, (64, 48), 64, 25.0, 5.0, 90.0, 2, 16, 2, 1)
 
 
 # -- small helpers ---------------------------------------------------------------------------------
@@ -159,7 +184,9 @@ def copy_atomically(source: Path, target: Path, tail_bytes: int | None = None) -
 
 def remove_own_files(folder: Path) -> None:
     """Removes an earlier run's files (its parts may have had more files, or other networks)."""
-    for pattern in ("part*-*.safetensors", REPORT, LOG):
+    from classsr_cli.train.slimmable import CURVE_FILE, SHARD_PREFIX
+
+    for pattern in ("part*-*.safetensors", f"{SHARD_PREFIX}-*.safetensors", CURVE_FILE, REPORT, LOG):
         for path in folder.glob(pattern):
             path.unlink()
 
@@ -835,6 +862,329 @@ def collect(part: int, out: Path, keep: Path) -> list[str]:
     return parts[part]["files"]
 
 
+# -- a whole call on one family: a slimmable ledger (--resume) --------------------------------------
+
+
+def checkout_files() -> list[Path]:
+    """The checkout's files that travel: tracked, and untracked ones git does not ignore."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    return [ROOT / name.decode() for name in listed if name and (ROOT / name.decode()).is_file()]
+
+
+def ledger_weight_bytes(family: str, width: int) -> int:
+    """The bytes of a ledger's fp16 shards for the family's network of `width` (the packing's estimate,
+    a few KiB above the files' own sizes)."""
+    state = fp16_state(create_base(family, width))
+    return sum(packed.nbytes for packed in pack({network_name(family, width): state}, FILE_BYTES, "weights"))
+
+
+def transfer_plan(carried: Path, ledger: Path | None = None, family: str = "", width: int = 0) -> dict:
+    """Bytes that travel to the GPU machine: the checkout's files, the ledger's weights and the folder
+    brought along (`carried`, .gpu), in bytes, with the limit (CARRY_LIMIT).
+
+    A ledger's weights count at the size they will have once written (fp16 shards of the family's network
+    of `width`), or at their present size if larger, so that the plan holds from the first call on; its
+    shards already in the checkout are not counted twice. `carried` is counted per top-level entry."""
+    from classsr_cli.train.slimmable import Ledger
+
+    shards = {path.resolve() for path in Ledger(ledger).shards()} if ledger is not None else set()
+    checkout = sum(path.stat().st_size for path in checkout_files() if path.resolve() not in shards)
+    weights = 0
+    if ledger is not None:
+        weights = max(ledger_weight_bytes(family, width), sum(path.stat().st_size for path in shards))
+    entries: dict[str, int] = {}
+    if carried.is_dir():
+        for path in sorted(carried.rglob("*")):
+            if path.is_file():
+                top = path.relative_to(carried).parts[0]
+                entries[top] = entries.get(top, 0) + path.stat().st_size
+    total = checkout + weights + sum(entries.values())
+    return {
+        "checkout": checkout,
+        "ledger_weights": weights,
+        "carried_folder": carried.name,
+        "carried": entries,
+        "total": total,
+        "limit": CARRY_LIMIT,
+    }
+
+
+def format_plan(plan: dict) -> str:
+    def mib(n: int) -> str:
+        return f"{n / MIB:.1f} MiB"
+
+    parts = [f"checkout {mib(plan['checkout'])}"]
+    if plan["ledger_weights"]:
+        parts.append(f"ledger weights {mib(plan['ledger_weights'])} (fp16 shards)")
+    inside = ", ".join(f"{name} {mib(size)}" for name, size in plan["carried"].items())
+    parts.append(
+        f"{plan['carried_folder']} {mib(sum(plan['carried'].values()))}" + (f" ({inside})" if inside else "")
+    )
+    return f"transfer: {' + '.join(parts)} = {mib(plan['total'])} of {mib(plan['limit'])}"
+
+
+def dry_ledger(ledger, found: tuple[dict, dict] | None, work: Path, profile: Profile):
+    """Where a dry run trains: a fresh ledger in `work`, or for an existing ledger (`found`: its `read()`) a
+    copy of its weights and curve whose recipe takes the dry run's batch and crops, so that a dry run loads
+    the real shards and resumes from them. The ledger itself is never written by a dry run."""
+    from classsr_cli.train.slimmable import Ledger, Recipe, Slimmable
+
+    shutil.rmtree(work, ignore_errors=True)
+    copy = Ledger(work, FILE_BYTES)
+    if found is None:
+        return copy
+    state, run_state = found
+    recipe = Recipe(**run_state["recipe"])
+    recipe.batch_size, recipe.val_crop, recipe.val_every = (
+        profile.batches[0],
+        profile.val_crop,
+        profile.val_every,
+    )
+    recipe.small_patch = min(recipe.small_patch, profile.patch * 3 // 4)
+    model = Slimmable(recipe.family, recipe.widths)
+    model.load_state_dict(state)
+    copy.write(model, {**run_state, "recipe": asdict(recipe)})
+    if ledger.curve.exists():
+        shutil.copyfile(ledger.curve, copy.curve)
+    return copy
+
+
+def ledger_batches(family: str) -> tuple[int, ...]:
+    """The batches a new ledger's probe tries on a GPU: the family's and twice its largest (one network has
+    the whole GPU's memory)."""
+    batches = RECIPES[family].batches
+    return (*batches, 2 * max(batches))
+
+
+def run_ledger(args) -> dict:
+    """The call given to one family's slimmable ledger (--resume): see the module's note."""
+    from classsr_cli.models.registry import resolve_widths
+    from classsr_cli.train.slimmable import SLIMMABLE_FAMILIES, Ledger, Recipe, Slimmable, train_slimmable
+
+    start = time.monotonic()
+    deadline = start + args.seconds
+    profile = DRY if args.dry_run else GPU
+    families = [get_family(f).name for f in args.families.split(",") if f.strip()]
+    if len(families) != 1 or families[0] not in SLIMMABLE_FAMILIES:
+        raise ClasssrError(
+            f"--resume continues one slimmable family ({', '.join(SLIMMABLE_FAMILIES)}): "
+            f"pass --families with one of them, not '{args.families}'"
+        )
+    family = families[0]
+    ledger = Ledger(Path(args.resume), FILE_BYTES)
+    found = ledger.read()
+    if found is not None:  # the ledger's own widths; its family must be this one
+        if ledger.weights.exists():
+            raise ClasssrError(
+                f"{ledger.folder} keeps fp32 weights in one file: continue it with `classsr train slimmable`"
+            )
+        if ledger.stored_tags().get("dry_run") and not args.dry_run:
+            raise ClasssrError(
+                f"{ledger.folder} holds a dry run's ledger: remove its files before a real call"
+            )
+        kept = found[1]["recipe"]
+        if kept["family"] != family:
+            raise ClasssrError(f"{ledger.folder} holds a {kept['family']} run, not {family}")
+        widths = sorted(int(w) for w in kept["widths"])
+    else:
+        asked = args.widths and [int(w) for w in args.widths.split(",")]
+        widths = sorted(resolve_widths(family, widths=asked))
+    if args.dry_run:
+        device = torch.device("cpu")
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+        torch.backends.cudnn.benchmark = True  # a few fixed shapes: let cuDNN pick its fastest kernels
+    else:
+        raise ClasssrError("no CUDA GPU here: run with --dry-run to try the job on the CPU")
+    out, keep = Path(args.out), Path(args.keep)
+    for folder in (out, keep):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_own_files(folder)
+    log = Log(keep / LOG)
+    label = device_name(device)
+    report = {
+        "format": FORMAT,
+        "device": label,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "dry_run": args.dry_run,
+        "seconds_asked": args.seconds,
+    }
+    log(f"gpu_run on {label}, torch {torch.__version__}, {args.seconds:.0f} s: {family} ledger {args.resume}")
+    if args.dry_run:
+        plan = transfer_plan(Path(args.carried), Path(args.resume), family, widths[-1])
+        report["transfer"] = plan
+        log(format_plan(plan))
+        if plan["total"] > CARRY_LIMIT:
+            write_json(out / REPORT, report)
+            raise ClasssrError(
+                f"{plan['total'] / MIB:.1f} MiB would travel, more than {CARRY_LIMIT / MIB:.0f} MiB: "
+                "`make gpu-run GPU_FAMILIES=... GPU_RESUME=...` shrinks the photos to what is left"
+            )
+
+    tags = {"device": label, "torch": torch.__version__, "dry_run": bool(args.dry_run)}
+    if args.dry_run:
+        ledger = dry_ledger(ledger, found, keep / "dry-ledger", profile)
+        found = ledger.read()
+        what = f"a copy of {args.resume}" if found else "a new ledger"
+        log(f"dry run: training in {ledger.folder}, {what}")
+    started_at = int(found[1]["iteration"]) if found else 0
+    ledger.tags = {**tags, "started_at": started_at}
+
+    phase = time.monotonic()
+    photos, failed = load_photos(Path(args.photos), profile.photos, log)
+    scales = [factor * args.reduce for factor in PAPER_SCALES]
+    data = DevicePhotos([pixels for _, pixels in photos], device, scales=scales, patch=profile.patch)
+    val_photos = list_photos(Path(args.val))[: profile.val_photos] if Path(args.val).is_dir() else []
+    if not val_photos:
+        raise DataError(f"no validation photos in {args.val}: `make gpu-run` puts their central crops there")
+    synchronize(device)
+    report["data"] = {
+        "folder": str(args.photos),
+        "train_photos": len(photos),
+        "unreadable": failed,
+        "scales": scales,
+        "scaled_images": len(data),
+        "lr_positions": data.positions,
+        "device_bytes": data.nbytes,
+        "patch": profile.patch,
+        "val": [path.name for path in val_photos],
+        "seconds": round(time.monotonic() - phase, 1),
+    }
+    del photos
+    log(
+        f"data: {len(data)} scaled images of {report['data']['train_photos']} photos "
+        f"({data.nbytes / 2**30:.2f} GiB on {device.type}), {len(val_photos)} validation crops, "
+        f"{report['data']['seconds']} s"
+    )
+
+    autocast = training_autocast(args.precision or "auto", device)
+    precision = "fp32" if isinstance(autocast, contextlib.nullcontext) else "bf16"
+    if found is None:  # a new ledger: the probe picks its batch, kept in the recipe from then on
+        model = Slimmable(family, widths).to(device)
+        model.net.to(memory_format=torch.channels_last)
+        network = Network(family, widths[-1], model, RECIPES[family].lr, None, 0)
+        phase = time.monotonic()
+        batches = profile.batches or ledger_batches(family)
+        probe(network, data, batches, profile, device, autocast)
+        log(
+            f"probe {time.monotonic() - phase:.1f} s, seconds per step of width {widths[-1]}: "
+            + ", ".join(
+                f"batch {b} {s:.3f}" if s else f"batch {b} out of memory" for b, s in network.probe.items()
+            )
+            + f"; batch {network.batch}"
+        )
+        report["probe"] = {str(b): s for b, s in network.probe.items()}
+        batch = network.batch
+        del model, network
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    else:
+        batch = int(found[1]["recipe"]["batch_size"])
+    recipe = Recipe(
+        family=family,
+        widths=widths,
+        iters=args.iters,
+        lr=RECIPES[family].lr,
+        batch_size=batch,
+        small_patch=profile.patch * 3 // 4,
+        val_every=profile.val_every,
+        val_crop=profile.val_crop,
+    )
+    reference = None
+    if not any(r.get("type") == "reference" for r in ledger.records()):
+        try:  # the weights folder needs platformdirs, which travels as a wheel
+            from classsr_cli.weights import load_weights
+
+            reference = load_weights("carn", kind="base").model
+        except (ImportError, ClasssrError) as error:
+            log(f"no reference network on the curve ({error}): bicubic alone")
+
+    def export(first_line: int) -> None:
+        files = ledger.export(out, first_line)
+        report["files"] = [path.name for path in files]
+
+    note = {"device": label, "torch": torch.__version__, "batch": batch, "precision": precision}
+    state = train_slimmable(
+        recipe,
+        ledger,
+        data,
+        val_photos,
+        reference=reference,
+        reference_name="carn-o",
+        device=str(device),
+        save_minutes=args.checkpoint_seconds / 60,
+        log_every=profile.log_every,
+        echo=log,
+        autocast=autocast,
+        fused=True,
+        deadline=deadline - min(profile.final_seconds, 0.1 * args.seconds),
+        min_steps=profile.min_steps,
+        validate_at_end=True,
+        on_save=export,
+        read_photo=read_photo,
+        note=note,
+    )
+    steps = state["iteration"] - state["started_at"]
+    report["ledger"] = {
+        "folder": str(args.resume),
+        "trained_in": str(ledger.folder),
+        "family": family,
+        "widths": widths,
+        "batch": state["recipe"]["batch_size"],
+        "started_at": state["started_at"],
+        "iteration": state["iteration"],
+        "steps": steps,
+        "seconds_total": state["seconds"],
+        "validation": state["validation"],
+        "recipe": state["recipe"],
+    }
+    report["elapsed"] = round(time.monotonic() - start, 1)
+    log(
+        f"{family} ledger: steps {state['started_at']} -> {state['iteration']} ({steps} in this call, batch "
+        f"{state['recipe']['batch_size']}), {state['seconds']:.0f} s of training in all; last validation "
+        f"{json.dumps(state['validation'])}"
+    )
+    log(f"returned: {', '.join(report.get('files', []))} in {out}")
+    if args.dry_run:
+        log(
+            "a dry run's files: add them only to a ledger of their own "
+            "(--add-back DIR --resume OTHER --dry-run)"
+        )
+    else:
+        log(f"add them here: python -m benchmarks.gpu_run --add-back DIR --resume {args.resume}")
+    write_json(out / REPORT, report)
+    copy_atomically(keep / LOG, out / LOG, tail_bytes=LOG_BYTES)
+    return report
+
+
+def add_back(returned: Path, ledger_dir: Path, dry_run: bool = False) -> dict:
+    """Add a ledger call's returned files (`returned`: its --out) to the ledger `ledger_dir`. A dry run's
+    files are refused unless `dry_run` (they would mix a CPU's few steps into the GPU's curve)."""
+    from classsr_cli.train.slimmable import Ledger
+
+    back = Ledger(returned)
+    if back.shards() and back.stored_tags().get("dry_run") and not dry_run:
+        raise OutputError(
+            f"{returned} holds a dry run's ledger: add it with --dry-run, to a ledger of its own"
+        )
+    result = Ledger(ledger_dir).add(returned)
+    if result["added"]:
+        print(
+            f"{ledger_dir}: step {result['from']} -> {result['to']}, {result['lines']} curve lines added; "
+            f"commit it: git add {ledger_dir}"
+        )
+    else:
+        print(f"{ledger_dir} is already at step {result['to']}: nothing to add")
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -864,6 +1214,29 @@ def main(argv: list[str] | None = None) -> dict | None:
         "--engine-only", action="store_true", help="No training: the engine table and the 8K frame rows."
     )
     parser.add_argument("--collect", type=int, metavar="K", help="Copy part K of an earlier call to --out.")
+    parser.add_argument(
+        "--resume", metavar="LEDGER", help="Spend the call on one family's slimmable ledger folder."
+    )
+    parser.add_argument("--widths", help="With --resume, a new ledger's widths (default: the paper's).")
+    parser.add_argument(
+        "--iters", type=int, default=100_000, help="With --resume: the planned steps (the cosine's length)."
+    )
+    parser.add_argument(
+        "--val", default=str(ROOT / ".gpu" / "val"), help="With --resume: validation photos or their crops."
+    )
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), help="With --resume: auto is bf16 on a GPU."
+    )
+    parser.add_argument(
+        "--carried",
+        default=str(CARRIED),
+        help="With --resume --dry-run: the folder that travels beside the checkout, counted in the plan.",
+    )
+    parser.add_argument(
+        "--add-back",
+        metavar="DIR",
+        help="Add a --resume call's returned folder to the ledger --resume (a dry run's: with --dry-run).",
+    )
     parser.add_argument("--export", nargs="+", metavar="DIR", help="Folders of parts to convert.")
     parser.add_argument("--to", help="With --export: folder for the project's weights files.")
     args = parser.parse_args(argv)
@@ -874,6 +1247,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             for path in export_networks([Path(p) for p in args.export], Path(args.to)):
                 print(path)
             return None
+        if args.add_back:
+            if not args.resume:
+                parser.error("--add-back needs --resume LEDGER")
+            add_back(Path(args.add_back), Path(args.resume), args.dry_run)
+            return None
         if not args.out:
             parser.error("--out is required")
         if args.collect is not None:
@@ -883,7 +1261,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if not 0 < args.reduce <= 1:
             parser.error("--reduce must be in (0, 1]")
         args.seconds = args.seconds or (100.0 if args.dry_run else 540.0)
-        return run_job(args)
+        return run_ledger(args) if args.resume else run_job(args)
     except ClasssrError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from benchmarks import gpu_run
-from classsr_cli.errors import WeightsError
+from classsr_cli.errors import OutputError, WeightsError
 from classsr_cli.models import create_base
 from classsr_cli.train.data import dihedral
 from classsr_cli.train.device_data import DevicePhotos, fixed_crops, pyramid
@@ -281,3 +281,125 @@ def test_engine_only_times_the_shipped_models_without_training(photos, tmp_path)
     (frame,) = report["frame_8k"]  # at 64x36 in a dry run, 1920x1080 on a GPU
     assert frame["output"] == "256x144" and frame["classsr_s"] > 0 and frame["base_s"] > 0
     assert sum(frame["class_counts"]) > 0
+
+
+# -- a whole call on one slimmable ledger (--resume) -------------------------------------------------
+
+
+def ledger_call(photos: Path, ledger: Path, out: Path, root: Path, *extra: str) -> dict:
+    """A dry ledger call on a tiny RCAN (widths 16/24/32), the synthetic photos as training and validation."""
+    arguments = ["--dry-run", "--families", "rcan", "--widths", "16,24,32", "--resume", str(ledger)]
+    arguments += ["--photos", str(photos), "--val", str(photos), "--carried", str(root / "carried")]
+    arguments += ["--out", str(out), "--keep", str(root / "keep"), "--seconds", "3", *extra]
+    return gpu_run.main(arguments)
+
+
+def test_a_ledger_call_creates_then_resumes_a_sharded_ledger_through_its_returned_files(photos, tmp_path):
+    from classsr_cli.train.slimmable import Ledger
+
+    ledger = tmp_path / "ledger"
+    first = ledger_call(photos, ledger, tmp_path / "out1", tmp_path)
+    assert not ledger.exists()  # a dry run trains in a folder of its own
+    plan = first["transfer"]
+    assert 0 < plan["ledger_weights"] < plan["total"] <= gpu_run.CARRY_LIMIT
+    run = first["ledger"]
+    assert run["trained_in"].endswith("dry-ledger") and run["batch"] == 2 and "probe" in first
+    assert run["started_at"] == 0 and run["iteration"] >= gpu_run.DRY.min_steps
+    assert run["validation"]["iter"] == run["iteration"]  # every call ends with a validation
+    assert sorted(run["validation"]) == ["16", "24", "32", "iter"]
+    returned = sorted(p.name for p in (tmp_path / "out1").iterdir())
+    assert returned == ["curve.jsonl", "gpu_run.json", "gpu_run.log", "weights-1.safetensors"]
+    lines = [json.loads(line) for line in (tmp_path / "out1" / "curve.jsonl").read_text().splitlines()]
+    assert [line["type"] for line in lines[:2]] == ["reference", "call"]
+    assert "carn-o" in lines[0]["means"] and lines[1]["iter"] == 0 and lines[1]["batch"] == 2
+    assert lines[1]["precision"] == "fp32" and {line["type"] for line in lines[2:]} == {"train", "val"}
+
+    # a dry run's files go only into a ledger of their own, on request
+    with pytest.raises(OutputError, match="dry run"):
+        gpu_run.add_back(tmp_path / "out1", ledger)
+    assert gpu_run.add_back(tmp_path / "out1", ledger, dry_run=True)["to"] == run["iteration"]
+    shards = Ledger(ledger).shards()
+    assert [p.name for p in shards] == ["weights-1.safetensors"]
+    assert not (ledger / "weights.safetensors").exists()
+    state, _ = Ledger(ledger).read()  # the fp16 shards load into the fp32 network
+    assert all(v.dtype == torch.float32 for v in state.values())
+
+    # the second call resumes a copy, bf16 autocast on the CPU on request; the ledger is left as it is
+    before = {p.name: p.read_bytes() for p in ledger.iterdir()}
+    second = ledger_call(photos, ledger, tmp_path / "out2", tmp_path, "--precision", "bf16")
+    assert {p.name: p.read_bytes() for p in ledger.iterdir()} == before
+    assert second["ledger"]["started_at"] == run["iteration"]
+    assert second["ledger"]["iteration"] >= run["iteration"] + gpu_run.DRY.min_steps
+    assert "probe" not in second and "transfer" in second
+
+    # added in the order they ran, the returned folders make one curve
+    with pytest.raises(OutputError, match="in the order they ran"):
+        Ledger(tmp_path / "empty").add(tmp_path / "out2")  # it continued a later step
+    assert gpu_run.add_back(tmp_path / "out2", ledger, dry_run=True)["added"]
+    lines = [json.loads(line) for line in (ledger / "curve.jsonl").read_text().splitlines()]
+    calls = [line for line in lines if line["type"] == "call"]
+    assert [c["iter"] for c in calls] == [0, run["iteration"]] and calls[1]["precision"] == "bf16"
+    assert sum(line["type"] == "reference" for line in lines) == 1
+    assert Ledger(ledger).read()[1]["iteration"] == second["ledger"]["iteration"]
+    assert not gpu_run.add_back(tmp_path / "out2", ledger, dry_run=True)["added"]  # already there
+    with pytest.raises(OutputError, match="in the order they ran"):
+        Ledger(ledger).add(tmp_path / "out1")
+
+
+def test_a_real_ledger_is_refused_to_a_dry_runs_files_and_too_much_to_carry_stops_the_dry_run(
+    photos, tmp_path, monkeypatch, capsys
+):
+    from classsr_cli.train.slimmable import Ledger, Slimmable
+
+    ledger = tmp_path / "ledger"
+    ledger_call(photos, ledger, tmp_path / "out1", tmp_path)
+    gpu_run.add_back(tmp_path / "out1", ledger, dry_run=True)
+    with pytest.raises(SystemExit):  # a real call does not continue a dry run's ledger
+        gpu_run.main(["--families", "rcan", "--resume", str(ledger), "--out", str(tmp_path / "x")])
+    assert "holds a dry run's ledger" in capsys.readouterr().err
+    state, run_state = Ledger(ledger).read()
+    model = Slimmable("rcan", [16, 24, 32])
+    model.load_state_dict(state)
+    Ledger(ledger, tags={"dry_run": False, "started_at": 0}).write(
+        model, run_state
+    )  # as a GPU call leaves it
+    report = ledger_call(photos, ledger, tmp_path / "out2", tmp_path)
+    assert report["ledger"]["started_at"] == run_state["iteration"]
+    with pytest.raises(OutputError, match="dry run"):
+        gpu_run.add_back(tmp_path / "out2", ledger)
+
+    monkeypatch.setattr(gpu_run, "CARRY_LIMIT", 1 << 20)
+    with pytest.raises(SystemExit):
+        ledger_call(photos, tmp_path / "new", tmp_path / "out3", tmp_path)
+    assert not (tmp_path / "new").exists()
+
+
+def test_prepare_shrinks_the_photos_into_what_is_left_and_its_validation_crops_score_as_their_photos(
+    photos, tmp_path
+):
+    pytest.importorskip("pyvips")
+    import numpy as np
+
+    from benchmarks import gpu_prepare
+    from classsr_cli.imaging.photos import list_photos, read_rgb8
+    from classsr_cli.train.slimmable import central_crops
+
+    sources = list_photos(photos)
+    whole = gpu_prepare.shrink_photos(sources, tmp_path / "all", 1 << 30)
+    assert whole["reduced"] == 0 and whole["photos"] == 2  # PNGs fit: re-encoded as JPEG, not shrunk
+    budget = whole["bytes"] // 2
+    shrunk = gpu_prepare.shrink_photos(sources, tmp_path / "shrunk", budget)
+    written = sorted(tmp_path.joinpath("shrunk").iterdir())
+    assert [p.name for p in written] == ["photo0.jpg", "photo1.jpg"]
+    assert shrunk["bytes"] == sum(p.stat().st_size for p in written) <= budget and shrunk["reduced"] >= 1
+    for path in written:
+        height, width = gpu_run.read_photo(path).shape[:2]
+        assert height * width <= shrunk["cap"] + height + width + 1  # the cap, sides rounded up
+
+    assert gpu_prepare.write_val_crops(photos, tmp_path / "val", lr_size=12) == 2
+    crops = sorted(tmp_path.joinpath("val").iterdir())
+    assert [gpu_run.read_photo(p).shape for p in crops] == [(48, 48, 3), (48, 48, 3)]
+    there = central_crops(crops, 12, read=gpu_run.read_photo)  # on a GPU machine: OpenCV, no pyvips
+    here = central_crops(sources, 12, read=read_rgb8)
+    for a, b in zip(there.hr + there.lr, here.hr + here.lr, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -562,3 +562,38 @@ def test_training_keeps_the_users_thread_count(monkeypatch):
         assert torch.get_num_threads() == cores
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_slimmable_ledger_on_the_cpu_is_one_fp32_file_and_resumes_from_it(data, tmp_path):
+    from safetensors import safe_open
+
+    from classsr_cli.train.slimmable import Ledger, slimmable_run
+
+    ledger = tmp_path / "ledger"
+    options = {"model": "srresnet", "widths": [16, 24, 32], "iters": 6, "reference": None, "device": "cpu"}
+    first = slimmable_run(ledger, data, data.parent / "photos", stop_at=3, echo=lambda _: None, **options)
+    assert first["iteration"] == first["started_at"] + 3 == 3
+    assert sorted(p.name for p in ledger.iterdir()) == ["curve.jsonl", "weights.safetensors"]
+    with safe_open(str(ledger / "weights.safetensors"), framework="pt") as handle:
+        meta = handle.metadata()
+        assert all(handle.get_tensor(key).dtype == torch.float32 for key in handle.keys())
+    assert set(meta) == {
+        "format",
+        "family",
+        "kind",
+        "widths",
+        "scale",
+        "dtype",
+        "stage",
+        "iterations",
+        "ledger",
+    }
+    assert set(json.loads(meta["ledger"])) == {"iteration", "seconds", "recipe", "validation"}
+    assert meta["iterations"] == "3" and json.loads(meta["widths"]) == [32]
+
+    second = slimmable_run(ledger, data, data.parent / "photos", echo=lambda _: None, **options)
+    assert second["started_at"] == 3 and second["iteration"] == 6
+    assert second["validation"]["iter"] == 6 and set(second["validation"]) == {"iter", "16", "24", "32"}
+    lines = Ledger(ledger).records()
+    assert [line["type"] for line in lines] == ["reference", "val"]  # no call lines on the CPU
+    assert load_weights(ledger / "weights.safetensors", kind="base").model.width == 32

@@ -145,6 +145,19 @@ class DevicePhotos:
         hr = self.hr.gather(positions, self.sr_scale, self.patch * self.sr_scale, self._hr_sources)
         return lr.float().div_(255.0), hr.float().div_(255.0)
 
+    def batches(
+        self, batch_size: int, seed: int, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless (LR, HR) batches of `crops(draw(...))`, batch k drawn by a generator on the device seeded
+        from (seed, start + k) alone, so a run resumed at step `start` continues the same sequence (the
+        training loop's batch source, `train.slimmable.BatchSource`)."""
+        generator = torch.Generator(self.device)
+        step = start
+        while True:
+            generator.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0]))
+            yield self.crops(self.draw(batch_size, generator))
+            step += 1
+
 
 def pyramid(
     photo: np.ndarray, device: torch.device, scales: Sequence[float], sr_scale: int = 4

@@ -23,6 +23,8 @@ from classsr_cli.files import atomic_paths, write_json
 
 FORMAT = "classsr-packed-1"
 MIB = 1 << 20
+# files of at most 16 MiB (what a GPU machine's output folder takes), with a margin for the header estimate
+FILE_BYTES = 16 * MIB - 64 * 1024
 # the safetensors header is JSON: each tensor costs its key, dtype, shape and offsets (about 60 bytes) on top
 HEADER_BYTES_PER_KEY = 96
 HEADER_BYTES = 4096  # the file's own metadata and alignment
