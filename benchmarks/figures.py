@@ -138,13 +138,22 @@ def peer_settings(report: dict) -> str:
     )
 
 
+def peer_rows(table: dict) -> dict:
+    """A family's rows of a plain_peer report (its `engine_ratios` entry left out)."""
+    return {name: entry for name, entry in table.items() if "seconds" in entry}
+
+
+def _peer_row(table: dict, test) -> dict | None:
+    return next((entry for name, entry in peer_rows(table).items() if test(name)), None)
+
+
 def peer_table(report: dict) -> str:
     """Markdown: the rows of a plain_peer report, per family, with times against the plain network."""
     columns = ["family", "row", "s (all crops)", "time against plain", "PSNR (dB)", "against plain (dB)"]
     columns += ["FLOPs (paper convention)", "executed FLOPs"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for family, table in report["families"].items():
-        for name, entry in table.items():
+        for name, entry in peer_rows(table).items():
             cells = [
                 FAMILY_NAMES.get(family, family),
                 name,
@@ -158,19 +167,27 @@ def peer_table(report: dict) -> str:
 
 
 def peer_short_table(report: dict) -> str:
-    """Markdown for the README: per family, the plain network against ClassSR (and the base network through
-    the engine), from plain_peer's rows in their order: plain, ClassSR, base through the engine, paper."""
+    """Markdown for the README: per family, the plain network against ClassSR, the base network through the
+    engine and (where it ran) the base network whole-image in onnxruntime, and the engine's own ratio:
+    ClassSR's time over the base network's through the engine, against their executed FLOPs."""
     columns = ["family", "plain network (all crops)", "ClassSR (all crops)", "ClassSR against plain"]
-    columns += ["base network through the engine"]
+    columns += ["base network through the engine", "onnxruntime, whole image"]
+    columns += ["engine: ClassSR over base, time / executed FLOPs"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for family, table in report["families"].items():
-        plain, classsr, base = list(table.values())[:3]
+        plain = next(iter(peer_rows(table).values()))
+        classsr = _peer_row(table, lambda name: name.startswith("ClassSR-") and "paper" not in name)
+        base = _peer_row(table, lambda name: "through the engine" in name)
+        onnx = _peer_row(table, lambda name: "onnxruntime" in name)
+        ratios = table.get("engine_ratios")
         cells = [
             FAMILY_NAMES.get(family, family),
             f"{plain['seconds']:.2f} s, {plain['psnr']:.2f} dB",
             f"{classsr['seconds']:.2f} s, {classsr['psnr']:.2f} dB",
             f"{classsr['time_ratio']:.2f}x, {classsr['psnr_vs_peer']:+.2f} dB",
             f"{base['time_ratio']:.2f}x, {base['psnr_vs_peer']:+.2f} dB",
+            "-" if onnx is None else f"{onnx['time_ratio']:.2f}x, {onnx['psnr_vs_peer']:+.2f} dB",
+            "-" if ratios is None else f"{ratios['time']:.2f} / {ratios['executed_flops']:.2f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -410,14 +427,14 @@ def draw_speed(report: dict, path: Path) -> None:
     from matplotlib.figure import Figure
 
     families = report["families"]
-    rows = sum(len(table) for table in families.values())
+    rows = sum(len(peer_rows(table)) for table in families.values())
     figure = Figure(figsize=(9, 0.5 * rows + 1.6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     labels, ratios, colours, notes = [], [], [], []
     for family, table in families.items():
         colour = FAMILY_COLOURS.get(FAMILY_NAMES.get(family, family), "tab:gray")
-        for name, entry in table.items():
+        for name, entry in peer_rows(table).items():
             labels.append(name)
             ratios.append(entry["time_ratio"])
             colours.append(colour)

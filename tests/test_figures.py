@@ -57,6 +57,12 @@ PEER = {
                 "psnr": 34.18,
                 "psnr_vs_peer": 0.0,
             },
+            "carn-O whole image, onnxruntime": {
+                "seconds": 9.75,
+                "time_ratio": 0.75,
+                "psnr": 34.18,
+                "psnr_vs_peer": -0.003,
+            },
             "ClassSR-carn (upscale)": {
                 "seconds": 12.1,
                 "time_ratio": 0.931,
@@ -65,6 +71,15 @@ PEER = {
                 "flops_ratio": 0.753,
                 "executed_ratio": 0.983,
             },
+            "carn-O through the engine (--branch M)": {
+                "seconds": 13.65,
+                "time_ratio": 1.05,
+                "psnr": 34.6,
+                "psnr_vs_peer": 0.42,
+                "flops_ratio": 1.0,
+                "executed_ratio": 1.3,
+            },
+            "engine_ratios": {"time": 0.886, "executed_flops": 0.756, "time_over_executed": 1.172},
         }
     },
 }
@@ -91,6 +106,15 @@ def test_the_peer_report_is_the_last_json_document_among_other_output():
     table = figures.peer_table(PEER)
     assert "| CARN | ClassSR-carn (upscale) | 12.10 | 0.93 | 34.59 | +0.40 | 75% | 98% |" in table
     assert figures.peer_settings(PEER) == "1920x1080 HR pixels, on cpu with 2 threads"
+    assert "engine_ratios" not in table
+
+
+def test_the_readme_peer_table_finds_its_rows_by_name():
+    lines = figures.peer_short_table(PEER).splitlines()
+    assert lines[2] == (
+        "| CARN | 13.00 s, 34.18 dB | 12.10 s, 34.59 dB | 0.93x, +0.40 dB | 1.05x, +0.42 dB | 0.75x, -0.00 dB"
+        " | 0.89 / 0.76 |"
+    )
 
 
 def test_tables_go_between_their_markers_only(tmp_path):
