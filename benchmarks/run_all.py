@@ -42,6 +42,10 @@ def main() -> None:
             family for family in shipped_families("classsr") if family in shipped_families("base")
         )
         run("-m", "benchmarks.plain_peer", *photos, "--families", families)
+        # file to file, as a user runs it, against the plain way with OpenCV reading and writing
+        upscalers = ",".join(family for family in families.split(",") if family in list_families("upscale"))
+        run("-m", "benchmarks.end_to_end", *photos, "--families", upscalers)
+        run("-m", "benchmarks.branch_speed", "--families", upscalers)
     else:
         print(f"\n(skipped bench: no validation photos at {val}; set CLASSSR_VAL)")
     denoise_set = Path(os.environ.get("CLASSSR_DENOISE_SET", ROOT / "datasets" / "val-2k" / "Test2K"))
