@@ -146,9 +146,9 @@ def _inference_copy(model: ClassSR) -> ClassSR:
 
 def _describe(model: ClassSR, family: str, names: list[str], opset: int, source: Path | None) -> dict:
     from classsr_cli import __version__
-    from classsr_cli.engine.regions import FADE
     from classsr_cli.engine.tiling import PATCH, STRIDE
     from classsr_cli.engine.upscaler import context_for
+    from classsr_cli.engine.workspace import FADE
     from classsr_cli.flops import measure
 
     scale, classes = model.scale, model.num_classes

@@ -171,7 +171,7 @@ def test_the_class_module_over_chunks_scores_each_sub_image_as_if_alone(shipped)
         for band in range(geometry.bands):
             rows = source.rows(*stream.band_span(band))
             rgb = torch.from_numpy(rows).contiguous()
-            classes = stream._classify(band, rgb)
+            classes = stream.router.classes(band, rgb)
             cell0, stop = geometry.band_cells(band)
             for i in range(stop - cell0):
                 for j in range(geometry.cell_cols):
@@ -380,13 +380,13 @@ def test_taller_pieces_as_on_a_gpu_give_the_same_picture(shipped):
 def test_many_small_chunks_and_bands_give_the_picture_of_one(shipped, monkeypatch):
     """Seams between chunks and bands are carried over exactly: tiny chunks and bands, and so few output
     canvases that pieces must run before their batches fill, give the picture of one chunk."""
-    from classsr_cli.engine import regions
+    from classsr_cli.engine import workspace
 
     lr = read_image(SAMPLE)[:150, :190].astype(np.float32)
     model = shipped["classsr-fsrcnn.safetensors"]
     one = Shapes(band_rows=8, big_cols=8, small=(1, 1), chunk_cols=8, exact=True)
     whole, whole_tally = Upscaler(model, "cpu", branch=3, shapes=one).upscale_array(lr)
-    monkeypatch.setattr(regions, "MIN_CANVAS_SLOTS", 2)
+    monkeypatch.setattr(workspace, "MIN_CANVAS_SLOTS", 2)
     tiny = Shapes(
         band_rows=1, big_cols=2, small=(1, 1), chunk_cols=2, batch_pixels=10**6, exact=True, canvas_bytes=0
     )

@@ -25,16 +25,15 @@ and nothing loops over pieces in Python.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from classsr_cli.engine.backprojection import back_project, bicubic
+from classsr_cli.engine.band_routing import BandRouter
 from classsr_cli.engine.chunks import (
     CELL,
-    VIRTUAL,
     ZERO_RAMP,
     Geometry,
     Shapes,
@@ -42,93 +41,16 @@ from classsr_cli.engine.chunks import (
     flat_offsets,
     plan_chunk,
     ramp_code,
-    ramps,
 )
-from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget
+from classsr_cli.engine.routing import RoutingPlan, RoutingTally
 from classsr_cli.engine.tiling import PATCH
+from classsr_cli.engine.workspace import FADE, Bucket, Workspace
 
-# Half-width, in LR pixels, of the cross-fade between neighbouring pieces.
-FADE = 2
-# The Class-Module's features of a 32x32 tile: 8x8 positions, each from a 4x4 pixel block
-FEATURE_WINDOW = 8
-# Off-grid sub-images (aligned to the image's right or bottom edge) are classified alone, this many a call.
-OFF_GRID_BATCH = 32
-# Output canvases kept at least (Shapes.canvas_bytes sets how many more)
-MIN_CANVAS_SLOTS = 2
 # Below this alpha a pixel's colour is not recovered from premultiplied values (it is all but invisible).
 ALPHA_FLOOR = 1.0 / 1024
 # LR rows read above a band at most: a sub-image aligned to the image's bottom edge starts up to 31 rows above
 # the band holding its last cells
 TOP_ROWS = PATCH
-
-
-@dataclass
-class _Bucket:
-    """Pieces of one branch and size waiting to run: their LR inputs (gathered) and destinations."""
-
-    branch: int
-    height: int  # LR pixels the pieces own (their input has `context` more on every side)
-    width: int
-    capacity: int
-    inputs: torch.Tensor  # (capacity, h, w, 3): NHWC, i.e. channels-last NCHW
-    meta: torch.Tensor  # (capacity, 3) int64: flat canvas offset, ramp row of the rows, of the columns
-    count: int = 0
-    chunks: list = field(default_factory=list)  # serial number of each pending piece's chunk
-    runs: dict = field(default_factory=dict)  # batch count -> runs so far
-    graphs: dict = field(default_factory=dict)  # batch count -> captured CUDA graph
-
-
-class Workspace:
-    """What an engine keeps from image to image: the buckets' batches, the output canvases and the tables
-    of the cross-fade and the scatter. With fixed shapes they are the same tensors on every image, so a
-    CUDA graph captured for a bucket's batch replays on any image."""
-
-    def __init__(self, engine):
-        shapes, scale, device = engine.shapes, engine.scale, engine.device
-        self.shapes = shapes
-        self.canvas_h = (shapes.band_rows * CELL + 2 * FADE) * scale
-        self.canvas_w = (shapes.chunk_cols * CELL + 2 * FADE) * scale
-        slots = max(MIN_CANVAS_SLOTS, shapes.canvas_bytes // (self.canvas_h * self.canvas_w * 3 * 4))
-        # zeroed when a chunk takes one: memory is touched only for the canvases in use
-        self.canvases = torch.empty(slots, self.canvas_h, self.canvas_w, 3, device=device)
-        self.canvas_flat = self.canvases.view(-1, 3)
-        self.buckets: dict[tuple[int, int, int], _Bucket] = {}
-        self._scatter: dict[tuple[int, int], torch.Tensor] = {}
-        self._ramps: dict[int, torch.Tensor] = {}
-        self.engine = engine
-
-    def bucket(self, branch: int, height: int, width: int) -> _Bucket:
-        key = (branch, height, width)
-        if key not in self.buckets:
-            engine, ctx = self.engine, self.engine.context
-            capacity = self.shapes.per_batch(height, width, ctx)
-            inputs = torch.zeros(
-                capacity,
-                height + 2 * ctx,
-                width + 2 * ctx,
-                3,
-                device=engine.device,
-                dtype=engine.runner.dtype,
-            )
-            meta = torch.zeros(capacity, 3, dtype=torch.int64, device=engine.device)
-            meta[:, 1:] = ZERO_RAMP
-            self.buckets[key] = _Bucket(branch, height, width, capacity, inputs, meta)
-        return self.buckets[key]
-
-    def scatter(self, height: int, width: int) -> torch.Tensor:
-        """Flat canvas offsets of a piece's output (its pixels and FADE beyond), from its corner."""
-        key = (height, width)
-        if key not in self._scatter:
-            scale = self.engine.scale
-            self._scatter[key] = flat_offsets(
-                (height + 2 * FADE) * scale, (width + 2 * FADE) * scale, self.canvas_w, self.engine.device
-            )
-        return self._scatter[key]
-
-    def ramps(self, length: int) -> torch.Tensor:
-        if length not in self._ramps:
-            self._ramps[length] = ramps(length, FADE, self.engine.scale, self.engine.device)
-        return self._ramps[length]
 
 
 @dataclass
@@ -167,6 +89,7 @@ class RegionStream:
         self.lattice_w = self.geometry.chunks_per_band * shapes.chunk_cols * CELL
         self.band_w = self.lattice_w + 2 * self.margin
         self.tops: dict[int, int] = {}
+        self.router = BandRouter(engine, shapes, self.geometry, tally, self.tops, self.margin, self.band_w)
         space: Workspace = engine.workspace()
         self.space = space
         # this image's bands may be lower than the engine's (`_fit_band`): the top of each canvas then
@@ -210,7 +133,7 @@ class RegionStream:
                 color = color * lr[..., -1:]
             rgb = color.expand(-1, -1, 3) if self.layout.color_channels == 1 else color
             rgb = rgb.contiguous()
-            classes = self._classify(band, rgb)
+            classes = self.router.classes(band, rgb)
             self._start_band(band, lr)
             self._enqueue_band(band, rgb, classes)
             yield from self._finish_ready()
@@ -225,119 +148,6 @@ class RegionStream:
         starts = [self.geometry.row_starts[row] for row, _ in off_grid]
         self.tops[band] = max(self.margin, first_row - min(starts, default=first_row))
         return first_row - self.tops[band], first_row + self.shapes.band_rows * CELL + self.margin
-
-    # -- routing ------------------------------------------------------------------------------------
-
-    def _classify(self, band: int, rgb: torch.Tensor) -> np.ndarray:
-        """The class of every cell of the band (band_rows, chunk columns of all chunks), on the host.
-
-        One crossing to the host per band: the class map (or, with a FLOPs budget, the logits)."""
-        shapes, geometry, plan = self.shapes, self.geometry, self.plan
-        width = geometry.chunks_per_band * shapes.chunk_cols
-        if not plan.classifies:
-            classes = np.full((shapes.band_rows, width), plan.fixed_branch, dtype=np.int64)
-            return self._mark_virtual(band, classes)
-        module = self.engine.classifier
-        head = module.lastOut
-        block = PATCH // FEATURE_WINDOW
-        grid = []
-        top, left = self.tops[band], self.margin
-        per_position = plan.classifier_executed / FEATURE_WINDOW**2
-        # exact shapes: each chunk's pass covers only its cells inside the image (the rest repeat the last)
-        first_cell, stop = geometry.band_cells(band)
-        real_rows = stop - first_cell if shapes.exact else shapes.band_rows
-        with torch.inference_mode():
-            for chunk in range(geometry.chunks_per_band):
-                c0 = chunk * shapes.chunk_cols
-                real_cols = (
-                    min(shapes.chunk_cols, geometry.cell_cols - c0) if shapes.exact else shapes.chunk_cols
-                )
-                x0 = left + c0 * CELL
-                window = rgb[top : top + real_rows * CELL + block, x0 : x0 + real_cols * CELL + block]
-                window = window.permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last)
-                features = module.CondNet(window)
-                self.tally.executed_flops += int(per_position * features.shape[2] * features.shape[3])
-                pooled = F.avg_pool2d(features, FEATURE_WINDOW, stride=CELL // block)[0].permute(1, 2, 0)
-                if pooled.shape[:2] != (shapes.band_rows, shapes.chunk_cols):  # cells past the image
-                    pooled = F.pad(
-                        pooled.permute(2, 0, 1)[None],
-                        (0, shapes.chunk_cols - pooled.shape[1], 0, shapes.band_rows - pooled.shape[0]),
-                        mode="replicate",
-                    )[0].permute(1, 2, 0)
-                grid.append(pooled)  # (rows, cols, 32)
-            pooled = torch.cat(grid, dim=1).reshape(-1, grid[0].shape[-1])
-            logits = head(pooled.to(head.weight.dtype)).float()
-            sources, off_grid = cell_sources(geometry, band)
-            if off_grid:
-                logits = torch.cat([logits, self._classify_off_grid(band, rgb, off_grid)])
-            index = torch.from_numpy(sources.ravel()).to(self.device, non_blocking=True)
-            logits = logits.index_select(0, index)
-            if plan.flops_budget is None:
-                classes = logits.argmax(dim=1).view(shapes.band_rows, width).cpu().numpy()
-            else:
-                classes = self._budget(band, logits.cpu().numpy().reshape(shapes.band_rows, width, -1))
-        return self._mark_virtual(band, classes)
-
-    def _classify_off_grid(self, band: int, rgb: torch.Tensor, tiles: list[tuple[int, int]]) -> torch.Tensor:
-        """Logits of the sub-images off the 28-pixel grid (aligned to the right or bottom edge), run alone."""
-        geometry = self.geometry
-        first_row = band * self.shapes.band_rows * CELL - self.tops[band]
-        starts = np.array(
-            [
-                (geometry.row_starts[r] - first_row) * self.band_w + geometry.col_starts[c] + self.margin
-                for r, c in tiles
-            ],
-            dtype=np.int64,
-        )
-        count = len(starts)
-        # fixed shapes: calls of OFF_GRID_BATCH tiles (the last padded); exact: one call of them all
-        batch = count if self.shapes.exact else OFF_GRID_BATCH
-        padded = -(-count // batch) * batch
-        starts = np.concatenate([starts, np.full(padded - count, starts[0])])
-        offsets = flat_offsets(PATCH, PATCH, self.band_w, self.device)
-        flat = rgb.view(-1, 3)
-        out = []
-        for first in range(0, padded, batch):
-            base = torch.from_numpy(starts[first : first + batch]).to(self.device, non_blocking=True)
-            tiles_in = flat.index_select(0, (base[:, None] + offsets).view(-1))
-            tiles_in = tiles_in.view(batch, PATCH, PATCH, 3).permute(0, 3, 1, 2)
-            out.append(self.engine.classifier(tiles_in).float())
-        self.tally.executed_flops += padded * self.plan.classifier_executed
-        return torch.cat(out)[:count]
-
-    def _budget(self, band: int, logits: np.ndarray) -> np.ndarray:
-        """Classes within the FLOPs budget (kept over all sub-images so far), from the cells' logits."""
-        geometry, plan, tally = self.geometry, self.plan, self.tally
-        first, _ = geometry.band_cells(band)
-        tile_rows = geometry.band_tiles(band)
-        row_cells = [int(np.flatnonzero(geometry.rows[0] == t)[0]) - first for t in tile_rows]
-        col_cells = [int(np.flatnonzero(geometry.cols[0] == t)[0]) for t in range(len(geometry.col_starts))]
-        tile_logits = logits[np.ix_(row_cells, col_cells)].reshape(-1, logits.shape[-1])
-        count = tile_logits.shape[0]
-        total = tally.tiles + count
-        allowance = plan.flops_budget * plan.base_flops * total
-        allowance -= plan.classifier_flops * total + (tally.flops - tally.tiles * plan.classifier_flops)
-        shifted = tile_logits - tile_logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        tile_classes = apply_budget(probs, plan, allowance).reshape(len(row_cells), len(col_cells))
-        # every cell takes its tile's class
-        row_index = np.searchsorted(tile_rows, geometry.rows[0][first : first + self.shapes.band_rows])
-        row_index = np.clip(row_index, 0, len(tile_rows) - 1)
-        width = logits.shape[1]
-        col_index = geometry.cols[0][np.minimum(np.arange(width), geometry.cell_cols - 1)]
-        classes = tile_classes[row_index][:, col_index]
-        if classes.shape[0] < self.shapes.band_rows:
-            classes = np.concatenate(
-                [classes, np.repeat(classes[-1:], self.shapes.band_rows - classes.shape[0], axis=0)]
-            )
-        return classes
-
-    def _mark_virtual(self, band: int, classes: np.ndarray) -> np.ndarray:
-        first, stop = self.geometry.band_cells(band)
-        classes = np.array(classes, dtype=np.int64)
-        classes[stop - first :] = VIRTUAL
-        classes[:, self.geometry.cell_cols :] = VIRTUAL
-        return classes
 
     # -- planning and gathering --------------------------------------------------------------------
 
@@ -408,7 +218,7 @@ class RegionStream:
 
     # -- running -----------------------------------------------------------------------------------
 
-    def _run(self, bucket: _Bucket) -> None:
+    def _run(self, bucket: Bucket) -> None:
         """Run a bucket's pieces and add the results into the canvases. A full batch runs at the bucket's
         capacity; a short one (the end of an image) at its own count with exact shapes (a CPU), else as
         batches of powers of two (every one of them warmed up when the bucket was made: no new shape)."""
@@ -433,7 +243,7 @@ class RegionStream:
         bucket.count = 0
         bucket.meta[:, 1:] = ZERO_RAMP
 
-    def _warm_up(self, bucket: _Bucket) -> None:
+    def _warm_up(self, bucket: Bucket) -> None:
         """Run every batch size a bucket can use once, on pieces that add nothing (fixed shapes only): the
         device meets all its shapes on the first image. Not counted in any image's executed FLOPs."""
         saved = bucket.meta.clone()
@@ -445,7 +255,7 @@ class RegionStream:
         self.engine.run_bucket(bucket, bucket.capacity, self.bucket_step)
         bucket.meta.copy_(saved)
 
-    def bucket_step(self, bucket: _Bucket, count: int) -> None:
+    def bucket_step(self, bucket: Bucket, count: int) -> None:
         """The device work of one batch of `count` pieces: branch, back-projection, weights, scatter."""
         scale, ctx = self.scale, self.context
         x = bucket.inputs[:count].permute(0, 3, 1, 2)  # channels-last NCHW view
@@ -637,4 +447,4 @@ def _quantise(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return scaled.floor_().to(torch.int32 if dtype == torch.uint16 else dtype).to(dtype)
 
 
-__all__ = ["ALPHA_FLOOR", "FADE", "RegionStream", "Workspace"]
+__all__ = ["ALPHA_FLOOR", "RegionStream"]

@@ -24,10 +24,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from classsr_cli.engine.chunks import Geometry, Shapes
-from classsr_cli.engine.regions import RegionStream, Workspace
+from classsr_cli.engine.regions import RegionStream
 from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget, plan_for
 from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype
 from classsr_cli.engine.tiling import PATCH, coverage, padded_size, tile_starts
+from classsr_cli.engine.workspace import Workspace
 from classsr_cli.errors import ModelError
 from classsr_cli.models.spec import spec_of
 
