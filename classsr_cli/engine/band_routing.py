@@ -44,9 +44,12 @@ class BandRouter:
         self.tops, self.margin, self.band_w = tops, margin, band_w
 
     def classes(self, band: int, rgb: torch.Tensor) -> np.ndarray:
-        """The class of every cell of the band (band_rows, chunk columns of all chunks), on the host.
+        """The class of every cell of the band, on the host.
 
-        One crossing to the host per band: the class map (or, with a FLOPs budget, the logits)."""
+        rgb: the band's LR pixels as `RegionStream.band_span` reads them, (rows, band_w, 3) float on the
+        engine's device, premultiplied by alpha. Returns int64 (band_rows, chunks x chunk_cols): branch
+        indices, VIRTUAL for cells past the image. One crossing to the host per band: the class map (or,
+        with a FLOPs budget, the logits)."""
         shapes, geometry, plan = self.shapes, self.geometry, self.plan
         width = geometry.chunks_per_band * shapes.chunk_cols
         if not plan.classifies:
