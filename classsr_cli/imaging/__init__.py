@@ -1,7 +1,8 @@
 """Image input and output: streamed reading and atomic, streamed writing of large images.
 
 Arrays at this boundary are float32 (height, width, channels) in [0, 1]: grey (1), grey+alpha (2), RGB (3)
-or RGBA (4), alpha last. reader.py and writer.py explain the decisions on memory, colour and metadata.
+or RGBA (4), alpha last. reader.py, writer.py and formats.py explain the decisions on memory, colour and
+metadata.
 
 The reader and writer (and with them pyvips) load on first use, so that `classsr_cli.imaging.bicubic` and
 the training code that needs only it run where pyvips is not installed.
@@ -17,7 +18,7 @@ _EXPORTS = {
     "read_image": "reader",
     "DEFAULT_QUALITY": "writer",
     "ImageWriter": "writer",
-    "output_format": "writer",
+    "output_format": "formats",
     "write_image": "writer",
 }
 

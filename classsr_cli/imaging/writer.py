@@ -18,15 +18,9 @@ the process dies before, even by SIGKILL, the kernel frees them and the folder h
 Elsewhere they have hidden names (`.NAME.XXXXXXXX.classsr-part.EXT`) and are removed on any exception; the
 CLI turns SIGTERM and SIGHUP into one, so only a SIGKILL (or a power cut) can leave such a file there.
 
-Metadata (docs/formats.md has the table): the ICC profile (when it fits the channels), EXIF (describing
-the written pixels, see metadata.picture_exif) and XMP go into PNG, JPEG and WebP. TIFF output carries ICC,
-XMP and IPTC; EXIF is not written to TIFF, where it needs its own sub-IFD that neither tifffile nor libvips
-writes. PNG colour chunks (gAMA, cHRM, sRGB) and text chunks are copied as written into PNG output;
-elsewhere gAMA and cHRM become an ICC profile saying the same (sRGB needs nothing: untagged files are taken
-as sRGB). IPTC goes into JPEG and TIFF, JPEG comments into JPEG and, as "Comment" text, into PNG. libvips
-writes neither colour nor text chunks as read, nor JPEG comments: they are inserted into the stream libvips
-writes, after the PNG header chunk or after the JPEG's APPn segments, as the file is written. What a format
-cannot hold is listed in `ImageWriter.dropped`, in words, before any work, for the caller to say so.
+Metadata goes into the TIFF (TIFF output) or is handed to libvips with the pixels (the other formats). What
+goes into which format, and what a format cannot hold (`ImageWriter.dropped`), is decided in formats.py; PNG
+chunks and JPEG comments, which libvips does not write as read, are put into its output by insertion.py.
 """
 
 from __future__ import annotations
@@ -44,38 +38,11 @@ import tifffile
 
 from classsr_cli.errors import OutputError
 from classsr_cli.files import PartFile
-from classsr_cli.imaging.metadata import (
-    EXIF_MAX_BYTES,
-    EXIF_PREFIX,
-    JPEG_COMMENT,
-    JPEG_MAX_PAYLOAD,
-    PNG_COLOUR_CHUNKS,
-    PNG_TEXT_CHUNKS,
-    fit_exif,
-    icc_fits,
-    icc_from_png_colour,
-    iptc_for_jpeg,
-    jpeg_segment,
-    picture_exif,
-    png_chunk,
-    png_text_keyword,
-    upright_xmp,
-)
+from classsr_cli.imaging.formats import EIGHT_BIT_ONLY, MAX_SIDE, output_format, plan_metadata
+from classsr_cli.imaging.insertion import InsertingTarget, png_chunk
+from classsr_cli.imaging.output_metadata import iptc_for_jpeg
 from classsr_cli.imaging.reader import vips_error_detail
 from classsr_cli.pixels import samples_from_unit
-
-_FORMAT_BY_SUFFIX = {
-    ".png": "png",
-    ".tif": "tiff",
-    ".tiff": "tiff",
-    ".jpg": "jpeg",
-    ".jpeg": "jpeg",
-    ".webp": "webp",
-}
-# Largest side each format's encoder can store: JPEG's header holds 65535, but libjpeg stops at 65500.
-_MAX_SIDE = {"png": 2**31 - 1, "tiff": 2**32 - 1, "jpeg": 65500, "webp": 16383}
-_EIGHT_BIT_ONLY = {"jpeg", "webp"}
-_FORMAT_NAMES = {"png": "PNG", "tiff": "TIFF", "jpeg": "JPEG", "webp": "WebP"}
 
 DEFAULT_QUALITY = 95  # JPEG and WebP: near-transparent quality; an upscaler should not add visible artefacts
 DEFAULT_DPI = 72.0  # the conventional "unknown" resolution, written when the caller gives none
@@ -86,23 +53,10 @@ _BIGTIFF_BYTES = 2**31  # classic TIFF offsets are 32-bit; many readers already 
 _TIFF_XMP_TAG = 700
 _TIFF_IPTC_TAG = 33723
 _TIFF_BYTE, _TIFF_UNDEFINED = 1, 7
-_XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
-_JPEG_MAX_XMP = JPEG_MAX_PAYLOAD - len(_XMP_HEADER)  # one APP1 segment (libvips writes no extended XMP)
 # Unnamed files under construction where the system has them (see the module docstring); tests turn it off to
 # exercise the named fallback.
 UNNAMED_TEMP_FILES = sys.platform.startswith("linux") and hasattr(os, "O_TMPFILE")
 _PART_SUFFIX = ".classsr-part"  # hidden names: .NAME.XXXXXXXX.classsr-part.EXT
-
-
-def output_format(path: str | os.PathLike[str]) -> str:
-    """ "png", "tiff", "jpeg" or "webp" from the file extension (any case); OutputError for anything else."""
-    suffix = Path(path).suffix.lower()
-    try:
-        return _FORMAT_BY_SUFFIX[suffix]
-    except KeyError:
-        known = ", ".join(sorted(_FORMAT_BY_SUFFIX))
-        what = f"unknown extension {suffix!r}" if suffix else "no extension"
-        raise OutputError(f"{path}: {what}; the output must end in one of {known}") from None
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -110,26 +64,6 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
-
-
-def _comment_chunk(comment: bytes) -> tuple[bytes, bytes]:
-    """A JPEG comment as PNG's "Comment" text: tEXt (Latin-1) for ASCII or bytes that are not UTF-8, iTXt
-    (UTF-8) otherwise; a NUL, which would end the text early, is left out."""
-    text = comment.replace(b"\x00", b"")
-    try:
-        if not text.isascii():
-            text.decode("utf-8")
-            return b"iTXt", b"Comment\x00\x00\x00\x00\x00" + text  # uncompressed, no language
-    except UnicodeDecodeError:
-        pass
-    return b"tEXt", b"Comment\x00" + text
-
-
-def _with_exif_prefix(exif: bytes | None) -> bytes | None:
-    # libvips accepts both; the prefixed form is what JPEG's APP1 needs and what libvips itself reads back
-    if exif is None or exif.startswith(EXIF_PREFIX):
-        return exif
-    return EXIF_PREFIX + exif
 
 
 class ImageWriter:
@@ -186,13 +120,17 @@ class ImageWriter:
         self.width, self.height, self.channels = int(width), int(height), channels
         self.has_alpha = has_alpha
         self.color_channels = channels - int(has_alpha)
-        self.bit_depth = 8 if self.format in _EIGHT_BIT_ONLY else bit_depth
+        self.bit_depth = 8 if self.format in EIGHT_BIT_ONLY else bit_depth
         self.quality = quality
         self.dpi = float(dpi) if dpi else DEFAULT_DPI
         self.overwrite = overwrite
-        self._plan_metadata(icc, exif, xmp, iptc, list(comments), list(png_chunks))
+        picture = (self.width, self.height, self.color_channels, self.dpi)
+        plan = plan_metadata(self.format, *picture, icc, exif, xmp, iptc, list(comments), list(png_chunks))
+        self.dropped = plan.dropped  # what of the metadata the format cannot hold, in words
+        self.icc, self.exif, self.xmp, self.iptc = plan.icc, plan.exif, plan.xmp, plan.iptc
+        self.png_chunks, self.jpeg_segments = plan.png_chunks, plan.jpeg_segments
 
-        max_side = _MAX_SIDE[self.format]
+        max_side = MAX_SIDE[self.format]
         if max(self.width, self.height) > max_side:
             raise OutputError(
                 f"{self.path}: {self.width}x{self.height} is too large for {self.format.upper()} "
@@ -207,71 +145,6 @@ class ImageWriter:
         self._write_started = False
         self._source_failed = False
         self._closed = False
-
-    # -- metadata -------------------------------------------------------------------------------------------
-
-    def _plan_metadata(
-        self,
-        icc: bytes | None,
-        exif: bytes | None,
-        xmp: bytes | None,
-        iptc: bytes | None,
-        comments: list[bytes],
-        png_chunks: list[tuple[bytes, bytes]],
-    ) -> None:
-        """Decide what goes where (see the module docstring) and list in `dropped` what cannot go."""
-        name = _FORMAT_NAMES[self.format]
-        self.dropped: list[str] = []
-        self.icc = icc if icc_fits(icc, self.color_channels) else None
-        if self.format == "webp" and self.color_channels == 1 and self.icc:
-            self.icc = None
-            self.dropped.append(
-                "ICC profile (WebP stores grey as RGB, which a grey profile does not describe)"
-            )
-        colour = [(kind, payload) for kind, payload in png_chunks if kind in PNG_COLOUR_CHUNKS]
-        text = [(kind, payload) for kind, payload in png_chunks if kind in PNG_TEXT_CHUNKS]
-        self.png_chunks: list[tuple[bytes, bytes]] = []  # inserted into PNG output
-        if self.format == "png":
-            # with an ICC profile an sRGB chunk must not be written (the PNG specification): the profile rules
-            self.png_chunks = [c for c in colour if not (c[0] == b"sRGB" and self.icc)] + text
-            self.png_chunks += [_comment_chunk(comment) for comment in comments]
-        else:
-            if self.icc is None and colour:
-                grey = self.color_channels == 1 and self.format != "webp"
-                self.icc = icc_from_png_colour(colour, grey=grey)
-                kinds = {kind for kind, _ in colour}
-                if self.icc is None and b"gAMA" in kinds and b"sRGB" not in kinds:
-                    self.dropped.append("PNG gAMA/cHRM colour (values unusable for an ICC profile)")
-            if text:
-                keywords = ", ".join(dict.fromkeys(png_text_keyword(payload) for _, payload in text))
-                self.dropped.append(f"PNG text {keywords} ({name} has no place for PNG text)")
-
-        self.exif = _with_exif_prefix(picture_exif(exif, self.width, self.height, self.dpi))
-        if self.exif and self.format == "tiff":
-            self.exif = None
-            self.dropped.append("EXIF (not written to TIFF: neither tifffile nor libvips writes it there)")
-        # libvips reads at most 64 KB of EXIF, and JPEG holds no more in its one APP1 segment
-        self.exif, lost = fit_exif(self.exif, EXIF_MAX_BYTES)
-        self.dropped += [f"{item}: EXIF is kept up to 64 KB" for item in lost]
-
-        self.xmp = upright_xmp(xmp)
-        if self.xmp and self.format == "jpeg" and len(self.xmp) > _JPEG_MAX_XMP:
-            self.dropped.append(f"XMP ({len(self.xmp):,} bytes: JPEG holds {_JPEG_MAX_XMP:,} in one segment)")
-            self.xmp = None
-
-        self.iptc = iptc or None
-        if self.iptc and self.format == "jpeg" and len(iptc_for_jpeg(self.iptc)) > JPEG_MAX_PAYLOAD:
-            self.dropped.append(f"IPTC ({len(self.iptc):,} bytes: JPEG holds {JPEG_MAX_PAYLOAD:,})")
-            self.iptc = None
-        elif self.iptc and self.format in ("png", "webp"):
-            self.dropped.append(f"IPTC ({name} has no place for it)")
-            self.iptc = None
-
-        self.jpeg_segments: list[bytes] = []  # inserted into JPEG output
-        if comments and self.format == "jpeg":
-            self.jpeg_segments = [jpeg_segment(JPEG_COMMENT, c[:JPEG_MAX_PAYLOAD]) for c in comments]
-        elif comments and self.format != "png":
-            self.dropped.append(f"JPEG comments ({name} has no place for them)")
 
     # -- destination checks and temporary files -----------------------------------------------------------
 
@@ -515,7 +388,7 @@ class ImageWriter:
                 self.jpeg_segments
             )
             if inserted:
-                destination = _InsertingTarget(target.fd, self.format, inserted)
+                destination = InsertingTarget(target.fd, self.format, inserted)
                 try:
                     pyvips.Operation.call(f"{self.format}save_target", image, destination, **options)
                 finally:
@@ -530,70 +403,6 @@ class ImageWriter:
                 f"{self.path}: cannot write {self.format} ({vips_error_detail(error, 'libvips failed')})"
             ) from None
         return target
-
-
-class _InsertingTarget(pyvips.TargetCustom):
-    """Passes what libvips writes on to a file descriptor, with `inserted` bytes (PNG chunks or JPEG
-    segments) put in after the PNG header chunk (IHDR), or after the JPEG's leading APPn segments."""
-
-    def __init__(self, fd: int, image_format: str, inserted: bytes):
-        super().__init__()
-        self._fd = fd
-        self._format = image_format
-        self._inserted = inserted
-        self._head = b""  # held back until the insertion point has been seen
-        self._error: BaseException | None = None
-        self.on_write(self._write)
-        self.on_end(self._end)
-
-    def _insertion_point(self) -> int | None:
-        """Where the insertion goes in the bytes held back, or None while more are needed."""
-        head = self._head
-        if self._format == "png":
-            if len(head) < 33:  # signature and IHDR
-                return None
-            if head[12:16] != b"IHDR":
-                raise OSError("libvips wrote a PNG without IHDR first")
-            return 33
-        position = 2  # after SOI
-        while True:
-            if len(head) < position + 4:
-                return None
-            if head[position] != 0xFF:
-                raise OSError("libvips wrote a JPEG that cannot be followed")
-            if not 0xE0 <= head[position + 1] <= 0xEF:
-                return position
-            position += 2 + int.from_bytes(head[position + 2 : position + 4], "big")
-
-    def _out(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view) :]
-
-    def _write(self, data: bytes) -> int:
-        try:
-            if self._inserted is None:
-                self._out(data)
-                return len(data)
-            self._head += bytes(data)
-            point = self._insertion_point()
-            if point is not None:
-                self._out(self._head[:point] + self._inserted + self._head[point:])
-                self._inserted, self._head = None, b""
-            return len(data)
-        except BaseException as error:  # raised again by check(), outside libvips
-            self._error = error
-            return -1
-
-    def _end(self) -> int:
-        if self._inserted is not None and self._error is None:
-            self._error = OSError("libvips ended the file before the place for its metadata")
-        return -1 if self._error is not None else 0
-
-    def check(self) -> None:
-        """Raise what went wrong while writing, if anything did."""
-        if self._error is not None:
-            raise self._error
 
 
 def write_image(
