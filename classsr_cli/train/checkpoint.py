@@ -10,7 +10,8 @@ A checkpoint is one file, RUN/<stage>.ckpt, a dict of tensors, numbers, strings 
   rng                                   torch (CPU and CUDA), numpy and python random states
   options                               the run's settings (iters, batch size, lr, seed, loss weights...)
   history                               the last validation result and the elapsed training time
-No numpy objects and no pickled classes, so `torch.load(weights_only=True)` reads it.
+No numpy objects and no pickled classes, so `torch.load(weights_only=True)` reads it. A stage starts over an
+existing checkpoint only when resuming it (`open_checkpoint`).
 """
 
 import random
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classsr_cli.errors import WeightsError
+from classsr_cli.errors import OutputError, WeightsError
 from classsr_cli.files import atomic_path
+from classsr_cli.train import distributed
 
 FORMAT = "classsr-train-1"
 
@@ -76,3 +78,25 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a classsr training checkpoint")
     return payload
+
+
+def checkpoint_path(run_dir: Path, name: str) -> Path:
+    return Path(run_dir) / f"{name}.ckpt"
+
+
+def refuse_existing_run(run_dir: Path, name: str) -> None:
+    path = checkpoint_path(run_dir, name)
+    if path.exists():
+        raise OutputError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+
+
+def open_checkpoint(run_dir: Path, name: str, resume: bool, context: distributed.Context) -> dict | None:
+    """The stage's checkpoint when resuming; refuses to start over an existing run without --resume."""
+    path = checkpoint_path(run_dir, name)
+
+    def read():
+        if not resume:
+            refuse_existing_run(run_dir, name)
+        return load_checkpoint(path) if path.exists() else None
+
+    return context.from_main(read)

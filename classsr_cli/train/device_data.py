@@ -150,7 +150,7 @@ class DevicePhotos:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless (LR, HR) batches of `crops(draw(...))`, batch k drawn by a generator on the device seeded
         from (seed, start + k) alone, so a run resumed at step `start` continues the same sequence (the
-        training loop's batch source, `train.slimmable.BatchSource`)."""
+        training loop's batch source, `train.slim_data.BatchSource`)."""
         generator = torch.Generator(self.device)
         step = start
         while True:

@@ -18,16 +18,10 @@ from torch import nn
 
 from classsr_cli.errors import DataError, ModelError, WeightsError
 from classsr_cli.train import distributed
+from classsr_cli.train.checkpoint import open_checkpoint, refuse_existing_run
 from classsr_cli.train.data import open_train_set
-from classsr_cli.train.loop import (
-    Stage,
-    StageResult,
-    open_checkpoint,
-    refuse_existing_run,
-    resolve_settings,
-    run_stage,
-    seed_everything,
-)
+from classsr_cli.train.loop import Stage, StageResult, run_stage
+from classsr_cli.train.settings import resolve_settings, seed_everything
 
 # The paper's settings. Stages 2 and 3 use the official code's 2e-4 rather than the paper's 1e-3: the
 # published models were trained with it, and it keeps a fresh Class-Module from jumping to one branch in its
