@@ -31,3 +31,7 @@ class DependencyError(ClasssrError):
 
 class ReportedElsewhere(ClasssrError):
     """Another process of the same torchrun launch reports this failure; this one only exits with code 2."""
+
+
+# How an error message tells the user to replace what exists, for the CLI and the Python API alike.
+OVERWRITE_HINT = "pass --overwrite (overwrite=True in Python)"

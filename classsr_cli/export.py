@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from classsr_cli.errors import DependencyError, ModelError, OutputError
+from classsr_cli.errors import OVERWRITE_HINT, DependencyError, ModelError, OutputError
 from classsr_cli.files import new_file_mode, write_json
 from classsr_cli.models import ClassSR, get_family
 
@@ -60,7 +60,7 @@ def check_target(out_dir: Path, overwrite: bool = False, format: str = "onnx") -
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir} is a file: the export needs a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputError(f"{out_dir} is not empty: pass --overwrite to write the export into it")
+        raise OutputError(f"{out_dir} is not empty: {OVERWRITE_HINT} to write the export into it")
 
 
 def export(

@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from classsr_cli.errors import OutputError, WeightsError
+from classsr_cli.errors import OVERWRITE_HINT, OutputError, WeightsError
 from classsr_cli.files import atomic_path, write_json
 from classsr_cli.models import FAMILIES, ClassSR, create, create_base, get_family
 
@@ -183,7 +183,7 @@ def add_weights(
     if target.suffix != ".safetensors":
         raise OutputError(f"{target.name}: weights are stored as .safetensors")
     if target.exists() and not overwrite:
-        raise OutputError(f"{target} already exists: pass --overwrite to replace it")
+        raise OutputError(f"{target} already exists: {OVERWRITE_HINT} to replace it")
     facts = {}
     if provenance is not None:
         try:

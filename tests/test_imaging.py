@@ -782,3 +782,21 @@ def test_a_write_error_while_metadata_is_put_in_leaves_no_file(tmp_path, monkeyp
     with pytest.raises(OutputError, match="No space left on device"):
         write_image(tmp_path / "out.png", np.zeros((8, 8, 3), np.float32), png_chunks=[(b"tEXt", b"k\x00v")])
     assert files_in(tmp_path) == set()
+
+
+@pytest.mark.parametrize(
+    "target, channels, bit_depth, expected",
+    [
+        ("out.jpg", 4, 8, ["alpha flattened onto white (JPEG has no alpha)"]),
+        ("out.jpg", 3, 16, ["16-bit samples written at 8 bits (JPEG holds 8)"]),
+        ("out.webp", 4, 16, ["16-bit samples written at 8 bits (WebP holds 8)"]),
+        ("out.png", 4, 16, []),
+        ("out.tif", 2, 16, []),
+    ],
+)
+def test_what_a_format_cannot_hold_of_the_pixels_is_said(tmp_path, target, channels, bit_depth, expected):
+    """JPEG has no alpha and JPEG and WebP hold 8 bits: the writer says so (the run prints it as a note)."""
+    writer = writer_module.ImageWriter(tmp_path / target, 4, 4, channels=channels, bit_depth=bit_depth)
+    assert writer.converted == expected
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []

@@ -18,7 +18,7 @@ import numpy as np
 
 from classsr_cli.engine.tiling import padded_size, tile_starts
 from classsr_cli.engine.upscaler import Layout, Upscaler
-from classsr_cli.errors import OutputError
+from classsr_cli.errors import OVERWRITE_HINT, OutputError
 from classsr_cli.imaging import DEFAULT_MAX_PIXELS, ImageWriter, open_image, output_format
 
 # How many LR rows are read at a time: small enough to keep memory flat, large enough to amortise decoding;
@@ -48,6 +48,7 @@ class ImageReport:
     page_word: str = "page"
     rank: int | None = None  # the process that did it, in a run shared by torchrun
     metadata_dropped: list[str] = field(default_factory=list)  # what the output could not keep, in words
+    converted: list[str] = field(default_factory=list)  # pixels the output format changed, in words
 
     @property
     def partial_input(self) -> str | None:
@@ -62,6 +63,8 @@ class ImageReport:
         notes = [self.partial_input] if self.partial_input else []
         if self.metadata_dropped:
             notes.append(f"{self.output}: metadata not kept: {'; '.join(self.metadata_dropped)}")
+        if self.converted:
+            notes.append(f"{self.output}: {'; '.join(self.converted)}")
         return notes
 
     def as_json(self) -> dict:
@@ -88,6 +91,8 @@ class ImageReport:
             document["note"] = self.partial_input
         if self.metadata_dropped:
             document["metadata_dropped"] = self.metadata_dropped
+        if self.converted:
+            document["converted"] = self.converted
         if self.rank is not None:
             document["rank"] = self.rank
         return document
@@ -185,6 +190,7 @@ def upscale_file(
         pages=info.pages,
         page_word=info.page_word,
         metadata_dropped=[*info.unread, *writer.dropped],
+        converted=writer.converted,
     )
 
 
@@ -264,6 +270,6 @@ def _check_free(path: Path, overwrite: bool, protect: list[Path]) -> None:
     if any(path.resolve() == p.resolve() for p in protect):
         raise OutputError(f"{path} is also an input or output of this run")
     if path.exists() and not overwrite:
-        raise OutputError(f"{path} already exists: pass --overwrite to replace it")
+        raise OutputError(f"{path} already exists: {OVERWRITE_HINT} to replace it")
     if not path.parent.is_dir():
         raise OutputError(f"output folder {path.parent} does not exist")

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from classsr_cli.errors import InputError, OutputError
+from classsr_cli.errors import OVERWRITE_HINT, InputError, OutputError
 from classsr_cli.imaging import output_format
 from classsr_cli.imaging.photos import list_photos, odd_entries
 
@@ -91,7 +91,7 @@ def _plan_file(source: Path, target: Path, class_map: Path | None, overwrite: bo
     _refuse_collisions([Job(source, target, class_map)])  # the input first: its message beats "exists"
     for path, what in ((target, "output"), (class_map, "--class-map")):
         if path is not None and path.exists() and not overwrite:
-            raise OutputError(f"{what} {path} already exists: pass --overwrite to replace it")
+            raise OutputError(f"{what} {path} already exists: {OVERWRITE_HINT} to replace it")
     return RunPlan([Job(source, target, class_map)], from_folder=False)
 
 

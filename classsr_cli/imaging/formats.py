@@ -48,7 +48,7 @@ _FORMAT_BY_SUFFIX = {
 # Largest side each format's encoder can store: JPEG's header holds 65535, but libjpeg stops at 65500.
 MAX_SIDE = {"png": 2**31 - 1, "tiff": 2**32 - 1, "jpeg": 65500, "webp": 16383}
 EIGHT_BIT_ONLY = {"jpeg", "webp"}
-_FORMAT_NAMES = {"png": "PNG", "tiff": "TIFF", "jpeg": "JPEG", "webp": "WebP"}
+FORMAT_NAMES = {"png": "PNG", "tiff": "TIFF", "jpeg": "JPEG", "webp": "WebP"}
 _XMP_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
 _JPEG_MAX_XMP = JPEG_MAX_PAYLOAD - len(_XMP_HEADER)  # one APP1 segment (libvips writes no extended XMP)
 
@@ -111,7 +111,7 @@ def plan_metadata(
     png_chunks: list[tuple[bytes, bytes]],
 ) -> MetadataPlan:
     """Decide what goes where (see the module docstring) and list in `dropped` what cannot go."""
-    name = _FORMAT_NAMES[image_format]
+    name = FORMAT_NAMES[image_format]
     plan = MetadataPlan()
     plan.icc = icc if icc_fits(icc, color_channels) else None
     if image_format == "webp" and color_channels == 1 and plan.icc:

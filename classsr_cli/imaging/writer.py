@@ -36,9 +36,9 @@ import numpy as np
 import pyvips
 import tifffile
 
-from classsr_cli.errors import OutputError
+from classsr_cli.errors import OVERWRITE_HINT, OutputError
 from classsr_cli.files import PartFile
-from classsr_cli.imaging.formats import EIGHT_BIT_ONLY, MAX_SIDE, output_format, plan_metadata
+from classsr_cli.imaging.formats import EIGHT_BIT_ONLY, FORMAT_NAMES, MAX_SIDE, output_format, plan_metadata
 from classsr_cli.imaging.insertion import InsertingTarget, png_chunk
 from classsr_cli.imaging.output_metadata import iptc_for_jpeg
 from classsr_cli.imaging.reader import vips_error_detail
@@ -127,6 +127,13 @@ class ImageWriter:
         picture = (self.width, self.height, self.color_channels, self.dpi)
         plan = plan_metadata(self.format, *picture, icc, exif, xmp, iptc, list(comments), list(png_chunks))
         self.dropped = plan.dropped  # what of the metadata the format cannot hold, in words
+        # what of the pixels the format cannot hold as they are, in words
+        self.converted: list[str] = []
+        name = FORMAT_NAMES[self.format]
+        if bit_depth == 16 and self.bit_depth == 8:
+            self.converted.append(f"16-bit samples written at 8 bits ({name} holds 8)")
+        if has_alpha and self.format == "jpeg":
+            self.converted.append("alpha flattened onto white (JPEG has no alpha)")
         self.icc, self.exif, self.xmp, self.iptc = plan.icc, plan.exif, plan.xmp, plan.iptc
         self.png_chunks, self.jpeg_segments = plan.png_chunks, plan.jpeg_segments
 
@@ -160,7 +167,7 @@ class ImageWriter:
             if _same_file(self.path, input_path):
                 raise OutputError(f"{self.path}: is the input image; it is never overwritten")
         if self.path.exists() and not self.overwrite:
-            raise OutputError(f"{self.path}: already exists: pass --overwrite to replace it")
+            raise OutputError(f"{self.path}: already exists: {OVERWRITE_HINT} to replace it")
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{self.path}: the folder {parent} is not writable")
 
@@ -223,7 +230,7 @@ class ImageWriter:
             self._finished.publish(self.overwrite)
         except FileExistsError:
             self.abort()
-            raise OutputError(f"{self.path}: already exists: pass --overwrite to replace it") from None
+            raise OutputError(f"{self.path}: already exists: {OVERWRITE_HINT} to replace it") from None
         except OSError as error:
             self.abort()
             raise OutputError(f"{self.path}: cannot move the finished file into place ({error})") from error

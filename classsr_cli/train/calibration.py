@@ -15,7 +15,7 @@ import torch
 
 from classsr_cli.engine.routing import plan_for
 from classsr_cli.engine.tiling import PATCH, pad_to_tile, tile_starts
-from classsr_cli.errors import ModelError, WeightsError
+from classsr_cli.errors import OVERWRITE_HINT, ModelError, WeightsError
 from classsr_cli.models import ClassSR
 
 
@@ -89,7 +89,7 @@ def calibrate_file(
     from classsr_cli.weights import load_weights, save_model
 
     if Path(target).exists() and not overwrite:
-        raise WeightsError(f"{target} exists: pass --overwrite to replace it")
+        raise WeightsError(f"{target} exists: {OVERWRITE_HINT} to replace it")
     loaded = load_weights(source, kind="classsr")
     # denoising data: the Class-Module must see the noisy inputs it routes at inference
     sigma = input_noise(Path(data), loaded.model.scale)

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from classsr_cli.errors import DataError, ModelError, WeightsError
+from classsr_cli.errors import OVERWRITE_HINT, DataError, ModelError, WeightsError
 from classsr_cli.train import distributed
 from classsr_cli.train.checkpoint import open_checkpoint, refuse_existing_run
 from classsr_cli.train.data import open_train_set
@@ -282,7 +282,7 @@ def assemble_networks(
     family = get_family(family).name  # any case; ModelError for an unknown family
     target = Path(run_dir) / "stage1.safetensors"
     if target.exists() and not overwrite:
-        raise WeightsError(f"{target} exists: pass --overwrite to replace it")
+        raise WeightsError(f"{target} exists: {OVERWRITE_HINT} to replace it")
 
     loaded = [load_weights(path, kind="base", family=family).model for path in paths]  # one-line errors
     found = [network.width for network in loaded]
