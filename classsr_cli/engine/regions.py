@@ -106,7 +106,7 @@ class RegionStream:
         self.row_px = np.clip(height - rows_px, 0, CELL) if shapes.exact else np.full(rows_px.size, CELL)
         self.col_px = np.clip(width - cols_px, 0, CELL) if shapes.exact else np.full(cols_px.size, CELL)
         for bucket in space.buckets.values():
-            bucket.count, bucket.chunks = 0, []
+            bucket.count, bucket.chunks, bucket.offsets = 0, [], []
         self.records: dict[tuple[int, int], list[np.ndarray]] = {}
         self.cost = [flops / PATCH**2 for flops in self.plan.branch_executed]  # per LR pixel
         self.chunks: deque[_Chunk] = deque()  # live, in order
@@ -211,6 +211,8 @@ class RegionStream:
             torch.index_select(flat, 0, index, out=target)
             bucket.meta[bucket.count : bucket.count + take] = table[done : done + take, 1:]
             bucket.chunks.extend(records[done : done + take, 4].tolist())
+            if self.shapes.exact:
+                bucket.offsets.extend(records[done : done + take, 1].tolist())
             bucket.count += take
             done += take
             if bucket.count == bucket.capacity:
@@ -239,7 +241,7 @@ class RegionStream:
                 bucket.meta[:left] = bucket.meta[count : count + left].clone()
         for serial in bucket.chunks:
             self._chunk(serial).pending -= 1
-        bucket.chunks = []
+        bucket.chunks, bucket.offsets = [], []
         bucket.count = 0
         bucket.meta[:, 1:] = ZERO_RAMP
 
@@ -268,9 +270,24 @@ class RegionStream:
         start = (ctx - FADE) * scale
         used = sr[:, :, start : start + height, start : start + width].permute(0, 2, 3, 1).float()
         weights = ramp_y[meta[:, 1]][:, :, None, None] * ramp_x[meta[:, 2]][:, None, :, None]
+        if self.shapes.exact:  # a CPU: an add per piece costs less than a scatter of every pixel
+            self._add_pieces(bucket.offsets[:count], used * weights)
+            return
         values = (used * weights).reshape(-1, 3)
         index = (meta[:, :1] + self.space.scatter(bucket.height, bucket.width)[None]).view(-1)
         self.space.canvas_flat.index_add_(0, index, values)
+
+    def _add_pieces(self, offsets: list[int], weighted: torch.Tensor) -> None:
+        """Add each piece's weighted output (count, h, w, 3) into the canvases at its flat offset: on a CPU,
+        where no kernel is launched, these slice additions took a tenth of the time of `index_add_` over
+        every pixel (FSRCNN-O on a 480x270 crop: 24 ms of 320 went into the scatter)."""
+        canvases = self.space.canvases
+        slot_px, canvas_w = canvases.shape[1] * canvases.shape[2], canvases.shape[2]
+        height, width = weighted.shape[1:3]
+        for piece, offset in zip(weighted, offsets, strict=True):
+            slot, rest = divmod(offset, slot_px)
+            y, x = divmod(rest, canvas_w)
+            canvases[slot, y : y + height, x : x + width].add_(piece)
 
     def _flush(self, serial: int | None = None) -> None:
         """Run the buckets holding pieces of chunk `serial` (None: every bucket holding any)."""

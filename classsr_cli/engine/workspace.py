@@ -29,6 +29,7 @@ class Bucket:
     meta: torch.Tensor  # (capacity, 3) int64: flat canvas offset, ramp row of the rows, of the columns
     count: int = 0
     chunks: list = field(default_factory=list)  # serial number of each pending piece's chunk
+    offsets: list = field(default_factory=list)  # exact shapes: each pending piece's canvas offset (host)
     runs: dict = field(default_factory=dict)  # batch count -> runs so far
     graphs: dict = field(default_factory=dict)  # batch count -> captured CUDA graph
 
