@@ -238,6 +238,19 @@ def train_relabel_command(
         0.6, "--flops-ratio", help="FLOPs the labels spend, as a share of the base's."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    engine: bool = typer.Option(
+        False,
+        "--engine",
+        help="Measure the branches through the engine on whole images (real context, back-projection).",
+    ),
+    scales: str = typer.Option(
+        None, "--scales", help="Only the sub-images of these prepared scales, e.g. 1.0 (a shorter pass)."
+    ),
+    errors_from: Path = typer.Option(
+        None,
+        "--errors-from",
+        help="An earlier relabelled folder of the same data and weights: reuse its errors.",
+    ),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -253,6 +266,9 @@ def train_relabel_command(
             flops_ratio,
             device,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            engine=engine,
+            scales=[float(v) for v in scales.split(",")] if scales else None,
+            errors_from=errors_from,
         )
     if as_json:
         print_json(summary)
