@@ -1,0 +1,572 @@
+"""PSNR against FLOPs of routing: ClassSR, its branches run everywhere, and the best routing there could be.
+
+    python -m benchmarks.routing_curve PHOTOS --model fsrcnn [--weights A.safetensors B.safetensors ...]
+        [--branches CLASSSR] [--base-weights FILE] [--tolerance 0.05] [--shifts=-2:1:0.25] [--no-measure]
+        [--engine-aware] [--cache DIR] [--out curve.json]
+
+PHOTOS is what `classsr bench` takes (the LR is made the same way: MATLAB bicubic x1/4, 8 bits), or a
+prepared training folder, whose held-out photos are then used (to choose settings without the validation
+photos in view); every
+network runs through the default engine (region tiling, back-projection) on the CPU, and PSNR is RGB with a
+4-pixel border on 8-bit outputs, averaged over the photos, as in `classsr bench`. The rows (one JSON
+document each on stdout, and all of them in --out):
+
+- `bicubic`, `base` (the shipped -O network, or --base-weights) and `branch K`: branch K of the ClassSR
+  model (the first --weights, else the shipped one) on every sub-image, as `--branch K` runs it: the narrow
+  networks, ClassSR's simplest rival. Their FLOPs are the branch's, against the base network's.
+- `oracle`: every sub-image's cell (the 28x28 LR pixels it owns in the engine, `engine/regions.py`) takes
+  the output of one branch-everywhere run, the cheapest branch it can afford while the photos' mean PSNR
+  stays within --tolerance of the base network's: the classes minimise sum_i SSE_i / SSE_i(base) + lambda
+  x FLOPs (i the photos; the mean PSNR moves with each photo's relative error), with the largest lambda
+  that holds the tolerance. Its FLOPs count the branches only (no Class-Module is needed to know them).
+  The picture is the mosaic of whole-image branch outputs, cut at the cells, so its PSNR is exact for that
+  mosaic; the engine itself would cross-fade the pieces' edges and back-project each piece.
+- `oracle, planned`: the same classes through the engine's piece planner (`plan_pieces_by_cost`: a cell
+  whose own piece would cost more runs on a harder neighbour's piece, and counts that branch, as in
+  `classsr bench`), lambda chosen again so that the planned mosaic holds the tolerance: the best that
+  routing blind to the engine can do through it.
+- `oracle, engine-aware`: starting there, each cell's class is changed wherever that lowers the same sum
+  with the classes *after* planning (coordinate descent, strip by strip of the planner): routing that
+  knows what the planner will do with it.
+- one row per --weights file: ClassSR through the engine (measured, as `classsr bench` measures it), with
+  the mosaic of branch outputs under the classes the engine ran (`mosaic_psnr`, to show how close the mosaic
+  rows are to the engine), and with --shifts, its Class-Module's logits shifted towards harder classes
+  (class j gains j x shift, as `classsr train calibrate` does) and scored on the planned mosaic: the curve
+  of that Class-Module (predicted from the mosaic, not measured through the engine), with the FLOPs of its
+  own choices before planning (`flops_ratio_unplanned`, what `train calibrate` counts).
+
+Branch outputs are reduced to per-cell squared errors and kept in --cache (one file per photo and network),
+so reruns with other weights or tolerances cost only the new networks.
+
+    python -m benchmarks.routing_curve --draw curves.png A.json [B.json ...]
+
+draws the --out files side by side (one panel each): PSNR against FLOPs of each Class-Module's shifted
+curve, the measured ClassSR rows, the narrow networks (branch 1 and 2 everywhere, then the base network)
+and the oracle rows; and prints, for each shifted curve, the FLOPs at which it comes within 0.05 dB of the
+base network and its PSNR at 45% and 55% of the FLOPs (linear between the shifts).
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from classsr_cli import bench as benchmark
+from classsr_cli.engine import Layout, Upscaler
+from classsr_cli.engine.regions import MAX_PIECE_CELLS, cell_bounds, plan_pieces_by_cost
+from classsr_cli.engine.tiling import PATCH, pad_to_tile, padded_size, tile_starts
+from classsr_cli.engine.upscaler import PIECE_OVERHEAD_FLOPS
+from classsr_cli.imaging.bicubic import imresize
+from classsr_cli.metrics import to_uint8
+from classsr_cli.weights import load_weights
+
+BORDER = benchmark.BORDER
+SCALE = benchmark.SCALE
+
+
+# -- per-cell errors ----------------------------------------------------------------------------------
+
+
+def grid_of(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """LR cell bounds (rows, columns) of the engine's grid for an image of that size."""
+    rows = cell_bounds(height, tile_starts(padded_size(height)))
+    cols = cell_bounds(width, tile_starts(padded_size(width)))
+    return np.asarray(rows), np.asarray(cols)
+
+
+def cell_sse(out: np.ndarray, hr: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(R, C) sums of squared 8-bit errors over each cell's output pixels, the PSNR border left out."""
+    diff = out.astype(np.int32) - hr.astype(np.int32)
+    squared = np.einsum("hwc,hwc->hw", diff, diff).astype(np.int64)
+    squared[:BORDER], squared[-BORDER:], squared[:, :BORDER], squared[:, -BORDER:] = 0, 0, 0, 0
+    by_rows = np.add.reduceat(squared, rows[:-1] * SCALE, axis=0)
+    return np.add.reduceat(by_rows, cols[:-1] * SCALE, axis=1).astype(np.float64)
+
+
+def counted_pixels(hr: np.ndarray) -> int:
+    return (hr.shape[0] - 2 * BORDER) * (hr.shape[1] - 2 * BORDER) * hr.shape[2]
+
+
+def psnr_of(sse: float, pixels: int) -> float:
+    return math.inf if sse == 0 else 10 * math.log10(255.0**2 * pixels / sse)
+
+
+def run_engine(engine: Upscaler, lr: np.ndarray, shape: tuple[int, int]):
+    """(uint8 output, tally, (R, C) classes the engine ran, seconds)."""
+    tally = engine.new_tally()
+    ran = []
+    strips = engine.stream(
+        lr.shape[0], lr.shape[1], [(0, lr)], Layout(), tally, on_tiles=lambda n, c, r, s: ran.append(c)
+    )
+    started = time.perf_counter()
+    out = np.concatenate([to_uint8(strip) for strip in strips], axis=0)
+    seconds = time.perf_counter() - started
+    return out, tally, np.concatenate(ran).reshape(shape), seconds
+
+
+def file_tag(path: str | Path) -> str:
+    """A short name for a weights file in the cache: the start of its sha256."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+
+
+class Photos:
+    """The photos as `classsr bench` makes them: HR cropped to a multiple of 4, LR by MATLAB bicubic; or,
+    for a prepared training folder (one with meta.json), its held-out photos at their largest scale, as
+    `train calibrate` and the training's validation read them."""
+
+    def __init__(self, folder: str):
+        self.prepared = (Path(folder) / "meta.json").is_file()
+        if self.prepared:
+            from classsr_cli.data.dataset import val_images
+
+            self.held_out = val_images(Path(folder))
+        else:
+            self.root, self.pairs = benchmark.find_pairs(folder)
+
+    def __iter__(self):
+        if self.prepared:
+            for name, hr_path, lr_path in self.held_out:
+                lr = np.load(lr_path)
+                hr = np.load(hr_path)[: lr.shape[0] * SCALE, : lr.shape[1] * SCALE]
+                yield name, np.ascontiguousarray(hr), lr.astype(np.float32) / 255.0
+            return
+        for pair in self.pairs:
+            hr, lr = benchmark.load_pair(pair)
+            yield pair.name, hr, lr.astype(np.float32) / 255.0
+
+
+class CellErrors:
+    """Per-cell squared errors of one network on every photo, computed once and kept in the cache."""
+
+    def __init__(self, cache: Path):
+        self.cache = cache
+        cache.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str, name: str, make) -> dict:
+        path = self.cache / f"{key}__{name}.npz"
+        if path.exists():
+            with np.load(path) as stored:
+                return {k: stored[k] for k in stored.files}
+        result = make()
+        np.savez(path, **result)
+        return result
+
+
+# -- routing on the mosaic ----------------------------------------------------------------------------
+
+
+class Planner:
+    """The engine's piece planner for one model on the CPU: which branch each cell runs on."""
+
+    def __init__(self, engine: Upscaler):
+        self.cost = [flops / PATCH**2 for flops in engine.plan.branch_executed]  # per LR pixel
+        self.context, self.rows = engine.context, engine.piece_rows
+        self.widths = tuple(range(1, MAX_PIECE_CELLS + 1))
+
+    def __call__(self, classes: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        ran = np.array(classes, copy=True)
+        pieces = plan_pieces_by_cost(
+            ran, np.diff(rows), np.diff(cols), self.cost, self.context, PIECE_OVERHEAD_FLOPS, self.rows,
+            self.widths,
+        )  # fmt: skip
+        for piece in pieces:
+            ran[piece.row0 : piece.row1, piece.col0 : piece.col1] = piece.branch
+        return ran
+
+
+class Mosaic:
+    """Branch-everywhere errors of a set of photos: score any routing by the mosaic of their outputs."""
+
+    def __init__(self, errors: list[np.ndarray], pixels: list[int], grids: list, costs, reference: list):
+        self.errors = errors  # per photo (R, C, M) cell SSEs of each branch run everywhere
+        self.pixels = pixels
+        self.grids = grids  # per photo (row bounds, column bounds)
+        self.costs = np.asarray(costs, dtype=np.float64)  # paper FLOPs of each branch against the base
+        self.weights = [1.0 / float(r) for r in reference]  # 1 / SSE of the reference row, per photo
+
+    def score(self, classes: list[np.ndarray]) -> dict:
+        psnrs = [
+            psnr_of(float(np.take_along_axis(e, c[..., None], axis=2).sum()), p)
+            for e, c, p in zip(self.errors, classes, self.pixels, strict=True)
+        ]
+        cells = np.concatenate([c.ravel() for c in classes])
+        return {
+            "psnr": float(np.mean(psnrs)),
+            "per_image": psnrs,
+            "flops_ratio": float(self.costs[cells].mean()),
+            "class_fractions": (np.bincount(cells, minlength=len(self.costs)) / cells.size).tolist(),
+        }
+
+    def lagrangian(self, lam: float) -> list[np.ndarray]:
+        return [
+            np.argmin(e * w + lam * self.costs, axis=2)
+            for e, w in zip(self.errors, self.weights, strict=True)
+        ]
+
+    def largest_lambda(self, route, target: float) -> tuple[float, list[np.ndarray], dict]:
+        """Bisect log(lambda) for the cheapest routing `route(lam)` whose mosaic PSNR is at least `target`."""
+        low, high = -14.0, 2.0  # log10 lambda; at 1e-14 every cell takes its best branch
+        best = route(10**low)
+        if self.score(best)["psnr"] < target:
+            return 10**low, best, self.score(best)
+        for _ in range(40):
+            middle = (low + high) / 2
+            if self.score(route(10**middle))["psnr"] >= target:
+                low = middle
+            else:
+                high = middle
+        classes = route(10**low)
+        return 10**low, classes, self.score(classes)
+
+    def engine_aware(self, classes: list[np.ndarray], lam: float, planner: Planner, sweeps: int = 2):
+        """Coordinate descent on sum_i w_i SSE_i + lam FLOPs with every routing scored after planning.
+
+        The planner works strip by strip (`planner.rows` cell rows), so each strip is improved on its own.
+        """
+        result = []
+        for e, w, c, (rows, cols) in zip(self.errors, self.weights, classes, self.grids, strict=True):
+            c = c.copy()
+            for top in range(0, c.shape[0], planner.rows):
+                strip = slice(top, top + planner.rows)
+                sub_rows = rows[top : top + planner.rows + 1] - rows[top]
+                errors = e[strip] * w
+
+                def objective(labels, errors=errors, sub_rows=sub_rows, cols=cols):
+                    ran = planner(labels, sub_rows, cols)
+                    chosen = np.take_along_axis(errors, ran[..., None], axis=2).sum()
+                    return chosen + lam * self.costs[ran].sum()
+
+                labels = c[strip].copy()
+                current = objective(labels)
+                for _ in range(sweeps):
+                    changed = False
+                    for i in range(labels.shape[0]):
+                        for j in range(labels.shape[1]):
+                            keep = labels[i, j]
+                            for k in range(len(self.costs)):
+                                if k == keep:
+                                    continue
+                                labels[i, j] = k
+                                value = objective(labels)
+                                if value < current - 1e-15:
+                                    current, keep, changed = value, k, True
+                            labels[i, j] = keep
+                    if not changed:
+                        break
+                c[strip] = labels
+            result.append(c)
+        return result
+
+
+def class_logits(model, lr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(R, C, M) Class-Module logits of the engine's tiles of one LR image (float (h, w, 3) in [0, 1])."""
+    padded = pad_to_tile(lr)
+    tiles = [
+        padded[top : top + PATCH, left : left + PATCH]
+        for top in tile_starts(padded.shape[0])
+        for left in tile_starts(padded.shape[1])
+    ]
+    batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        logits = torch.cat([model.classifier(part) for part in batch.split(1024)]).float().numpy()
+    return logits.reshape(*shape, -1)
+
+
+# -- the rows -----------------------------------------------------------------------------------------
+
+
+def parse_shifts(text: str | None) -> list[float]:
+    if not text:
+        return []
+    start, stop, step = (float(v) for v in text.split(":"))
+    return [round(v, 6) for v in np.arange(start, stop + step / 2, step)]
+
+
+def emit(rows: list, row: dict) -> None:
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def curve_summary(points: list[dict], base_psnr: float, tolerance: float = 0.05) -> dict:
+    """Of a shifted curve (rows with psnr and flops_ratio): the least FLOPs at which it reaches the base
+    network's PSNR less `tolerance`, and its PSNR at 45% and 55% of the FLOPs (linear between points)."""
+    points = sorted(points, key=lambda r: r["flops_ratio"])
+    flops = np.array([r["flops_ratio"] for r in points])
+    psnr = np.array([r["psnr"] for r in points])
+    reach = None
+    for i in range(1, len(points)):
+        if psnr[i - 1] < base_psnr - tolerance <= psnr[i]:
+            t = (base_psnr - tolerance - psnr[i - 1]) / (psnr[i] - psnr[i - 1])
+            reach = flops[i - 1] + t * (flops[i] - flops[i - 1])
+            break
+
+    def at(ratio):  # None outside the FLOPs the shifts covered
+        return round(float(np.interp(ratio, flops, psnr)), 4) if flops[0] <= ratio <= flops[-1] else None
+
+    return {  # None where the curve does not reach: shift further
+        "flops_within_tolerance": None if reach is None else round(float(reach), 4),
+        "psnr_at_45": at(0.45),
+        "psnr_at_55": at(0.55),
+    }
+
+
+def draw(out: Path, curves: list[Path], labels: dict[str, str] | None = None) -> None:
+    """One panel per --out file of this script: PSNR against paper-convention FLOPs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = labels or {}
+    figure = Figure(figsize=(5.2 * len(curves), 4.2), dpi=100)
+    FigureCanvasAgg(figure)
+    for panel, path in enumerate(curves):
+        data = json.loads(Path(path).read_text())
+        rows = data["rows"]
+        axes = figure.add_subplot(1, len(curves), panel + 1)
+        narrow = [r for r in rows if r["kind"] == "branch"][:-1] + [r for r in rows if r["kind"] == "base"]
+        axes.plot(
+            [100 * r["flops_ratio"] for r in narrow], [r["psnr"] for r in narrow], "s--", color="grey",
+            label="narrow networks (branch 1, branch 2, base)",
+        )  # fmt: skip
+        base = next(r for r in rows if r["kind"] == "base")
+        axes.axhline(base["psnr"] - 0.05, color="grey", lw=0.8, ls=":", label="base network - 0.05 dB")
+        shifted: dict[str, list] = {}
+        for r in rows:
+            if r["kind"] == "classsr-shifted":
+                shifted.setdefault(r["name"].rsplit(" shift ", 1)[0], []).append(r)
+        for name, points in shifted.items():
+            summary = curve_summary(points, base["psnr"])
+            print(json.dumps({"family": data["family"], "curve": name, **summary}), flush=True)
+            axes.plot(
+                [100 * r["flops_ratio"] for r in points], [r["psnr"] for r in points], ".-",
+                label=f"{labels.get(name, Path(name).parent.name or name)}, shifted",
+            )  # fmt: skip
+        for r in rows:
+            if r["kind"] == "classsr":
+                name = labels.get(r["name"], Path(r["name"]).parent.name or r["name"])
+                axes.plot(100 * r["flops_ratio"], r["psnr"], "*", ms=12, label=f"{name} (engine)")
+            elif r["kind"] == "oracle":
+                axes.plot(100 * r["flops_ratio"], r["psnr"], "x", ms=9, mew=2, label=r["name"])
+        low = min(r["psnr"] for r in rows if r["kind"] == "branch")
+        axes.set_ylim(low - 0.02, base["psnr"] + 0.05)
+        axes.set_xlim(25, 102)
+        axes.set_xlabel("FLOPs per sub-image, % of the base network (paper convention)")
+        axes.set_ylabel("PSNR (dB), RGB, mean over the photos")
+        axes.set_title(f"{data['family'].upper()}: {len(data['photos'])} photos")
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out, dpi=figure.dpi)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--draw", type=Path, help="draw the JSON files given as arguments into this PNG")
+    parser.add_argument(
+        "--label", action="append", default=[], help="NAME=LABEL: a weights file's name in the drawing"
+    )
+    parser.add_argument("photos", nargs="+", help="photos (one folder), or with --draw the JSON files")
+    parser.add_argument("--model", help="fsrcnn or carn (the family)")
+    parser.add_argument("--weights", nargs="*", default=[], help="ClassSR weights files to route with")
+    parser.add_argument(
+        "--branches", help="the ClassSR model whose branches run everywhere (default: the shipped one)"
+    )
+    parser.add_argument(
+        "--no-measure", action="store_true", help="--weights only on the mosaic (no engine runs)"
+    )
+    parser.add_argument("--base-weights", help="the base network (default: the shipped -O network)")
+    parser.add_argument("--tolerance", type=float, default=0.05, help="dB below the base network")
+    parser.add_argument("--shifts", help="start:stop:step of logit shifts per class for each --weights")
+    parser.add_argument(
+        "--engine-aware", action="store_true", help="add the engine-aware oracle (minutes: planner runs)"
+    )
+    parser.add_argument("--cache", type=Path, default=Path("runs/routing-cache"))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.draw:
+        draw(args.draw, [Path(p) for p in args.photos], dict(v.split("=", 1) for v in args.label))
+        return
+    if len(args.photos) != 1 or not args.model:
+        parser.error("give one folder of photos and --model")
+
+    torch.set_grad_enabled(False)
+    photos = Photos(args.photos[0])
+    weights = args.weights
+    branches = args.branches or args.model
+    first = load_weights(branches, kind="classsr", family=args.model).model.eval()
+    base = load_weights(args.base_weights or args.model, kind="base", family=args.model).model.eval()
+    cache = CellErrors(args.cache)
+    base_key = "base-" + (file_tag(args.base_weights) if args.base_weights else args.model)
+    first_key = file_tag(branches) if Path(branches).suffix else args.model + "-classsr"
+    rows: list[dict] = []
+
+    base_engine = Upscaler(base, "cpu")
+    branch_engines = [Upscaler(first, "cpu", branch=k + 1) for k in range(first.num_classes)]
+    planner = Planner(Upscaler(first, "cpu"))
+    costs = np.array(branch_engines[0].plan.branch_flops, dtype=np.float64) / base_engine.plan.base_flops
+    classifier_share = branch_engines[0].plan.classifier_flops / base_engine.plan.base_flops
+
+    names, pixels, grids, bicubic, base_sse, errors = [], [], [], [], [], []
+    for name, hr, lr in photos:
+        rows_b, cols_b = grid_of(*lr.shape[:2])
+        names.append(name)
+        pixels.append(counted_pixels(hr))
+        grids.append((rows_b, cols_b))
+
+        def network(engine, lr=lr, hr=hr, rows=rows_b, cols=cols_b):
+            out = run_engine(engine, lr, (len(rows) - 1, len(cols) - 1))[0]
+            return {"sse": cell_sse(out, hr, rows, cols)}
+
+        def upscaled(lr=lr, hr=hr, rows=rows_b, cols=cols_b):
+            return {"sse": cell_sse(to_uint8(imresize(lr, SCALE)), hr, rows, cols)}
+
+        bicubic.append(cache.get("bicubic", name, upscaled))
+        base_sse.append(cache.get(base_key, name, lambda: network(base_engine))["sse"])
+        errors.append(
+            np.stack(
+                [
+                    cache.get(f"{first_key}-b{k + 1}", name, lambda e=e: network(e))["sse"]
+                    for k, e in enumerate(branch_engines)
+                ],
+                axis=2,
+            )
+        )
+    bicubic_psnr = [psnr_of(b["sse"].sum(), p) for b, p in zip(bicubic, pixels, strict=True)]
+
+    def row(kind: str, name: str, per_image: list[float], flops_ratio: float | None, **extra) -> dict:
+        gains = [a - b for a, b in zip(per_image, bicubic_psnr, strict=True)]
+        return {
+            "kind": kind,
+            "name": name,
+            "psnr": round(float(np.mean(per_image)), 4),
+            "flops_ratio": None if flops_ratio is None else round(flops_ratio, 4),
+            "min_gain_over_bicubic": round(min(gains), 4),
+            "per_image": [round(v, 4) for v in per_image],
+            **extra,
+        }
+
+    emit(rows, row("bicubic", "Bicubic", bicubic_psnr, None))
+    base_psnr = [psnr_of(s.sum(), p) for s, p in zip(base_sse, pixels, strict=True)]
+    emit(rows, row("base", "base network", base_psnr, 1.0))
+    for k in range(first.num_classes):
+        per = [psnr_of(e[..., k].sum(), p) for e, p in zip(errors, pixels, strict=True)]
+        emit(rows, row("branch", f"branch {k + 1} everywhere", per, float(costs[k])))
+
+    mosaic = Mosaic(errors, pixels, grids, costs, [s.sum() for s in base_sse])
+    target = float(np.mean(base_psnr)) - args.tolerance
+    lam, classes, score = mosaic.largest_lambda(mosaic.lagrangian, target)
+    note = {
+        "classifier_flops_ratio": round(classifier_share, 4),
+        "lambda": lam,
+        "target_psnr": round(target, 4),
+    }
+    fractions = {"class_fractions": [round(f, 4) for f in score["class_fractions"]]}
+    emit(rows, row("oracle", "oracle", score["per_image"], score["flops_ratio"], **fractions, **note))
+
+    def planned_route(lam):
+        return [planner(c, r, s) for c, (r, s) in zip(mosaic.lagrangian(lam), grids, strict=True)]
+
+    lam_p, planned, score = mosaic.largest_lambda(planned_route, target)
+    note["lambda"] = lam_p
+    fractions = {"class_fractions": [round(f, 4) for f in score["class_fractions"]]}
+    emit(
+        rows, row("oracle", "oracle, planned", score["per_image"], score["flops_ratio"], **fractions, **note)
+    )
+
+    if args.engine_aware:
+        # the descent at the planned oracle's lambda, then lambda again: the cheapest within the tolerance
+        def aware_route(lam):
+            labels = mosaic.engine_aware(mosaic.lagrangian(lam), lam, planner, sweeps=1)
+            return [planner(c, r, s) for c, (r, s) in zip(labels, grids, strict=True)]
+
+        # the descent trades error for FLOPs, so at the planned oracle's lambda it may fall below the target:
+        # smaller lambdas until it holds
+        for factor in (1.0, 0.8, 0.65, 0.5, 0.4, 0.3, 0.2):
+            score = mosaic.score(aware_route(lam_p * factor))
+            if score["psnr"] >= target:
+                break
+        note["lambda"] = lam_p * factor
+        fractions = {"class_fractions": [round(f, 4) for f in score["class_fractions"]]}
+        emit(
+            rows,
+            row(
+                "oracle",
+                "oracle, engine-aware",
+                score["per_image"],
+                score["flops_ratio"],
+                **fractions,
+                **note,
+            ),
+        )
+
+    shifts = parse_shifts(args.shifts)
+    for path in weights:
+        model = load_weights(path, kind="classsr", family=args.model).model.eval()
+        same = all(
+            torch.equal(a, b)
+            for mine, theirs in zip(model.branches, first.branches, strict=True)
+            for a, b in zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True)
+        )
+        if not same:
+            warning = f"{path}: its branches are not those of {branches}; the mosaic rows use the latter"
+            print(json.dumps({"warning": warning}), flush=True)
+        logits = [] if shifts else None
+        if not args.no_measure:
+            engine = Upscaler(model, "cpu")
+            per, ran_all, tally_flops, tiles, seconds = [], [], 0, 0, 0.0
+            for (_, hr, lr), (rows_b, cols_b), p in zip(photos, grids, pixels, strict=True):
+                shape = (len(rows_b) - 1, len(cols_b) - 1)
+                out, tally, ran, took = run_engine(engine, lr, shape)
+                per.append(psnr_of(cell_sse(out, hr, rows_b, cols_b).sum(), p))
+                ran_all.append(ran)
+                tally_flops += tally.flops
+                tiles += tally.tiles
+                seconds += took
+                if shifts:
+                    logits.append(class_logits(model, lr, shape))
+            cells = np.concatenate([c.ravel() for c in ran_all])
+            measured = row(
+                "classsr",
+                str(path),
+                per,
+                tally_flops / tiles / engine.plan.base_flops,
+                class_fractions=[round(f, 4) for f in np.bincount(cells, minlength=len(costs)) / cells.size],
+                mosaic_psnr=round(mosaic.score(ran_all)["psnr"], 4),
+                seconds=round(seconds, 1),
+            )
+            emit(rows, measured)
+        elif shifts:
+            for (_, _, lr), (rows_b, cols_b) in zip(photos, grids, strict=True):
+                logits.append(class_logits(model, lr, (len(rows_b) - 1, len(cols_b) - 1)))
+        for shift in shifts:
+            bias = shift * np.arange(len(costs))
+            chosen = [np.argmax(lg + bias, axis=2) for lg in logits]
+            routed = [planner(c, r, s) for c, (r, s) in zip(chosen, grids, strict=True)]
+            score = mosaic.score(routed)
+            unplanned = float(costs[np.concatenate([c.ravel() for c in chosen])].mean()) + classifier_share
+            emit(
+                rows,
+                row(
+                    "classsr-shifted",
+                    f"{path} shift {shift:+g}",
+                    score["per_image"],
+                    score["flops_ratio"] + classifier_share,
+                    shift=shift,
+                    flops_ratio_unplanned=round(unplanned, 4),
+                    class_fractions=[round(f, 4) for f in score["class_fractions"]],
+                ),
+            )
+    if args.out:
+        args.out.write_text(
+            json.dumps({"photos": names, "family": args.model, "rows": rows}, indent=1) + "\n"
+        )
+
+
+if __name__ == "__main__":
+    main()
