@@ -210,7 +210,9 @@ class Mosaic:
 
     def largest_lambda(self, route, target: float) -> tuple[float, list[np.ndarray], dict]:
         """Bisect log(lambda) for the cheapest routing `route(lam)` whose mosaic PSNR is at least `target`."""
-        low, high = -14.0, 2.0  # log10 lambda; at 1e-14 every cell takes its best branch
+        # log10 lambda: from where every cell takes its best branch to where every cell takes the cheapest
+        top = math.log10(max(float((e * w).max()) for e, w in zip(self.errors, self.weights, strict=True)))
+        low, high = top - 16.0, top + 2.0
         best = route(10**low)
         if self.score(best)["psnr"] < target:
             return 10**low, best, self.score(best)
