@@ -14,26 +14,31 @@ document each on stdout, and all of them in --out):
 - `bicubic`, `base` (the shipped -O network, or --base-weights) and `branch K`: branch K of the ClassSR
   model (the first --weights, else the shipped one) on every sub-image, as `--branch K` runs it: the narrow
   networks, ClassSR's simplest rival. Their FLOPs are the branch's, against the base network's.
-- `oracle`: every sub-image's cell (the 28x28 LR pixels it owns in the engine, `engine/regions.py`) takes
-  the output of one branch-everywhere run, the cheapest branch it can afford while the photos' mean PSNR
+- `oracle`: every sub-image takes, over its cells (the engine's 28x28 LR cells, `engine/chunks.py`), the
+  output of one branch-everywhere run, the cheapest branch it can afford while the photos' mean PSNR
   stays within --tolerance of the base network's: the classes minimise sum_i SSE_i / SSE_i(base) + lambda
   x FLOPs (i the photos; the mean PSNR moves with each photo's relative error), with the largest lambda
   that holds the tolerance. Its FLOPs count the branches only (no Class-Module is needed to know them).
   The picture is the mosaic of whole-image branch outputs, cut at the cells, so its PSNR is exact for that
   mosaic; the engine itself would cross-fade the pieces' edges and back-project each piece.
-- `oracle, planned`: the same classes through the engine's piece planner (`plan_pieces_by_cost`: a cell
-  whose own piece would cost more runs on a harder neighbour's piece, and counts that branch, as in
-  `classsr bench`), lambda chosen again so that the planned mosaic holds the tolerance: the best that
-  routing blind to the engine can do through it.
+- `oracle, planned`: the same classes through the engine's piece planner (`plan_chunk`, chunk by chunk of
+  each band: a cell whose own piece would cost more runs on a harder neighbour's piece, and its sub-image
+  counts the hardest branch among its cells, as in `classsr bench`), lambda chosen again so that the
+  planned mosaic holds the tolerance: the best that routing blind to the engine can do through it.
 - `oracle, engine-aware`: starting there, each cell's class is changed wherever that lowers the same sum
-  with the classes *after* planning (coordinate descent, strip by strip of the planner): routing that
-  knows what the planner will do with it.
+  with the classes *after* planning (coordinate descent, chunk by chunk): routing that knows what the
+  planner will do with it.
 - one row per --weights file: ClassSR through the engine (measured, as `classsr bench` measures it), with
-  the mosaic of branch outputs under the classes the engine ran (`mosaic_psnr`, to show how close the mosaic
-  rows are to the engine), and with --shifts, its Class-Module's logits shifted towards harder classes
-  (class j gains j x shift, as `classsr train calibrate` does) and scored on the planned mosaic: the curve
-  of that Class-Module (predicted from the mosaic, not measured through the engine), with the FLOPs of its
-  own choices before planning (`flops_ratio_unplanned`, what `train calibrate` counts).
+  the mosaic of branch outputs under its Class-Module's classes planned here (`mosaic_psnr`, to show how
+  close the mosaic rows are to the engine; `mosaic_matches_engine`: the sub-images' branches planned here
+  are those the engine counted), and with --shifts, its Class-Module's logits shifted towards harder
+  classes (class j gains j x shift, as `classsr train calibrate --shift` does) and scored on the planned
+  mosaic: the curve of that Class-Module (predicted from the mosaic, not measured through the engine),
+  with the FLOPs of its own choices before planning (`flops_ratio_unplanned`, what `train calibrate`
+  counts).
+
+The planning is that of the CPU engine (exact shapes, its band rows for the network); images so wide that
+the engine lowers its bands to bound its output's memory are planned with the full bands.
 
 Branch outputs are reduced to per-cell squared errors and kept in --cache (one file per photo and network),
 so reruns with other weights or tolerances cost only the new networks.
@@ -58,13 +63,14 @@ import torch
 
 from classsr_cli import bench as benchmark
 from classsr_cli.engine import Layout, Upscaler
-from classsr_cli.engine.regions import MAX_PIECE_CELLS, cell_bounds, plan_pieces_by_cost
-from classsr_cli.engine.tiling import PATCH, pad_to_tile, padded_size, tile_starts
-from classsr_cli.engine.upscaler import PIECE_OVERHEAD_FLOPS
+from classsr_cli.engine.chunks import CELL, VIRTUAL, Geometry, plan_chunk
+from classsr_cli.engine.tiling import PATCH, pad_to_tile, tile_starts
 from classsr_cli.imaging.bicubic import imresize
-from classsr_cli.metrics import to_uint8
+from classsr_cli.pixels import unit_to_uint8
 from classsr_cli.weights import load_weights
 
+# cached errors are per cell of the engine this version of the script plans for
+CACHE_VERSION = "chunks"
 BORDER = benchmark.BORDER
 SCALE = benchmark.SCALE
 
@@ -72,11 +78,12 @@ SCALE = benchmark.SCALE
 # -- per-cell errors ----------------------------------------------------------------------------------
 
 
-def grid_of(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """LR cell bounds (rows, columns) of the engine's grid for an image of that size."""
-    rows = cell_bounds(height, tile_starts(padded_size(height)))
-    cols = cell_bounds(width, tile_starts(padded_size(width)))
-    return np.asarray(rows), np.asarray(cols)
+def cell_edges(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """LR bounds (rows, columns) of the engine's cells (28x28 LR pixels from the top-left corner, the last
+    ones cut at the image's edge) for an image of that geometry."""
+    rows = np.minimum(np.arange(geometry.cell_rows + 1) * CELL, geometry.height)
+    cols = np.minimum(np.arange(geometry.cell_cols + 1) * CELL, geometry.width)
+    return rows, cols
 
 
 def cell_sse(out: np.ndarray, hr: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -96,17 +103,17 @@ def psnr_of(sse: float, pixels: int) -> float:
     return math.inf if sse == 0 else 10 * math.log10(255.0**2 * pixels / sse)
 
 
-def run_engine(engine: Upscaler, lr: np.ndarray, shape: tuple[int, int]):
-    """(uint8 output, tally, (R, C) classes the engine ran, seconds)."""
+def run_engine(engine: Upscaler, lr: np.ndarray):
+    """(uint8 output, tally, the classes each sub-image ran on in the engine's order, seconds)."""
     tally = engine.new_tally()
     ran = []
     strips = engine.stream(
         lr.shape[0], lr.shape[1], [(0, lr)], Layout(), tally, on_tiles=lambda n, c, r, s: ran.append(c)
     )
     started = time.perf_counter()
-    out = np.concatenate([to_uint8(strip) for strip in strips], axis=0)
+    out = np.concatenate([unit_to_uint8(strip) for strip in strips], axis=0)
     seconds = time.perf_counter() - started
-    return out, tally, np.concatenate(ran).reshape(shape), seconds
+    return out, tally, np.concatenate(ran) if ran else np.zeros(0, np.int64), seconds
 
 
 def file_tag(path: str | Path) -> str:
@@ -148,7 +155,7 @@ class CellErrors:
         cache.mkdir(parents=True, exist_ok=True)
 
     def get(self, key: str, name: str, make) -> dict:
-        path = self.cache / f"{key}__{name}.npz"
+        path = self.cache / f"{CACHE_VERSION}-{key}__{name}.npz"
         if path.exists():
             with np.load(path) as stored:
                 return {k: stored[k] for k in stored.files}
@@ -161,57 +168,118 @@ class CellErrors:
 
 
 class Planner:
-    """The engine's piece planner for one model on the CPU: which branch each cell runs on."""
+    """The region engine's piece planner for one model (`engine/chunks.py`), as `RegionStream` runs it: each
+    band's chunks are covered by pieces at the least executed FLOPs, a piece running on the hardest class
+    among its cells; and the count of sub-images, each on the hardest branch among its cells, that
+    `classsr bench` reports as FLOPs."""
 
     def __init__(self, engine: Upscaler):
+        self.engine = engine
         self.cost = [flops / PATCH**2 for flops in engine.plan.branch_executed]  # per LR pixel
-        self.context, self.rows = engine.context, engine.piece_rows
-        self.widths = tuple(range(1, MAX_PIECE_CELLS + 1))
+        self.context = engine.context
 
-    def __call__(self, classes: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-        ran = np.array(classes, copy=True)
-        pieces = plan_pieces_by_cost(
-            ran, np.diff(rows), np.diff(cols), self.cost, self.context, PIECE_OVERHEAD_FLOPS, self.rows,
-            self.widths,
-        )  # fmt: skip
-        for piece in pieces:
-            ran[piece.row0 : piece.row1, piece.col0 : piece.col1] = piece.branch
+    def geometry(self, height: int, width: int) -> Geometry:
+        """The engine's geometry for an image of that size. (An image so wide that the engine lowers its
+        bands to bound the output's memory is planned here with the full bands.)"""
+        return self.engine.geometry(height, width)
+
+    def __call__(self, classes: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """The branch every cell runs on, from the class of every cell (cell_rows, cell_cols)."""
+        shapes = geometry.shapes
+        ran = np.empty_like(classes)
+        for r0 in range(0, geometry.cell_rows, shapes.band_rows):
+            for c0 in range(0, geometry.cell_cols, shapes.chunk_cols):
+                block = (slice(r0, r0 + shapes.band_rows), slice(c0, c0 + shapes.chunk_cols))
+                ran[block] = self.chunk(classes[block], geometry, r0, c0)
         return ran
+
+    def chunk(self, classes: np.ndarray, geometry: Geometry, r0: int, c0: int) -> np.ndarray:
+        """The branch every cell of one chunk runs on (`classes`: its cells inside the image, from cell
+        (r0, c0), a band's first row and a chunk's first column); chunks are planned independently."""
+        shapes = geometry.shapes
+        full = np.full((shapes.band_rows, shapes.chunk_cols), VIRTUAL, dtype=np.int64)
+        full[: classes.shape[0], : classes.shape[1]] = classes
+        row_px, col_px = np.full(shapes.band_rows, CELL), np.full(shapes.chunk_cols, CELL)
+        if shapes.exact:  # the LR pixels of each cell row and column inside the image
+            row_px = np.clip(geometry.height - (r0 + np.arange(shapes.band_rows)) * CELL, 0, CELL)
+            col_px = np.clip(geometry.width - (c0 + np.arange(shapes.chunk_cols)) * CELL, 0, CELL)
+        ran = plan_chunk(full, self.cost, self.context, shapes, row_px, col_px).classes
+        return ran[: classes.shape[0], : classes.shape[1]]
+
+    @staticmethod
+    def tiles(ran: np.ndarray, geometry: Geometry) -> np.ndarray:
+        """The classes the engine counts (its `_count_band`): each sub-image on the hardest branch among
+        its cells in the band where its first cell lies, band by band, in the engine's order."""
+        counted = []
+        for band in range(geometry.bands):
+            first, stop = geometry.band_cells(band)
+            tile_rows = geometry.band_tiles(band)
+            cells = ran[first:stop]
+            row_tiles, col_tiles = geometry.rows[0][first:stop], geometry.cols[0]
+            by_col = np.maximum.reduceat(cells, np.flatnonzero(np.diff(col_tiles, prepend=-1)), axis=1)
+            row_groups = np.flatnonzero(np.diff(row_tiles, prepend=-1))
+            by_tile = np.maximum.reduceat(by_col, row_groups, axis=0)
+            counted.append(by_tile[np.isin(row_tiles[row_groups], tile_rows)].ravel())
+        return np.concatenate(counted)
+
+
+def tile_groups(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Per axis, where each sub-image's run of cells starts (cells take the class of the sub-image they
+    lie in; several cells may lie in the last one)."""
+    rows = np.flatnonzero(np.diff(geometry.rows[0], prepend=-1))
+    cols = np.flatnonzero(np.diff(geometry.cols[0], prepend=-1))
+    return rows, cols
+
+
+def to_cells(per_tile: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(tile rows, tile columns, ...) values of the sub-images that hold cells, given to each cell."""
+    rows, cols = tile_groups(geometry)
+    row_index = np.searchsorted(rows, np.arange(geometry.cell_rows), side="right") - 1
+    col_index = np.searchsorted(cols, np.arange(geometry.cell_cols), side="right") - 1
+    return per_tile[row_index][:, col_index]
 
 
 class Mosaic:
     """Branch-everywhere errors of a set of photos: score any routing by the mosaic of their outputs."""
 
-    def __init__(self, errors: list[np.ndarray], pixels: list[int], grids: list, costs, reference: list):
-        self.errors = errors  # per photo (R, C, M) cell SSEs of each branch run everywhere
+    def __init__(self, errors: list[np.ndarray], pixels: list[int], geometries: list, costs, reference: list):
+        self.errors = errors  # per photo (cell rows, cell columns, M) SSEs of each branch run everywhere
         self.pixels = pixels
-        self.grids = grids  # per photo (row bounds, column bounds)
+        self.geometries = geometries
         self.costs = np.asarray(costs, dtype=np.float64)  # paper FLOPs of each branch against the base
         self.weights = [1.0 / float(r) for r in reference]  # 1 / SSE of the reference row, per photo
+        self.tile_errors = []  # per photo (tile rows, tile columns, M): summed over each sub-image's cells
+        for e, g in zip(errors, geometries, strict=True):
+            rows, cols = tile_groups(g)
+            self.tile_errors.append(np.add.reduceat(np.add.reduceat(e, rows, axis=0), cols, axis=1))
 
     def score(self, classes: list[np.ndarray]) -> dict:
+        """Of cell classes as run (after planning): mosaic PSNR, and FLOPs as the engine counts them."""
         psnrs = [
             psnr_of(float(np.take_along_axis(e, c[..., None], axis=2).sum()), p)
             for e, c, p in zip(self.errors, classes, self.pixels, strict=True)
         ]
-        cells = np.concatenate([c.ravel() for c in classes])
+        tiles = np.concatenate([Planner.tiles(c, g) for c, g in zip(classes, self.geometries, strict=True)])
         return {
             "psnr": float(np.mean(psnrs)),
             "per_image": psnrs,
-            "flops_ratio": float(self.costs[cells].mean()),
-            "class_fractions": (np.bincount(cells, minlength=len(self.costs)) / cells.size).tolist(),
+            "flops_ratio": float(self.costs[tiles].mean()),
+            "class_fractions": (np.bincount(tiles, minlength=len(self.costs)) / tiles.size).tolist(),
         }
 
     def lagrangian(self, lam: float) -> list[np.ndarray]:
+        """Each sub-image on the branch of least w SSE + lam FLOPs, given to its cells."""
         return [
-            np.argmin(e * w + lam * self.costs, axis=2)
-            for e, w in zip(self.errors, self.weights, strict=True)
+            to_cells(np.argmin(t * w + lam * self.costs, axis=2), g)
+            for t, w, g in zip(self.tile_errors, self.weights, self.geometries, strict=True)
         ]
 
     def largest_lambda(self, route, target: float) -> tuple[float, list[np.ndarray], dict]:
         """Bisect log(lambda) for the cheapest routing `route(lam)` whose mosaic PSNR is at least `target`."""
         # log10 lambda: from where every cell takes its best branch to where every cell takes the cheapest
-        top = math.log10(max(float((e * w).max()) for e, w in zip(self.errors, self.weights, strict=True)))
+        top = math.log10(
+            max(float((e * w).max()) for e, w in zip(self.tile_errors, self.weights, strict=True))
+        )
         low, high = top - 16.0, top + 2.0
         best = route(10**low)
         if self.score(best)["psnr"] < target:
@@ -228,55 +296,56 @@ class Mosaic:
     def engine_aware(self, classes: list[np.ndarray], lam: float, planner: Planner, sweeps: int = 2):
         """Coordinate descent on sum_i w_i SSE_i + lam FLOPs with every routing scored after planning.
 
-        The planner works strip by strip (`planner.rows` cell rows), so each strip is improved on its own.
-        """
+        The planner plans each band's chunks on their own, so each chunk is improved on its own; cells
+        are changed one at a time (FLOPs counted per cell)."""
         result = []
-        for e, w, c, (rows, cols) in zip(self.errors, self.weights, classes, self.grids, strict=True):
+        for e, w, c, g in zip(self.errors, self.weights, classes, self.geometries, strict=True):
             c = c.copy()
-            for top in range(0, c.shape[0], planner.rows):
-                strip = slice(top, top + planner.rows)
-                sub_rows = rows[top : top + planner.rows + 1] - rows[top]
-                errors = e[strip] * w
+            band_rows, chunk_cols = g.shapes.band_rows, g.shapes.chunk_cols
+            for r0 in range(0, g.cell_rows, band_rows):
+                for c0 in range(0, g.cell_cols, chunk_cols):
+                    block = (slice(r0, r0 + band_rows), slice(c0, c0 + chunk_cols))
+                    errors = e[block] * w
 
-                def objective(labels, errors=errors, sub_rows=sub_rows, cols=cols):
-                    ran = planner(labels, sub_rows, cols)
-                    chosen = np.take_along_axis(errors, ran[..., None], axis=2).sum()
-                    return chosen + lam * self.costs[ran].sum()
+                    def objective(labels, errors=errors, r0=r0, c0=c0, g=g):
+                        ran = planner.chunk(labels, g, r0, c0)
+                        chosen = np.take_along_axis(errors, ran[..., None], axis=2).sum()
+                        return chosen + lam * self.costs[ran].sum()
 
-                labels = c[strip].copy()
-                current = objective(labels)
-                for _ in range(sweeps):
-                    changed = False
-                    for i in range(labels.shape[0]):
-                        for j in range(labels.shape[1]):
-                            keep = labels[i, j]
-                            for k in range(len(self.costs)):
-                                if k == keep:
-                                    continue
-                                labels[i, j] = k
-                                value = objective(labels)
-                                if value < current - 1e-15:
-                                    current, keep, changed = value, k, True
-                            labels[i, j] = keep
-                    if not changed:
-                        break
-                c[strip] = labels
+                    labels = c[block].copy()
+                    current = objective(labels)
+                    for _ in range(sweeps):
+                        changed = False
+                        for i in range(labels.shape[0]):
+                            for j in range(labels.shape[1]):
+                                keep = labels[i, j]
+                                for k in range(len(self.costs)):
+                                    if k == keep:
+                                        continue
+                                    labels[i, j] = k
+                                    value = objective(labels)
+                                    if value < current - 1e-15:
+                                        current, keep, changed = value, k, True
+                                labels[i, j] = keep
+                        if not changed:
+                            break
+                    c[block] = labels
             result.append(c)
         return result
 
 
-def class_logits(model, lr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """(R, C, M) Class-Module logits of the engine's tiles of one LR image (float (h, w, 3) in [0, 1])."""
+def class_logits(model, lr: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(cell rows, cell columns, M) Class-Module logits of the sub-image each cell lies in, each sub-image
+    classified alone (the engine's features over a band, averaged over each window, are the same)."""
     padded = pad_to_tile(lr)
-    tiles = [
-        padded[top : top + PATCH, left : left + PATCH]
-        for top in tile_starts(padded.shape[0])
-        for left in tile_starts(padded.shape[1])
-    ]
+    row_starts, col_starts = tile_starts(padded.shape[0]), tile_starts(padded.shape[1])
+    tiles = [padded[top : top + PATCH, left : left + PATCH] for top in row_starts for left in col_starts]
     batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
     with torch.inference_mode():
         logits = torch.cat([model.classifier(part) for part in batch.split(1024)]).float().numpy()
-    return logits.reshape(*shape, -1)
+    logits = logits.reshape(len(row_starts), len(col_starts), -1)
+    rows, cols = tile_groups(geometry)
+    return to_cells(logits[geometry.rows[0][rows]][:, geometry.cols[0][cols]], geometry)
 
 
 # -- the rows -----------------------------------------------------------------------------------------
@@ -414,19 +483,20 @@ def main() -> None:
     costs = np.array(branch_engines[0].plan.branch_flops, dtype=np.float64) / base_engine.plan.base_flops
     classifier_share = branch_engines[0].plan.classifier_flops / base_engine.plan.base_flops
 
-    names, pixels, grids, bicubic, base_sse, errors = [], [], [], [], [], []
+    names, pixels, geometries, bicubic, base_sse, errors = [], [], [], [], [], []
     for name, hr, lr in photos:
-        rows_b, cols_b = grid_of(*lr.shape[:2])
+        geometry = planner.geometry(*lr.shape[:2])
+        rows_b, cols_b = cell_edges(geometry)
         names.append(name)
         pixels.append(counted_pixels(hr))
-        grids.append((rows_b, cols_b))
+        geometries.append(geometry)
 
         def network(engine, lr=lr, hr=hr, rows=rows_b, cols=cols_b):
-            out = run_engine(engine, lr, (len(rows) - 1, len(cols) - 1))[0]
+            out = run_engine(engine, lr)[0]
             return {"sse": cell_sse(out, hr, rows, cols)}
 
         def upscaled(lr=lr, hr=hr, rows=rows_b, cols=cols_b):
-            return {"sse": cell_sse(to_uint8(imresize(lr, SCALE)), hr, rows, cols)}
+            return {"sse": cell_sse(unit_to_uint8(imresize(lr, SCALE)), hr, rows, cols)}
 
         bicubic.append(cache.get("bicubic", name, upscaled))
         base_sse.append(cache.get(base_key, name, lambda: network(base_engine))["sse"])
@@ -460,7 +530,7 @@ def main() -> None:
         per = [psnr_of(e[..., k].sum(), p) for e, p in zip(errors, pixels, strict=True)]
         emit(rows, row("branch", f"branch {k + 1} everywhere", per, float(costs[k])))
 
-    mosaic = Mosaic(errors, pixels, grids, costs, [s.sum() for s in base_sse])
+    mosaic = Mosaic(errors, pixels, geometries, costs, [s.sum() for s in base_sse])
     target = float(np.mean(base_psnr)) - args.tolerance
     lam, classes, score = mosaic.largest_lambda(mosaic.lagrangian, target)
     note = {
@@ -472,7 +542,7 @@ def main() -> None:
     emit(rows, row("oracle", "oracle", score["per_image"], score["flops_ratio"], **fractions, **note))
 
     def planned_route(lam):
-        return [planner(c, r, s) for c, (r, s) in zip(mosaic.lagrangian(lam), grids, strict=True)]
+        return [planner(c, g) for c, g in zip(mosaic.lagrangian(lam), geometries, strict=True)]
 
     lam_p, planned, score = mosaic.largest_lambda(planned_route, target)
     note["lambda"] = lam_p
@@ -485,7 +555,7 @@ def main() -> None:
         # the descent at the planned oracle's lambda, then lambda again: the cheapest within the tolerance
         def aware_route(lam):
             labels = mosaic.engine_aware(mosaic.lagrangian(lam), lam, planner, sweeps=1)
-            return [planner(c, r, s) for c, (r, s) in zip(labels, grids, strict=True)]
+            return [planner(c, g) for c, g in zip(labels, geometries, strict=True)]
 
         # the descent trades error for FLOPs, so at the planned oracle's lambda it may fall below the target:
         # smaller lambdas until it holds
@@ -518,40 +588,43 @@ def main() -> None:
         if not same:
             warning = f"{path}: its branches are not those of {branches}; the mosaic rows use the latter"
             print(json.dumps({"warning": warning}), flush=True)
-        logits = [] if shifts else None
+        logits = [class_logits(model, lr, g) for (_, _, lr), g in zip(photos, geometries, strict=True)]
         if not args.no_measure:
             engine = Upscaler(model, "cpu")
-            per, ran_all, tally_flops, tiles, seconds = [], [], 0, 0, 0.0
-            for (_, hr, lr), (rows_b, cols_b), p in zip(photos, grids, pixels, strict=True):
-                shape = (len(rows_b) - 1, len(cols_b) - 1)
-                out, tally, ran, took = run_engine(engine, lr, shape)
-                per.append(psnr_of(cell_sse(out, hr, rows_b, cols_b).sum(), p))
-                ran_all.append(ran)
+            per, counted, tally_flops, tiles, seconds = [], [], 0, 0, 0.0
+            for (_, hr, lr), g, p in zip(photos, geometries, pixels, strict=True):
+                out, tally, ran, took = run_engine(engine, lr)
+                per.append(psnr_of(cell_sse(out, hr, *cell_edges(g)).sum(), p))
+                counted.append(ran)
                 tally_flops += tally.flops
                 tiles += tally.tiles
                 seconds += took
-                if shifts:
-                    logits.append(class_logits(model, lr, shape))
-            cells = np.concatenate([c.ravel() for c in ran_all])
+            cells = np.concatenate(counted)
+            # the same routing planned here from the Class-Module's logits: the mosaic of branch outputs
+            planned = [planner(np.argmax(lg, axis=2), g) for lg, g in zip(logits, geometries, strict=True)]
+            predicted = np.concatenate(
+                [Planner.tiles(c, g) for c, g in zip(planned, geometries, strict=True)]
+            )
             measured = row(
                 "classsr",
                 str(path),
                 per,
                 tally_flops / tiles / engine.plan.base_flops,
                 class_fractions=[round(f, 4) for f in np.bincount(cells, minlength=len(costs)) / cells.size],
-                mosaic_psnr=round(mosaic.score(ran_all)["psnr"], 4),
+                mosaic_psnr=round(mosaic.score(planned)["psnr"], 4),
+                mosaic_matches_engine=bool(np.array_equal(predicted, cells)),
                 seconds=round(seconds, 1),
             )
             emit(rows, measured)
-        elif shifts:
-            for (_, _, lr), (rows_b, cols_b) in zip(photos, grids, strict=True):
-                logits.append(class_logits(model, lr, (len(rows_b) - 1, len(cols_b) - 1)))
         for shift in shifts:
             bias = shift * np.arange(len(costs))
             chosen = [np.argmax(lg + bias, axis=2) for lg in logits]
-            routed = [planner(c, r, s) for c, (r, s) in zip(chosen, grids, strict=True)]
+            routed = [planner(c, g) for c, g in zip(chosen, geometries, strict=True)]
             score = mosaic.score(routed)
-            unplanned = float(costs[np.concatenate([c.ravel() for c in chosen])].mean()) + classifier_share
+            unplanned_tiles = np.concatenate(
+                [Planner.tiles(c, g) for c, g in zip(chosen, geometries, strict=True)]
+            )
+            unplanned = float(costs[unplanned_tiles].mean()) + classifier_share
             emit(
                 rows,
                 row(
