@@ -20,7 +20,7 @@ from classsr_cli.train.checkpoint import load_checkpoint
 from classsr_cli.train.data import ShardedStream
 from classsr_cli.train.loop import Settings, cosine_lr, training_autocast, training_step
 from classsr_cli.train.losses import LossWeights
-from classsr_cli.weights import load_weights, save_model
+from classsr_cli.weights import load_weights, read_metadata, save_model
 
 WIDTHS = "4,8,12"
 # tiny runs: validation on one 24x24 LR crop, no loader processes, a checkpoint every iteration
@@ -468,6 +468,13 @@ def test_calibration_spends_at_most_the_flops_ratio_asked_and_the_engine_routes_
         engine.upscale_array(photo.lr, tally=tally)
     assert tally.tiles == summary["tiles"]
     assert tally.flops_ratio(engine.plan) == pytest.approx(summary["flops_ratio_after"], abs=1e-3)
+    # --shift: a shift chosen elsewhere (on a curve of PSNR against FLOPs), applied as is
+    fixed = tmp_path / "shifted.safetensors"
+    args = ["--data", str(data), "--out", str(fixed), "--shift", "0.75"]
+    given = run_cli("train", "calibrate", str(source), *args)
+    moved = load_weights(fixed).model.classifier.lastOut.bias - before.classifier.lastOut.bias
+    assert given["shift"] == 0.75 and torch.allclose(moved, 0.75 * torch.arange(3.0), atol=1e-6)
+    assert read_metadata(fixed)["routing_shift"] == "0.7500"
 
 
 def test_calibration_refuses_what_it_cannot_do(data, tmp_path):

@@ -207,6 +207,9 @@ def train_calibrate_command(
     data: Path = TRAIN_DATA,
     out: Path = typer.Option(..., "--out", help="Calibrated weights file to write.", show_default=False),
     flops_ratio: float = typer.Option(0.7, "--flops-ratio", help="FLOPs to spend, as a share of the base's."),
+    shift: float = typer.Option(
+        None, "--shift", help="Shift by this much per class instead (one chosen on a PSNR-FLOPs curve)."
+    ),
     crop: int = typer.Option(
         0, "--val-crop", min=0, help="Only central NxN LR crops of the held-out photos."
     ),
@@ -217,7 +220,7 @@ def train_calibrate_command(
     """Shift routing towards harder branches until the held-out photos cost --flops-ratio of the base."""
     from classsr_cli.train.calibration import calibrate_file
 
-    summary = calibrate_file(weights, data, out, flops_ratio, crop, overwrite=overwrite)
+    summary = calibrate_file(weights, data, out, flops_ratio, crop, overwrite=overwrite, shift=shift)
     if as_json:
         print_json(summary)
         return
