@@ -48,7 +48,9 @@ so reruns with other weights or tolerances cost only the new networks.
 draws the --out files side by side (one panel each): PSNR against FLOPs of each Class-Module's shifted
 curve, the measured ClassSR rows, the narrow networks (branch 1 and 2 everywhere, then the base network)
 and the oracle rows; and prints, for each shifted curve, the FLOPs at which it comes within 0.05 dB of the
-base network and its PSNR at 45% and 55% of the FLOPs (linear between the shifts).
+base network and its PSNR at 45% and 55% of the FLOPs (linear between the shifts). A panel given as
+A.json+B.json draws A's rows and the measured ClassSR and oracle rows of B that A lacks (e.g. a --no-measure
+run of several Class-Modules with the measured rows of another run on the same photos).
 """
 
 import argparse
@@ -386,8 +388,24 @@ def curve_summary(points: list[dict], base_psnr: float, tolerance: float = 0.05)
     }
 
 
-def draw(out: Path, curves: list[Path], labels: dict[str, str] | None = None) -> None:
-    """One panel per --out file of this script: PSNR against paper-convention FLOPs."""
+def panel_rows(spec: str) -> tuple[dict, list[dict]]:
+    """(first file's document, rows) of a panel given as A.json or A.json+B.json+...: A's rows, then the
+    `classsr` and `oracle` rows of the others that A lacks."""
+    paths = spec.split("+")
+    data = json.loads(Path(paths[0]).read_text())
+    rows = list(data["rows"])
+    seen = {(r["kind"], r["name"]) for r in rows}
+    for path in paths[1:]:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            if r["kind"] in ("classsr", "oracle") and (r["kind"], r["name"]) not in seen:
+                rows.append(r)
+                seen.add((r["kind"], r["name"]))
+    return data, rows
+
+
+def draw(out: Path, curves: list[str], labels: dict[str, str] | None = None) -> None:
+    """One panel per --out file of this script (or A.json+B.json, `panel_rows`): PSNR against
+    paper-convention FLOPs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -395,8 +413,7 @@ def draw(out: Path, curves: list[Path], labels: dict[str, str] | None = None) ->
     figure = Figure(figsize=(5.2 * len(curves), 4.2), dpi=100)
     FigureCanvasAgg(figure)
     for panel, path in enumerate(curves):
-        data = json.loads(Path(path).read_text())
-        rows = data["rows"]
+        data, rows = panel_rows(str(path))
         axes = figure.add_subplot(1, len(curves), panel + 1)
         narrow = [r for r in rows if r["kind"] == "branch"][:-1] + [r for r in rows if r["kind"] == "base"]
         axes.plot(
@@ -461,7 +478,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.draw:
-        draw(args.draw, [Path(p) for p in args.photos], dict(v.split("=", 1) for v in args.label))
+        draw(args.draw, list(args.photos), dict(v.split("=", 1) for v in args.label))
         return
     if len(args.photos) != 1 or not args.model:
         parser.error("give one folder of photos and --model")
