@@ -20,7 +20,7 @@ from classsr_cli.train.checkpoint import load_checkpoint
 from classsr_cli.train.data import ShardedStream
 from classsr_cli.train.loop import Settings, cosine_lr, training_autocast, training_step
 from classsr_cli.train.losses import LossWeights
-from classsr_cli.weights import load_weights, save_model
+from classsr_cli.weights import load_weights, read_metadata, save_model
 
 WIDTHS = "4,8,12"
 # tiny runs: validation on one 24x24 LR crop, no loader processes, a checkpoint every iteration
@@ -468,6 +468,13 @@ def test_calibration_spends_at_most_the_flops_ratio_asked_and_the_engine_routes_
         engine.upscale_array(photo.lr, tally=tally)
     assert tally.tiles == summary["tiles"]
     assert tally.flops_ratio(engine.plan) == pytest.approx(summary["flops_ratio_after"], abs=1e-3)
+    # --shift: a shift chosen elsewhere (on a curve of PSNR against FLOPs), applied as is
+    fixed = tmp_path / "shifted.safetensors"
+    args = ["--data", str(data), "--out", str(fixed), "--shift", "0.75"]
+    given = run_cli("train", "calibrate", str(source), *args)
+    moved = load_weights(fixed).model.classifier.lastOut.bias - before.classifier.lastOut.bias
+    assert given["shift"] == 0.75 and torch.allclose(moved, 0.75 * torch.arange(3.0), atol=1e-6)
+    assert read_metadata(fixed)["routing_shift"] == "0.7500"
 
 
 def test_calibration_refuses_what_it_cannot_do(data, tmp_path):
@@ -597,3 +604,59 @@ def test_a_slimmable_ledger_on_the_cpu_is_one_fp32_file_and_resumes_from_it(data
     lines = Ledger(ledger).records()
     assert [line["type"] for line in lines] == ["reference", "val"]  # no call lines on the CPU
     assert load_weights(ledger / "weights.safetensors", kind="base").model.width == 32
+
+
+def test_engine_relabelling_measures_each_sub_images_cell_on_whole_image_branch_outputs(data, tmp_path):
+    """`train relabel --engine`: each branch through the engine over every prepared LR image (as `upscale
+    --branch K`), the error summed over each sub-image's central 28x28 LR cell."""
+    from classsr_cli.data.dataset import load_index, prepared_info
+    from classsr_cli.engine import Upscaler
+    from classsr_cli.pixels import unit_to_uint8
+
+    torch.manual_seed(0)
+    weights = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "stage1.safetensors", "fsrcnn")
+    out = tmp_path / "relabelled"
+    summary = run_cli(
+        "train", "relabel", str(weights), "--data", str(data), "--out", str(out), "--engine",
+        "--flops-ratio", "0.7",
+    )  # fmt: skip
+    assert summary["errors"] == "engine" and summary["flops_ratio"] <= 0.7
+    errors, index = np.load(out / "branch_errors.npy"), load_index(out)
+    assert (errors >= 0).all() and errors.shape == (len(index), 3)
+    # one sub-image by hand: branch 2 over the whole image, its cell's squared error
+    info = prepared_info(data)
+    row = len(index) // 2
+    entry = next(i for i in info["images"] if i["id"] == index["image"][row])["scales"][index["scale"][row]]
+    lr, hr = np.load(data / entry["lr"]), np.load(data / entry["hr"]).astype(np.int64)
+    model = load_weights(weights).model
+    sr = unit_to_uint8(Upscaler(model, "cpu", branch=2).upscale_array(lr.astype(np.float32) / 255)[0])
+    y, x = int(index["y"][row]) * 4, int(index["x"][row]) * 4
+    cell = (slice(y + 8, y + 120), slice(x + 8, x + 120))
+    assert errors[row, 1] == ((sr[cell].astype(np.int64) - hr[cell]) ** 2).sum()
+    # --scales keeps the sub-images of those prepared scales only, and refuses others
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "relabel",
+            str(weights),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "x"),
+            "--scales",
+            "0.5",
+        ],
+    )
+    assert result.exit_code == 2 and "prepared at 1.0" in result.output
+    # --errors-from: labels at another ratio from the same errors, without running the branches again
+    again = run_cli(
+        "train", "relabel", str(weights), "--data", str(data), "--out", str(tmp_path / "again"),
+        "--errors-from", str(out), "--flops-ratio", "0.4",
+    )  # fmt: skip
+    assert again["errors"] == "engine" and again["flops_ratio"] <= 0.4 < summary["flops_ratio"]
+    assert np.array_equal(np.load(tmp_path / "again" / "branch_errors.npy"), errors)
+    other = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "other.safetensors", "fsrcnn")
+    args = ["--data", str(data), "--out", str(tmp_path / "y"), "--errors-from", str(out)]
+    result = CliRunner().invoke(app, ["train", "relabel", str(other), *args])
+    assert result.exit_code == 2 and "other weights" in result.output

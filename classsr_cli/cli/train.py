@@ -207,6 +207,9 @@ def train_calibrate_command(
     data: Path = TRAIN_DATA,
     out: Path = typer.Option(..., "--out", help="Calibrated weights file to write.", show_default=False),
     flops_ratio: float = typer.Option(0.7, "--flops-ratio", help="FLOPs to spend, as a share of the base's."),
+    shift: float = typer.Option(
+        None, "--shift", help="Shift by this much per class instead (one chosen on a PSNR-FLOPs curve)."
+    ),
     crop: int = typer.Option(
         0, "--val-crop", min=0, help="Only central NxN LR crops of the held-out photos."
     ),
@@ -217,7 +220,7 @@ def train_calibrate_command(
     """Shift routing towards harder branches until the held-out photos cost --flops-ratio of the base."""
     from classsr_cli.train.calibration import calibrate_file
 
-    summary = calibrate_file(weights, data, out, flops_ratio, crop, overwrite=overwrite)
+    summary = calibrate_file(weights, data, out, flops_ratio, crop, overwrite=overwrite, shift=shift)
     if as_json:
         print_json(summary)
         return
@@ -238,6 +241,19 @@ def train_relabel_command(
         0.6, "--flops-ratio", help="FLOPs the labels spend, as a share of the base's."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    engine: bool = typer.Option(
+        False,
+        "--engine",
+        help="Measure the branches through the engine on whole images (real context, back-projection).",
+    ),
+    scales: str = typer.Option(
+        None, "--scales", help="Only the sub-images of these prepared scales, e.g. 1.0 (a shorter pass)."
+    ),
+    errors_from: Path = typer.Option(
+        None,
+        "--errors-from",
+        help="An earlier relabelled folder of the same data and weights: reuse its errors.",
+    ),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -253,6 +269,9 @@ def train_relabel_command(
             flops_ratio,
             device,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
+            engine=engine,
+            scales=[float(v) for v in scales.split(",")] if scales else None,
+            errors_from=errors_from,
         )
     if as_json:
         print_json(summary)

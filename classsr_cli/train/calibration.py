@@ -5,6 +5,9 @@ A Class-Module trained on the prepared classes routes by how hard a sub-image is
 branches can do; when the small branches fall short, sending more tiles to harder branches buys PSNR. The
 shift is class index x `shift`, added to the last layer's bias, so the shipped model routes that way by
 argmax and needs no setting at inference. Only the Class-Module runs while searching: it is cheap.
+
+A shift can also be given as is (`shift`): one chosen elsewhere, e.g. from a curve of PSNR against FLOPs on
+held-out photos (benchmarks/routing_curve.py), where a FLOPs target is not what is being held.
 """
 
 from dataclasses import dataclass
@@ -45,15 +48,20 @@ def _routing_flops_ratio(logits: np.ndarray, shift: float, branch_cost: np.ndarr
 
 
 def calibrate_routing(
-    model: ClassSR, tiles: torch.Tensor, flops_ratio: float, steps: int = 40
+    model: ClassSR,
+    tiles: torch.Tensor,
+    flops_ratio: float | None,
+    steps: int = 40,
+    shift: float | None = None,
 ) -> Calibration:
-    """Shift `model`'s class logits in place so argmax routing of `tiles` costs about `flops_ratio`."""
+    """Shift `model`'s class logits in place so argmax routing of `tiles` costs about `flops_ratio`, or by
+    `shift` itself where given (then `flops_ratio` is not used; the ratios are still measured on `tiles`)."""
     if not isinstance(model, ClassSR):
         raise ModelError("calibration needs a ClassSR model (RUN/stage2.safetensors), not a single network")
     plan = plan_for(model)
     # per-tile cost relative to the base network, the Class-Module included (as the engine counts it)
     branch_cost = (np.array(plan.branch_flops) + plan.classifier_flops) / plan.base_flops
-    if not branch_cost[0] <= flops_ratio <= branch_cost[-1]:
+    if shift is None and not branch_cost[0] <= flops_ratio <= branch_cost[-1]:
         raise ModelError(
             f"--flops-ratio must lie between {branch_cost[0]:.3f} (every tile on branch 1) and "
             f"{branch_cost[-1]:.3f} (every tile on the base network), got {flops_ratio}"
@@ -64,15 +72,16 @@ def calibrate_routing(
     before = _routing_flops_ratio(logits, 0.0, branch_cost)
     # the cost grows with the shift (each tile's argmax can only move to a harder class), so bisect;
     # beyond the logits' spread every tile sits in one class
-    spread = float(logits.max() - logits.min()) + 1.0
-    low, high = -spread, spread
-    for _ in range(steps):
-        middle = (low + high) / 2
-        if _routing_flops_ratio(logits, middle, branch_cost) <= flops_ratio:
-            low = middle
-        else:
-            high = middle
-    shift = low  # the largest shift found that stays within the ratio
+    if shift is None:
+        spread = float(logits.max() - logits.min()) + 1.0
+        low, high = -spread, spread
+        for _ in range(steps):
+            middle = (low + high) / 2
+            if _routing_flops_ratio(logits, middle, branch_cost) <= flops_ratio:
+                low = middle
+            else:
+                high = middle
+        shift = low  # the largest shift found that stays within the ratio
     with torch.no_grad():
         bias = model.classifier.lastOut.bias
         bias += shift * torch.arange(bias.numel(), dtype=bias.dtype)
@@ -80,10 +89,17 @@ def calibrate_routing(
 
 
 def calibrate_file(
-    source: Path, data: Path, target: Path, flops_ratio: float, crop: int, overwrite: bool = False
+    source: Path,
+    data: Path,
+    target: Path,
+    flops_ratio: float | None,
+    crop: int,
+    overwrite: bool = False,
+    shift: float | None = None,
 ) -> dict:
-    """Calibrate the ClassSR weights in `source` on the held-out photos of `data`; write them to `target`
-    (WeightsError where it exists and `overwrite` is off). Returns the summary `train calibrate` prints."""
+    """Calibrate the ClassSR weights in `source` on the held-out photos of `data` (or shift them by
+    `shift`, measuring the FLOPs there); write them to `target` (WeightsError where it exists and
+    `overwrite` is off). Returns the summary `train calibrate` prints."""
     from classsr_cli.data.dataset import input_noise
     from classsr_cli.train.validation import load_val_photos
     from classsr_cli.weights import load_weights, save_model
@@ -96,7 +112,8 @@ def calibrate_file(
     photos = load_val_photos(Path(data), crop, loaded.model.scale, sigma)
     if not photos:
         raise ModelError(f"{data} has no held-out photos to calibrate on (prepare-data with a val fraction)")
-    result = calibrate_routing(loaded.model, held_out_tiles([photo.lr for photo in photos]), flops_ratio)
+    tiles = held_out_tiles([photo.lr for photo in photos])
+    result = calibrate_routing(loaded.model, tiles, flops_ratio, shift=shift)
     save_model(loaded.model, target, loaded.family, stage="calibrated", routing_shift=f"{result.shift:.4f}")
     return {
         "stage": "calibrate",
