@@ -679,10 +679,10 @@ def format_engine_table(rows: list[dict]) -> str:
 # -- the job ---------------------------------------------------------------------------------------
 
 
-def run_job(args) -> dict:
-    start = time.monotonic()
-    deadline = start + args.seconds
-    profile = DRY if args.dry_run else GPU
+def start_job(args) -> tuple[torch.device, Path, Path, Log, dict]:
+    """What every call starts with: its device (the CPU for a dry run, else CUDA, with cuDNN autotuning for
+    the fixed shapes), the output and keep folders emptied of earlier calls' files, the log, and the report's
+    header. Raises ClasssrError where no GPU is found and no dry run was asked for."""
     if args.dry_run:
         device = torch.device("cpu")
     elif torch.cuda.is_available():
@@ -690,23 +690,32 @@ def run_job(args) -> dict:
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
     else:
         raise ClasssrError("no CUDA GPU here: run with --dry-run to try the job on the CPU")
-    families = [get_family(f).name for f in args.families.split(",") if f.strip()]
     out, keep = Path(args.out), Path(args.keep)
     for folder in (out, keep):
         folder.mkdir(parents=True, exist_ok=True)
         remove_own_files(folder)
-    log = Log(keep / LOG)
-    label = device_name(device)
     report = {
         "format": FORMAT,
-        "device": label,
+        "device": device_name(device),
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "dry_run": args.dry_run,
         "seconds_asked": args.seconds,
-        "collect": "python -m benchmarks.gpu_run --collect K --out DIR (K = 2, 3, ...), on the same machine",
     }
+    return device, out, keep, Log(keep / LOG), report
+
+
+def run_job(args) -> dict:
+    start = time.monotonic()
+    deadline = start + args.seconds
+    profile = DRY if args.dry_run else GPU
+    device, out, keep, log, report = start_job(args)
+    label = report["device"]
+    families = [get_family(f).name for f in args.families.split(",") if f.strip()]
+    report["collect"] = (
+        "python -m benchmarks.gpu_run --collect K --out DIR (K = 2, 3, ...), on the same machine"
+    )
     log(f"gpu_run on {label}, torch {torch.__version__}, {args.seconds:.0f} s")
 
     with graceful_stop() as stop:
@@ -994,28 +1003,8 @@ def run_ledger(args) -> dict:
     else:
         asked = args.widths and [int(w) for w in args.widths.split(",")]
         widths = sorted(resolve_widths(family, widths=asked))
-    if args.dry_run:
-        device = torch.device("cpu")
-    elif torch.cuda.is_available():
-        device = torch.device("cuda")
-        torch.backends.cudnn.benchmark = True  # a few fixed shapes: let cuDNN pick its fastest kernels
-    else:
-        raise ClasssrError("no CUDA GPU here: run with --dry-run to try the job on the CPU")
-    out, keep = Path(args.out), Path(args.keep)
-    for folder in (out, keep):
-        folder.mkdir(parents=True, exist_ok=True)
-        remove_own_files(folder)
-    log = Log(keep / LOG)
-    label = device_name(device)
-    report = {
-        "format": FORMAT,
-        "device": label,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "dry_run": args.dry_run,
-        "seconds_asked": args.seconds,
-    }
+    device, out, keep, log, report = start_job(args)
+    label = report["device"]
     log(f"gpu_run on {label}, torch {torch.__version__}, {args.seconds:.0f} s: {family} ledger {args.resume}")
     if args.dry_run:
         plan = transfer_plan(Path(args.carried), Path(args.resume), family, widths[-1])
