@@ -337,6 +337,23 @@ def test_cheapest_labels_trade_error_against_flops_within_the_ratio():
         cheapest_labels(errors, costs, 0.2)
 
 
+def test_the_expected_routing_cost_weighs_each_sub_image_by_what_its_choice_costs():
+    from classsr_cli.train.losses import expected_cost
+    from classsr_cli.train.relabel import routing_costs
+
+    errors = np.array([[10.0, 4.0, 1.0], [2.0, 2.0, 2.0], [100.0, 10.0, 1.0]])
+    costs = routing_costs(errors, np.array([1 / 3, 2 / 3, 1.0]), 3.0, np.array([True, True, False]))
+    # plus lambda x FLOPs (1, 2, 3), less the row's least, over the training rows' mean largest (7, 2): 4.5
+    assert np.allclose(costs[:2], np.array([[7.0, 2.0, 0.0], [0.0, 1.0, 2.0]]) / 4.5)
+    logits = torch.zeros(3, 3, requires_grad=True)
+    loss = expected_cost(torch.softmax(logits, dim=1), torch.from_numpy(costs))
+    assert loss.item() == pytest.approx(costs.sum(axis=1).mean() / 3, rel=1e-6)
+    loss.backward()
+    # each row's probability moves towards its cheapest branch, and further where the choice costs more
+    assert (logits.grad.argmin(dim=1) == torch.tensor([2, 0, 2])).all()
+    assert logits.grad[2].abs().sum() > logits.grad[0].abs().sum() > logits.grad[1].abs().sum()
+
+
 def test_relabelled_data_shares_the_images_and_trains_a_class_module(data, tiny_models, tmp_path):
     out = tmp_path / "relabelled"
     summary = run_cli(
@@ -365,6 +382,29 @@ def test_relabelled_data_shares_the_images_and_trains_a_class_module(data, tiny_
     (run / "stage1.safetensors").write_bytes(tiny_models[0].read_bytes())
     args = ["--data", str(out), "--model", "dncnn", "--out", str(run), "--iters", "2", "--batch-size", "6"]
     run_cli("train", "classifier", *args, *QUICK, "--w-image", "0", "--w-label", "1")
+    # the route costs beside them: each branch's error plus lambda x FLOPs, 0 on the label, of order 1
+    costs = np.load(out / "route_costs.npy")
+    train = index["split"] == 0
+    assert costs.shape == errors.shape and costs.dtype == np.float32
+    assert (costs[np.arange(len(costs)), index["cls"]] == 0).all() and (costs >= 0).all()
+    assert costs[train].max(axis=1).mean() == pytest.approx(1.0, rel=1e-5)
+    shown = SubImageDataset(out, augment=False, route_costs=True)
+    assert torch.equal(shown[0][2], torch.from_numpy(costs[train][0]))
+    costly = tmp_path / "run-cost"
+    costly.mkdir()
+    (costly / "stage1.safetensors").write_bytes(tiny_models[0].read_bytes())
+    args[args.index(str(run))] = str(costly)
+    run_cli("train", "classifier", *args, *QUICK, "--w-image", "0", "--w-cost", "1")
+    log = [json.loads(line) for line in (costly / "classifier.jsonl").read_text().splitlines()]
+    assert "cost" in [r for r in log if r["type"] == "train"][-1]
+    for source, extra, message in (
+        (out, ["--w-label", "1"], "choose one"),
+        (data, [], "has no route_costs.npy"),  # not relabelled
+    ):
+        refused = ["--data", str(source), "--model", "dncnn", "--out", str(tmp_path / "refused")]
+        refused += ["--init", str(tiny_models[0]), "--iters", "2", "--w-image", "0", "--w-cost", "1", *extra]
+        result = CliRunner().invoke(app, ["train", "classifier", *refused, *QUICK])
+        assert result.exit_code != 0 and message in result.output and result.output.startswith("error: ")
     result = CliRunner().invoke(
         app, ["train", "relabel", str(tiny_models[0]), "--data", str(data), "--out", str(out)]
     )
@@ -373,4 +413,4 @@ def test_relabelled_data_shares_the_images_and_trains_a_class_module(data, tiny_
     args = [str(tiny_models[0]), "--data", str(data), "--out", str(unreachable), "--flops-ratio", "0.1"]
     result = CliRunner().invoke(app, ["train", "relabel", *args])
     assert result.exit_code == 2 and "--flops-ratio must lie between" in result.output
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["relabelled", "run"]  # nothing half-made
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["relabelled", "run", "run-cost"]  # none half-made

@@ -76,6 +76,13 @@ def train_stage(
     w_labels: float = typer.Option(
         None, "--w-label", min=0.0, help="Cross-entropy towards the data's classes (0; not in the paper)."
     ),
+    w_cost: float = typer.Option(
+        None,
+        "--w-cost",
+        min=0.0,
+        help="Expected routing cost under the branches' own errors, from data that `train relabel` "
+        "wrote (0; not in the paper).",
+    ),
     widths: str = typer.Option(
         None, "--widths", help="Branch widths simple->hard, e.g. 16,36,56 (the paper's)."
     ),
@@ -128,6 +135,7 @@ def train_stage(
         "w_classes": w_classes,
         "w_average": w_average,
         "w_labels": w_labels,
+        "w_cost": w_cost,
         "seed": seed,
         "val_every": val_every,
         "val_crop": val_crop,
@@ -152,7 +160,7 @@ def train_stage(
 
 
 # stage 1 trains single networks: no loss weights; stages 2 and 3 train ClassSR: no stage-1 choices
-SINGLE_NETWORKS = {"w_image": None, "w_classes": None, "w_average": None, "w_labels": None}
+SINGLE_NETWORKS = {"w_image": None, "w_classes": None, "w_average": None, "w_labels": None, "w_cost": None}
 CLASSSR = {"branch": None, "all_data": False, "clean_fraction": None, "smooth_fraction": None}
 branches = command(
     train_stage,

@@ -13,6 +13,8 @@ from classsr_cli.data.prepare import FORMAT, FORMAT_VERSION, INDEX_DTYPE, SPLIT_
 from classsr_cli.errors import DataError
 
 SPLITS = {"train": SPLIT_TRAIN, "val": SPLIT_VAL}
+# (N, M) float32 in index order, written by `classsr train relabel`: each sub-image's cost on each branch
+ROUTE_COSTS = "route_costs.npy"
 
 
 def prepared_info(root: Path) -> dict:
@@ -88,11 +90,29 @@ def val_images(root: Path) -> list[tuple[str, Path, Path]]:
     return pairs
 
 
+def _route_costs(root: Path, rows: int) -> np.ndarray:
+    path = root / ROUTE_COSTS
+    if not path.is_file():
+        raise DataError(
+            f"{root} has no {ROUTE_COSTS}: --w-cost trains on the branches' errors, which "
+            "`classsr train relabel` writes (run it, or relabel again with --errors-from)"
+        )
+    try:
+        costs = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {path}: {error}") from None
+    if costs.ndim != 2 or len(costs) != rows:
+        raise DataError(f"{path} holds {costs.shape[0]} rows for {rows} sub-images: relabel again")
+    return costs
+
+
 class SubImageDataset(Dataset):
     """(LR 3xPxP, HR 3x(sP)x(sP) float32 in [0, 1], class) per sub-image of a prepared folder.
 
     `classes` keeps only those classes (0 = simple); stage 1 trains branch j on class j. `augment` applies
-    one of the 8 flips/rotations, the same to LR and HR. The images are memory-mapped lazily in each process
+    one of the 8 flips/rotations, the same to LR and HR. `route_costs`: the third item is the sub-image's
+    (M,) float32 row of the relabelled folder's route_costs.npy instead of its class (DataError if the
+    folder has none). The images are memory-mapped lazily in each process
     (DataLoader workers included), so only the small index travels to the workers.
     """
 
@@ -103,6 +123,7 @@ class SubImageDataset(Dataset):
         classes: list[int] | None = None,
         augment: bool = True,
         seed: int = 0,
+        route_costs: bool = False,
     ):
         if split not in SPLITS:
             raise DataError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
@@ -132,6 +153,9 @@ class SubImageDataset(Dataset):
         self._x = np.ascontiguousarray(rows["x"])
         self.labels = np.ascontiguousarray(rows["cls"]).astype(np.int64)
         self.psnr = np.ascontiguousarray(rows["psnr"])
+        self.targets = self.labels  # the third item of each sample: the class, or its route costs
+        if route_costs:
+            self.targets = np.ascontiguousarray(_route_costs(self.root, len(index))[keep])
         self._files = {
             (image["id"], scale_id): (entry["hr"], entry["lr"])
             for image in info["images"]
@@ -151,7 +175,7 @@ class SubImageDataset(Dataset):
     def crop_table(self) -> dict[str, np.ndarray]:
         """The sub-images as columns, one row each: image and scale (the keys of `images`), y and x (the
         top-left LR pixel; the HR crop starts at `scale` times it) and cls (0 = simple)."""
-        return {"image": self._image, "scale": self._scale, "y": self._y, "x": self._x, "cls": self.labels}
+        return {"image": self._image, "scale": self._scale, "y": self._y, "x": self._x, "cls": self.targets}
 
     def images(self, image: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
         """(HR, LR) of one scaled photo: uint8 (H, W, 3) arrays, memory-mapped. DataError if missing."""
@@ -197,7 +221,8 @@ class SubImageDataset(Dataset):
         if self.augment:
             transform = int(self._rng.integers(DIHEDRAL_TRANSFORMS))
             lr, hr = dihedral(lr, transform), dihedral(hr, transform)
-        return to_tensor(lr), to_tensor(hr), int(self.labels[item])
+        target = self.targets[item]
+        return to_tensor(lr), to_tensor(hr), torch.from_numpy(target) if target.ndim else int(target)
 
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:

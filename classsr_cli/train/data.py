@@ -66,16 +66,19 @@ class Augmented(Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         index, code = key
-        lr, hr, cls = self.base[index]
-        return dihedral(torch.as_tensor(lr), code), dihedral(torch.as_tensor(hr), code), int(cls)
+        lr, hr, target = self.base[index]  # target: the class, or (M,) route costs
+        return dihedral(torch.as_tensor(lr), code), dihedral(torch.as_tensor(hr), code), target
 
 
-def open_train_set(root: Path, classes: list[int] | None, seed: int) -> Dataset:
-    """The prepared training sub-images of the given classes (0-based, simple -> hard; None: all)."""
+def open_train_set(root: Path, classes: list[int] | None, seed: int, route_costs: bool = False) -> Dataset:
+    """The prepared training sub-images of the given classes (0-based, simple -> hard; None: all); with
+    `route_costs`, each sample's third item is its (M,) route costs (`data.dataset.SubImageDataset`)."""
     from classsr_cli.data.dataset import SubImageDataset
 
     # flips and rotations come from the sampler (see the module note), so the dataset does not add its own
-    dataset = SubImageDataset(root, split="train", classes=classes, augment=False, seed=seed)
+    dataset = SubImageDataset(
+        root, split="train", classes=classes, augment=False, seed=seed, route_costs=route_costs
+    )
     if len(dataset) == 0:
         which = "any class" if classes is None else f"class {', '.join(str(c) for c in classes)}"
         raise DataError(f"{root} holds no training sub-images of {which}")
@@ -100,7 +103,8 @@ def make_loader(
     device: torch.device,
     on_device: bool | None = None,
 ) -> Iterable:
-    """An endless source of (lr, hr, cls) batches for this process, beginning at sample `start`.
+    """An endless source of (lr, hr, target) batches for this process, beginning at sample `start`; target:
+    the classes, or route costs (`open_train_set`).
 
     On a GPU where the dataset's scaled photos fit in DEVICE_DATA_SHARE of its free memory, they are held
     there and each batch is gathered there (`train.device_data.DeviceSubImages`): the very batches the CPU

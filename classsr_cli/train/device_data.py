@@ -220,7 +220,9 @@ class DeviceSubImages:
         self._image = torch.tensor([numbers[key] for key in keys], dtype=torch.int64, device=self.device)
         self._y = torch.from_numpy(table["y"].astype(np.int64)).to(self.device)
         self._x = torch.from_numpy(table["x"].astype(np.int64)).to(self.device)
-        self._cls = torch.from_numpy(table["cls"].astype(np.int64)).to(self.device)
+        target = np.asarray(table["cls"])  # classes, or (N, M) route costs
+        target = target.astype(np.int64) if target.ndim == 1 else target.astype(np.float32)
+        self._cls = torch.from_numpy(target).to(self.device)
         self._lr_sources = _dihedral_sources(self.patch, self.device)
         self._hr_sources = _dihedral_sources(self.patch * self.sr_scale, self.device)
 
@@ -236,7 +238,8 @@ class DeviceSubImages:
 
     def batch(self, pairs: Sequence[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(LR, HR, class) of the sub-images `pairs` = [(row of the dataset, transform code)]: float32
-        (B, 3, p, p) and (B, 3, sp, sp) in [0, 1] (channels-last in memory), int64 (B,), on the device."""
+        (B, 3, p, p) and (B, 3, sp, sp) in [0, 1] (channels-last in memory), int64 (B,) (or float32 (B, M)
+        route costs), on the device."""
         index = torch.tensor([row for row, _ in pairs], dtype=torch.int64, device=self.device)
         code = torch.tensor([code for _, code in pairs], dtype=torch.int64, device=self.device)
         positions = Positions(self._image[index], self._y[index], self._x[index], code)

@@ -19,6 +19,9 @@ class LossWeights:
     # Not in the paper: cross-entropy towards the difficulty classes of prepare-data, for a Class-Module
     # whose plain losses collapse onto one branch (they did on our photos); 0 = the paper's losses.
     labels: float = 0.0
+    # Not in the paper: the expected cost of routing under the branches' own errors (`expected_cost`), for
+    # data relabelled by `classsr train relabel`; 0 = not used.
+    cost: float = 0.0
 
 
 def image_loss(sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
@@ -32,6 +35,17 @@ def class_loss(probs: torch.Tensor) -> torch.Tensor:
     pairs = torch.triu_indices(m, m, offset=1, device=probs.device)
     spread = (probs[:, pairs[0]] - probs[:, pairs[1]]).abs().sum(dim=1)
     return ((m - 1) - spread).mean()
+
+
+def expected_cost(probs: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+    """Mean over samples of sum_k P_k * cost_k: the cost routing by these probabilities is expected to pay.
+
+    `costs` (B, M) are `train.relabel.routing_costs` (each branch's error plus lambda x its FLOPs, less the
+    row's least), so the loss weighs each sub-image by how much its choice matters, where cross-entropy
+    towards the argmin label weighs every sub-image alike. 0 when all probability sits on the cheapest
+    branch. A cost-sensitive classification loss (e.g. Elkan, "The foundations of cost-sensitive learning",
+    IJCAI 2001, for the costs; the expectation makes it differentiable)."""
+    return (probs.float() * costs.float()).sum(dim=1).mean()
 
 
 class _SumOverProcesses(torch.autograd.Function):
@@ -81,14 +95,18 @@ def classsr_loss(
     world_size: int = 1,
     labels: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """w1 * Image-Loss + w2 * Class-Loss + w3 * Average-Loss (+ the optional label guidance), and the
-    unweighted terms for the logs. `sr` may be None when w1 is 0 (the branches need not run)."""
+    """w1 * Image-Loss + w2 * Class-Loss + w3 * Average-Loss (+ the optional label guidance or expected
+    cost), and the unweighted terms for the logs. `sr` may be None when w1 is 0 (the branches need not
+    run). `labels`: (B,) classes, or (B, M) route costs (data opened with `route_costs`)."""
     terms = {"class": class_loss(probs.float()), "average": average_loss(probs, world_size)}
     total = weights.classes * terms["class"] + weights.average * terms["average"]
     if sr is not None:
         terms["l1"] = image_loss(sr, hr)
         total = total + weights.image * terms["l1"]
-    if weights.labels and labels is not None:
+    if labels is not None and labels.ndim == 2:
+        terms["cost"] = expected_cost(probs, labels)
+        total = total + weights.cost * terms["cost"]
+    elif weights.labels and labels is not None:
         terms["label"] = F.nll_loss(torch.log(probs.float().clamp_min(1e-8)), labels.long())
         total = total + weights.labels * terms["label"]
     return total, terms

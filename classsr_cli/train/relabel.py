@@ -9,8 +9,10 @@ every sub-image (denoising: with seeded noise of the data's sigma), and sub-imag
 
 the cheapest trade of error against arithmetic, with lambda the smallest that makes the labels spend at most
 `flops_ratio` of the base network's FLOPs. A Class-Module trained on these labels (`train classifier
---w-label 1`) learns which sub-images the small branches handle; `train calibrate` then sets its cost on
-photos. The labelled copy shares the source folder's images (symbolic links) and has its own index.
+--w-label 1`) learns which sub-images the small branches handle, every sub-image alike; trained on the
+costs themselves (`train classifier --w-cost 1`, the expected cost of its routing under the route costs
+written beside the labels), it learns most where the choice matters most. `train calibrate` then sets its
+cost on photos. The labelled copy shares the source folder's images (symbolic links) and has its own index.
 
 Two ways to measure SSE_k (`engine`): each sub-image run alone, as `prepare-data` runs its ranking network
 (zero padding at its edges, so the outer EDGE pixels are left out), or (`engine=True`, upscaling only) each
@@ -27,7 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from classsr_cli.data.dataset import SPLITS, SubImageDataset, input_noise, load_index, prepared_info
+from classsr_cli.data.dataset import (
+    ROUTE_COSTS,
+    SPLITS,
+    SubImageDataset,
+    input_noise,
+    load_index,
+    prepared_info,
+)
 from classsr_cli.data.prepare import SPLIT_TRAIN
 from classsr_cli.data.ranking import NetworkRanker, NoisyInput
 from classsr_cli.engine.routing import plan_for
@@ -42,6 +51,8 @@ from classsr_cli.weights import load_model, sha256_of
 EDGE = 4
 # LR pixels at each edge of a 32x32 sub-image outside the cell it owns in the engine (tiles at stride 28)
 CELL_MARGIN = 2
+# what relabel writes beside the index, not shared with the data it relabels
+RELABEL_FILES = ("branch_errors.npy", ROUTE_COSTS)
 
 
 def scale_rows(info: dict, index: np.ndarray, scales: list[float] | None) -> np.ndarray:
@@ -181,6 +192,17 @@ def cheapest_labels(errors: np.ndarray, costs: np.ndarray, flops_ratio: float) -
     return labels(high), high
 
 
+def routing_costs(errors: np.ndarray, costs: np.ndarray, lam: float, train: np.ndarray) -> np.ndarray:
+    """(N, M) float32: what routing each sub-image to each branch costs, errors[:, k] + lam * costs[k],
+    less the row's least cost (0 on its label), divided by the mean over `train` rows of the largest less
+    the least, so the losses stay of order 1 whatever the errors' scale. The targets of the Class-Module's
+    expected-cost loss (`train classifier --w-cost`, `train.losses.expected_cost`)."""
+    total = np.asarray(errors, dtype=np.float64) + lam * np.asarray(costs, dtype=np.float64)
+    total -= total.min(axis=1, keepdims=True)
+    spread = float(total[train].max(axis=1).mean()) if train.any() else 0.0
+    return (total / max(spread, 1e-12)).astype(np.float32)
+
+
 def _earlier_errors(folder: Path, index: np.ndarray, weights: Path) -> tuple[np.ndarray, bool]:
     """(errors, measured through the engine) of an earlier relabelled folder; DataError unless it holds
     the same sub-images (in the same order) and came from weights of the same contents."""
@@ -215,7 +237,8 @@ def relabel(
     `errors_from`: a folder this function wrote from the same data, weights and scales, whose errors are
     taken instead of running the branches again (labels at another FLOPs ratio in seconds).
 
-    Also writes out/branch_errors.npy, the (N, M) errors in index order. Returns a summary: the labels'
+    Also writes out/branch_errors.npy, the (N, M) errors in index order, and out/route_costs.npy, their
+    `routing_costs` at the labels' lambda (for `train classifier --w-cost`). Returns a summary: the labels'
     FLOPs ratio, lambda and class counts. ModelError for a single network or a ratio out of reach,
     DataError for data of another number of classes or an existing `out`.
     """
@@ -264,10 +287,11 @@ def relabel(
     try:
         partial.mkdir(parents=True)
         for name in os.listdir(source):
-            if name not in ("index.npy", "meta.json", "branch_errors.npy") and not name.startswith("."):
+            if name not in ("index.npy", "meta.json", *RELABEL_FILES) and not name.startswith("."):
                 (partial / name).symlink_to(source / name)
         np.save(partial / "index.npy", index)
         np.save(partial / "branch_errors.npy", errors)
+        np.save(partial / ROUTE_COSTS, routing_costs(errors, costs, lam, train))
         write_json(partial / "meta.json", meta)
         partial.rename(out)
     except BaseException:

@@ -58,7 +58,8 @@ class Settings:
 def resolve_settings(options: dict, checkpoint: dict | None, defaults: dict) -> Settings:
     """Each setting from the command line when given (not None), else from the checkpoint, else the default.
 
-    Loss weights come as options w_image, w_classes, w_average and w_labels, each resolved on its own.
+    Loss weights come as options w_image, w_classes, w_average, w_labels and w_cost, each resolved on
+    its own.
     """
     saved = dict(checkpoint.get("options", {})) if checkpoint else {}
     values = {}

@@ -46,7 +46,7 @@ class TrainRequest:
     resume: bool = False
     device: str = "auto"
     widths: list[int] | None = None
-    # Settings fields and w_image / w_classes / w_average / w_labels
+    # Settings fields and w_image / w_classes / w_average / w_labels / w_cost
     options: dict = field(default_factory=dict)
 
 
@@ -342,6 +342,14 @@ def _initial_classsr(
     return model, family
 
 
+def _classsr_train_set(request: TrainRequest, settings):
+    """Stage 2 and 3 data: with --w-cost, each sample carries its route costs (no labels: so no --w-label)."""
+    weights = settings.loss_weights
+    if weights.cost and weights.labels:
+        raise ModelError("--w-cost and --w-label are two ways to use the labels: choose one")
+    return open_train_set(request.data, None, settings.seed, route_costs=weights.cost > 0)
+
+
 def _batch_norms(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
@@ -369,7 +377,7 @@ def _train_classsr(request: TrainRequest, stage_name: str, console: Console | No
                 family=family,
                 model=model,
                 trainable=trainable,
-                dataset=open_train_set(request.data, None, settings.seed),
+                dataset=_classsr_train_set(request, settings),
                 output=output,
                 classify=True,
                 frozen=frozen,
