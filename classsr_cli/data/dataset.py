@@ -174,7 +174,8 @@ class SubImageDataset(Dataset):
 
     def crop_table(self) -> dict[str, np.ndarray]:
         """The sub-images as columns, one row each: image and scale (the keys of `images`), y and x (the
-        top-left LR pixel; the HR crop starts at `scale` times it) and cls (0 = simple)."""
+        top-left LR pixel; the HR crop starts at `scale` times it) and cls (0 = simple; with `route_costs`,
+        each sub-image's (M,) route costs instead)."""
         return {"image": self._image, "scale": self._scale, "y": self._y, "x": self._x, "cls": self.targets}
 
     def images(self, image: int, scale: int) -> tuple[np.ndarray, np.ndarray]:
