@@ -198,3 +198,17 @@ def test_weights_list_shows_every_file_name_whole_in_80_columns():
     assert max(len(line) for line in table) <= 80
     for entry in read_manifest()["models"]:
         assert entry["file"] in result.output  # the name to pass to --weights, never cut with an ellipsis
+
+
+def test_weights_list_piped_keeps_each_row_on_one_line():
+    """Without a terminal and without COLUMNS (a pipe, a file), each row is one line, for grep."""
+    from typer.testing import CliRunner
+
+    from classsr_cli.cli import app
+    from classsr_cli.cli.weights import _compact
+
+    result = CliRunner().invoke(app, ["weights", "list"], env={"COLUMNS": None})
+    assert result.exit_code == 0, result.output
+    for entry in read_manifest()["models"]:
+        row = next(line for line in result.output.splitlines() if entry["file"] in line)
+        assert _compact(entry.get("iterations", "-")) in row and entry["family"] in row

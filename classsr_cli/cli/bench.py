@@ -4,7 +4,6 @@ measure, these commands parse and print."""
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from classsr_cli.cli.common import (
@@ -17,6 +16,7 @@ from classsr_cli.cli.common import (
     print_json,
     progress_bars,
     say,
+    table_console,
     user_errors,
 )
 
@@ -62,8 +62,9 @@ def flops(
             f"{branch['executed_flops'] / 1e6:.2f}M",
             f"{branch['flops'] / base:.1%}",
         )
-    Console().print(table)
-    Console().print(f"ClassSR parameters: {costs['params']:,}")
+    out = table_console()
+    out.print(table)
+    out.print(f"ClassSR parameters: {costs['params']:,}")
 
 
 @user_errors

@@ -7,6 +7,7 @@ Errors a user can cause (ClasssrError) print one line, `error: ...`, on stderr a
 
 import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -54,6 +55,19 @@ def group(help_text: str) -> typer.Typer:
 
 # progress, tables and messages go to stderr so that stdout carries only --json documents
 console = Console(stderr=True)
+# columns of a table printed on stdout when it goes to a pipe or a file and COLUMNS is not set: room for
+# whole rows, where a terminal's 80 would fold them
+PIPED_WIDTH = 200
+
+
+def table_console() -> Console:
+    """A console for a table on stdout: a terminal's width (or COLUMNS where set); piped or redirected,
+    PIPED_WIDTH, so that each row stays on one line for grep and the like."""
+    if sys.stdout.isatty() or os.environ.get("COLUMNS"):
+        return Console()
+    return Console(width=PIPED_WIDTH)
+
+
 EXIT_USER_ERROR = 2
 
 

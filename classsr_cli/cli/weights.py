@@ -4,7 +4,6 @@
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from classsr_cli.cli.common import (
@@ -15,6 +14,7 @@ from classsr_cli.cli.common import (
     print_json,
     say,
     subcommand,
+    table_console,
 )
 
 app = group("The weights this installation ships and your own: list them, or add yours.")
@@ -76,7 +76,7 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
             str(latest_val_psnr(entry) or "-"),
             str(entry.get("flops_ratio", "-")),
         )
-    Console().print(table)
+    table_console().print(table)
 
 
 @subcommand(app, "add")
