@@ -220,9 +220,8 @@ class DeviceSubImages:
         self._image = torch.tensor([numbers[key] for key in keys], dtype=torch.int64, device=self.device)
         self._y = torch.from_numpy(table["y"].astype(np.int64)).to(self.device)
         self._x = torch.from_numpy(table["x"].astype(np.int64)).to(self.device)
-        target = np.asarray(table["cls"])  # classes, or (N, M) route costs
-        target = target.astype(np.int64) if target.ndim == 1 else target.astype(np.float32)
-        self._cls = torch.from_numpy(target).to(self.device)
+        # int64 classes, or (N, M) float32 route costs, as the dataset holds them
+        self._cls = torch.as_tensor(table["cls"], device=self.device)
         self._lr_sources = _dihedral_sources(self.patch, self.device)
         self._hr_sources = _dihedral_sources(self.patch * self.sr_scale, self.device)
 

@@ -51,8 +51,6 @@ from classsr_cli.weights import load_model, sha256_of
 EDGE = 4
 # LR pixels at each edge of a 32x32 sub-image outside the cell it owns in the engine (tiles at stride 28)
 CELL_MARGIN = 2
-# what relabel writes beside the index, not shared with the data it relabels
-RELABEL_FILES = ("branch_errors.npy", ROUTE_COSTS)
 
 
 def scale_rows(info: dict, index: np.ndarray, scales: list[float] | None) -> np.ndarray:
@@ -287,7 +285,7 @@ def relabel(
     try:
         partial.mkdir(parents=True)
         for name in os.listdir(source):
-            if name not in ("index.npy", "meta.json", *RELABEL_FILES) and not name.startswith("."):
+            if name not in ("index.npy", "meta.json", "branch_errors.npy", ROUTE_COSTS) and name[0] != ".":
                 (partial / name).symlink_to(source / name)
         np.save(partial / "index.npy", index)
         np.save(partial / "branch_errors.npy", errors)
