@@ -67,8 +67,14 @@ class RunResult:
         return bool(budget) and any(report.flops_ratio > budget + 1e-9 for report in self.reports)
 
     def documents(self) -> list[dict]:
-        """The JSON documents `--json` prints: one per image (its report and the model), then failures."""
-        return [self.restorer.report(report) for report in self.reports] + self.failures
+        """The JSON documents `--json` prints: one per image (its report and the model), then failures,
+        then the images of a folder run left alone, their output existing (`{"input", "output",
+        "skipped"}`)."""
+        existing = [
+            {"input": str(job.source), "output": str(job.target), "skipped": "output exists"}
+            for job in self.plan.existing
+        ]
+        return [self.restorer.report(report) for report in self.reports] + self.failures + existing
 
 
 def restore(

@@ -177,6 +177,30 @@ def test_folder_in_folder_out(weights, tmp_path):
     assert only_files(tmp_path / "out") == ["a.png", "b.jpg"]
 
 
+def test_a_folder_rerun_does_the_new_images_and_leaves_existing_outputs_alone_in_one_line(weights, tmp_path):
+    inputs = image_folder(tmp_path / "in", "a.png", "b.png", "c.png", "d.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png"):
+        (out / name).write_bytes(b"mine")  # results of an earlier run, or the user's own files
+    (inputs / "e.png").write_bytes((inputs / "a.png").read_bytes())  # a new photo since
+    result = upscale(inputs, out, "--weights", weights, "--json")
+    assert result.exit_code == 0, result.output
+    documents = json.loads(result.stdout)
+    assert [d.get("out_width") for d in documents] == [120, None, None, None, None]
+    assert [d.get("skipped") for d in documents[1:]] == ["output exists"] * 4
+    notes = [line for line in result.stderr.splitlines() if "alone" in line]
+    assert notes == [
+        "note: left 4 images alone, their output exists (a.png, b.png, c.png and 1 more): "
+        "pass --overwrite (overwrite=True in Python) to replace them"
+    ]
+    assert all((out / name).read_bytes() == b"mine" for name in ("a.png", "b.png", "c.png", "d.png"))
+    # and with --overwrite every image is done again
+    again = upscale(inputs, out, "--weights", weights, "--overwrite", "--json")
+    assert again.exit_code == 0 and len(json.loads(again.stdout)) == 5 and "alone" not in again.stderr
+    assert (out / "a.png").read_bytes() != b"mine"
+
+
 def one_line_error(result) -> str:
     assert result.exit_code == 2, result.output
     lines = result.output.splitlines()  # no blank line before or after it either

@@ -23,6 +23,7 @@ from classsr_cli.cli.common import (
     progress_bars,
     say,
 )
+from classsr_cli.errors import OVERWRITE_HINT
 
 DENOISE_MODEL_OPTION = typer.Option(None, "--model", "-m", help="dncnn (the default).")
 
@@ -95,6 +96,8 @@ def run_and_report(
                 print_summary(result)
             for line in result.plan.skipped:
                 say(f"note: skipped {line}", style="yellow")
+            if result.plan.existing:
+                print_note(existing_outputs_note(result.plan.existing))
     if result.failures:  # on every rank, so that torchrun reports the launch as failed
         raise typer.Exit(EXIT_USER_ERROR)
 
@@ -118,6 +121,15 @@ Started by torchrun, the processes share the folder's images (docs/multi-gpu.md)
     fixed={"task": "denoise", "back_projection": None},  # back-projection is for upscaling
     options={"model": DENOISE_MODEL_OPTION},
 )
+
+
+def existing_outputs_note(jobs) -> str:
+    """One line for the images of a folder run left alone because their output exists."""
+    names = ", ".join(job.target.name for job in jobs[:3])
+    if len(jobs) > 3:
+        names += f" and {len(jobs) - 3} more"
+    images = "image" if len(jobs) == 1 else "images"
+    return f"left {len(jobs)} {images} alone, their output exists ({names}): {OVERWRITE_HINT} to replace them"
 
 
 def class_map_legend(num_classes: int) -> str:

@@ -10,6 +10,8 @@ Rules (checked before a model is loaded or a byte is written):
   and, when it is writable, its type (else PNG): `photo.png` and `photo.gif` would both make `photo.png` and
   are refused, naming both. Class maps are named `STEM.classes.png`, or `NAME.classes.png` (e.g.
   `photo.jpg.classes.png`) for inputs that share a stem; the plan says so in `notes`.
+- Without --overwrite, a folder run leaves the images whose output (or class map) exists alone: they are
+  planned as `existing`, not as jobs, so that a rerun does only the new images and the run says so once.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RunPlan:
     notes: list[str] = field(default_factory=list)  # names chosen that the user did not ask for
     folders: list[Path] = field(default_factory=list)  # made by make_folders(), before the first write
     skipped: list[str] = field(default_factory=list)  # input entries named like images that are not, in words
+    existing: list[Job] = field(default_factory=list)  # folder runs: images left alone, their output exists
 
     def make_folders(self) -> None:
         """Create the output (and class map) folders of a folder run; OutputError if that fails."""
@@ -64,7 +67,9 @@ def plan_run(
     `class_map` is a file for one image, a folder for a folder of images. Raises InputError when the input
     is missing or holds no image, OutputError for an output that cannot be planned safely (unknown type,
     two files on one name, an input as output, a file where a folder is needed, an existing output
-    without `overwrite` for a single image, a missing folder for a single image). Nothing is written.
+    without `overwrite` for a single image, a missing folder for a single image). In a folder run without
+    `overwrite`, images whose output or class map exists go to `existing` instead of `jobs`. Nothing is
+    written.
     """
     source, target = Path(source), Path(target)
     class_map = Path(class_map) if class_map is not None else None
@@ -72,7 +77,10 @@ def plan_run(
         raise InputError(f"input not found: {source}")
     if source.is_dir():
         plan = _plan_folder(source, target, class_map)
-        _refuse_collisions(plan.jobs)
+        _refuse_collisions(plan.jobs)  # all of them: an input as output is refused, existing or not
+        if not overwrite:
+            plan.existing = [job for job in plan.jobs if _exists(job)]
+            plan.jobs = [job for job in plan.jobs if not _exists(job)]
         return plan
     return _plan_file(source, target, class_map, overwrite)
 
@@ -120,6 +128,10 @@ def _plan_folder(source: Path, target: Path, class_map: Path | None) -> RunPlan:
         jobs.append(Job(image, target / f"{image.stem}{suffix}", map_path))
     folders = [target] + ([class_map] if class_map is not None else [])
     return RunPlan(jobs, from_folder=True, notes=notes, folders=folders, skipped=skipped)
+
+
+def _exists(job: Job) -> bool:
+    return any(path is not None and path.exists() for path in (job.target, job.class_map))
 
 
 def _name_key(path: Path) -> tuple[str, str]:
