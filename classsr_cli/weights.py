@@ -87,11 +87,17 @@ def listed_models() -> list[dict]:
 
 
 def latest_val_psnr(entry: dict) -> float | None:
-    """A manifest entry's validation PSNR in dB as today's engine gives it: the figure measured after the
-    entry's later fine-tune where it records one (`smooth_fine_tune`), else the one from its training;
-    None if neither was measured. The set it was measured on is the entry's `val_set`."""
+    """A manifest entry's validation PSNR in dB as today's engine gives it: the figure measured after its
+    latest change (a new Class-Module: `val_psnr_default_engine`; a later fine-tune: `smooth_fine_tune`'s),
+    else the one from its training; None if none was measured. The set is the entry's `val_set`."""
     later = entry.get("smooth_fine_tune") or {}
-    return later.get("val_psnr_default_engine", entry.get("val_psnr"))
+    return entry.get("val_psnr_default_engine", later.get("val_psnr_default_engine", entry.get("val_psnr")))
+
+
+def latest_flops_ratio(entry: dict) -> float | None:
+    """A manifest entry's paper-convention FLOPs ratio on the validation photos after its latest change
+    (`flops_ratio_default_engine`), else the one from its training; None if not measured."""
+    return entry.get("flops_ratio_default_engine", entry.get("flops_ratio"))
 
 
 def sha256_of(path: Path) -> str:

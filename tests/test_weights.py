@@ -179,11 +179,17 @@ def test_added_weights_go_to_the_user_folder_and_come_before_the_shipped(tmp_pat
 
 
 def test_weights_list_gives_the_validation_psnr_after_the_latest_fine_tune():
-    from classsr_cli.weights import latest_val_psnr
+    from classsr_cli.weights import latest_flops_ratio, latest_val_psnr
 
     assert latest_val_psnr({"val_psnr": 37.0}) == 37.0
     assert latest_val_psnr({"val_psnr": 37.0, "smooth_fine_tune": {"val_psnr_default_engine": 37.3}}) == 37.3
     assert latest_val_psnr({}) is None
+    # a new Class-Module measured after the fine-tune: its figure is the latest
+    later = {"val_psnr": 37.0, "smooth_fine_tune": {"val_psnr_default_engine": 37.3}}
+    later["val_psnr_default_engine"] = 37.2
+    assert latest_val_psnr(later) == 37.2
+    assert latest_flops_ratio({"flops_ratio": 0.68}) == 0.68
+    assert latest_flops_ratio({"flops_ratio": 0.68, "flops_ratio_default_engine": 0.64}) == 0.64
 
 
 def test_weights_list_shows_every_file_name_whole_in_80_columns():

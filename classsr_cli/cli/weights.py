@@ -33,7 +33,7 @@ def _compact(value) -> str:
 @subcommand(app, "list")
 def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
     """Installed weights (shipped, then your own) with widths, training provenance and validation figures."""
-    from classsr_cli.weights import latest_val_psnr, listed_models, weights_folders
+    from classsr_cli.weights import latest_flops_ratio, latest_val_psnr, listed_models, weights_folders
 
     folders = weights_folders()
     models = listed_models()
@@ -74,7 +74,7 @@ def weights_list(as_json: bool = JSON_OPTION, debug: bool = DEBUG_OPTION):
             "/".join(map(str, entry["widths"])),
             _compact(entry.get("iterations", "-")),
             str(latest_val_psnr(entry) or "-"),
-            str(entry.get("flops_ratio", "-")),
+            str(latest_flops_ratio(entry) or "-"),
         )
     table_console().print(table)
 
