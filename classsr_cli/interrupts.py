@@ -4,12 +4,17 @@ By default these signals kill Python on the spot, skipping the with-blocks and f
 half-written output. `terminations_raise()` makes them raise `Terminated` (a KeyboardInterrupt, which the code
 already treats as "stop and clean up") in the process that installed it; forked workers keep the default.
 A SIGKILL cannot be caught at all: the image writer keeps files under construction unnamed for that case.
+
+Once a stopped run has cleaned up, `leave(status)` ends the process: a reading or computing thread of the
+run may still be inside the libraries' C++ code (a network, a decoder), and finalising the interpreter
+around it aborts the process ("terminate called without an active exception", status 134).
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,3 +67,20 @@ def terminations_raise() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+STOPPED = (130, *(128 + signum for signum in SIGNALS))  # the exit statuses of a run stopped by a signal
+
+
+def leave(status: int) -> None:
+    """End the process with `status`. After a stop (a status in STOPPED) with other threads still running,
+    without finalising the interpreter (`os._exit`, once stdout and stderr are flushed): the clean-up has
+    run by then, as the exception unwound. Otherwise as `sys.exit` does."""
+    if status in STOPPED and threading.active_count() > 1:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said there
+                pass
+        os._exit(status)
+    sys.exit(status)

@@ -1,8 +1,8 @@
 """Every way a run can be stopped mid-write leaves no partial file: real processes, real signals.
 
 Each case runs `python -m classsr_cli upscale` (through a wrapper that pauses the engine once the writer holds
-the first rows), sends a signal, and checks the exit status and that the output folder is empty. The cases run
-side by side, so that the suite pays for about one process start-up, not four.
+the first rows, sleeping or computing), sends a signal, and checks the exit status and that the output folder
+is empty. The cases run side by side, so that the suite pays for about one process start-up, not five.
 """
 
 import os
@@ -37,6 +37,7 @@ from classsr_cli.imaging import writer
 
 writer.UNNAMED_TEMP_FILES = sys.argv.pop(1) == "unnamed"
 ready = Path(sys.argv.pop(1))
+computing = sys.argv.pop(1) == "computing"
 stream = Upscaler.stream
 
 def paused(self, *args, **kwargs):
@@ -44,6 +45,12 @@ def paused(self, *args, **kwargs):
         yield strip
         if index == 0:
             ready.write_text("writing")
+            if computing:  # the engine's thread inside the library's C++ code, as in a large network
+                import torch
+                torch.set_num_threads(1)
+                square = torch.ones(1200, 1200)
+                for _ in range(1000):
+                    square @ square
             time.sleep(120)
 
 Upscaler.stream = paused
@@ -51,14 +58,17 @@ sys.argv[0] = "classsr"
 runpy.run_module("classsr_cli", run_name="__main__")
 """
 
-# (signal name, temporary files, how it is sent, expected exit status)
+# (signal name, temporary files, how it is sent, expected exit status, what the engine's thread does then)
 CASES = [
-    ("SIGINT", "named", "process", 130),  # Ctrl-C
-    ("SIGTERM", "named", "process", 128 + 15),
-    ("SIGHUP", "named", "process", 128 + 1),  # the terminal was closed
-    ("SIGKILL", "unnamed", "group", -9),  # nothing runs in-process: the unnamed file must vanish by itself
+    ("SIGINT", "named", "process", 130, "sleeping"),  # Ctrl-C
+    ("SIGTERM", "named", "process", 128 + 15, "sleeping"),
+    ("SIGHUP", "named", "process", 128 + 1, "sleeping"),  # the terminal was closed
+    ("SIGKILL", "unnamed", "group", -9, "sleeping"),  # nothing runs in-process: the unnamed file must vanish
+    # Ctrl-C while the engine's thread runs a network: the process exits without waiting for it, and
+    # without aborting ("terminate called without an active exception", exit status 134)
+    ("SIGINT", "named", "process", 130, "computing"),
 ]
-IDS = [f"{name}-{temp}" for name, temp, _, _ in CASES]
+IDS = [f"{name}-{temp}" + ("-computing" if doing == "computing" else "") for name, temp, _, _, doing in CASES]
 UNNAMED_AVAILABLE = writer_module.UNNAMED_TEMP_FILES
 
 
@@ -75,13 +85,13 @@ def stopped_runs(tmp_path_factory):
     paths = [str(repo), os.environ.get("PYTHONPATH")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     running = {}
-    for (_, temp, _, _), case in zip(CASES, IDS, strict=True):
+    for (_, temp, _, _, doing), case in zip(CASES, IDS, strict=True):
         if temp == "unnamed" and not UNNAMED_AVAILABLE:
             continue
         folder = root / case
         folder.mkdir()
         ready = root / f"{case}.ready"
-        command = [sys.executable, "-c", WRAPPER, temp, str(ready), "upscale", str(image)]
+        command = [sys.executable, "-c", WRAPPER, temp, str(ready), doing, "upscale", str(image)]
         command += [str(folder / "out.png"), "--weights", str(weights), "--batch-size", "1"]
         process = subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
@@ -89,13 +99,14 @@ def stopped_runs(tmp_path_factory):
         running[case] = (process, ready, folder)
     results = {}
     deadline = time.monotonic() + 120
-    for (name, _, target, _), case in zip(CASES, IDS, strict=True):
+    for (name, _, target, _, _), case in zip(CASES, IDS, strict=True):
         if case not in running:
             continue
         process, ready, folder = running[case]
         while not ready.exists() and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if process.poll() is None and ready.exists():
+            time.sleep(0.5)  # the computing case: well inside its loop
             signum = getattr(signal, name)
             if target == "group":
                 os.killpg(process.pid, signum)
@@ -110,10 +121,10 @@ def stopped_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_a_stopped_run_leaves_no_partial_file(stopped_runs, case):
-    name, temp, _, expected_status = case
+    name, temp, _, expected_status, _ = case
     if temp == "unnamed" and not UNNAMED_AVAILABLE:
         pytest.skip("unnamed temporary files (O_TMPFILE) exist on Linux only")
-    folder, status, stderr, was_writing = stopped_runs[f"{name}-{temp}"]
+    folder, status, stderr, was_writing = stopped_runs[IDS[CASES.index(case)]]
     assert was_writing, f"the run never reached the writer: {stderr}"
     assert status == expected_status, stderr
     assert sorted(p.name for p in folder.iterdir()) == []

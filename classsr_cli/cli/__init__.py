@@ -59,7 +59,12 @@ app.add_typer(weights.app, name="weights")
 
 
 def main() -> None:
-    from classsr_cli.interrupts import terminations_raise
+    from classsr_cli.interrupts import leave, terminations_raise
 
-    with terminations_raise():
-        app()
+    try:
+        with terminations_raise():
+            app()
+    except SystemExit as leaving:  # typer ends every run so, with the run's exit status
+        if isinstance(leaving.code, int):
+            leave(leaving.code)
+        raise

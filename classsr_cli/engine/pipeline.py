@@ -228,25 +228,34 @@ _DONE = object()
 def in_background(items, depth: int = 2):
     """Yield the items of `items`, produced ahead by a thread of their own (at most `depth` waiting).
 
-    An exception raised while producing is raised here, at the item it replaced; when the consumer stops
-    early (an error, Ctrl-C), the thread stops at its next item."""
+    An exception raised while producing is raised here, at the item it replaced. When the consumer stops
+    early (an error, Ctrl-C), the thread stops at its next item and closes `items` (so that a nested
+    in_background stops its own thread); nobody waits for it, so a process that exits then should not
+    finalise around it (`interrupts.leave`)."""
     waiting: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
+
+    def offer(entry) -> bool:
+        while not stop.is_set():
+            try:
+                waiting.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce():
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        waiting.put((item, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not offer((item, None)):
                     return
-            waiting.put((_DONE, None))
+            offer((_DONE, None))
         except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
-            waiting.put((_DONE, error))
+            offer((_DONE, error))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=produce, daemon=True)
     thread.start()
@@ -259,7 +268,7 @@ def in_background(items, depth: int = 2):
                 return
             yield item
     finally:
-        stop.set()  # the thread sees it at its next item and ends; nobody waits for it (Ctrl-C, errors)
+        stop.set()  # the thread sees it once the item it is making is made
 
 
 def _tile_count(height: int, width: int) -> int:
