@@ -189,15 +189,17 @@ def test_a_folder_rerun_does_the_new_images_and_leaves_existing_outputs_alone_in
     documents = json.loads(result.stdout)
     assert [d.get("out_width") for d in documents] == [120, None, None, None, None]
     assert [d.get("skipped") for d in documents[1:]] == ["output exists"] * 4
-    notes = [line for line in result.stderr.splitlines() if "alone" in line]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert notes == [
         "note: left 4 images alone, their output exists (a.png, b.png, c.png and 1 more): "
         "pass --overwrite (overwrite=True in Python) to replace them"
     ]
+    assert result.stderr.splitlines()[-1] == "1 image written, 4 left alone"
     assert all((out / name).read_bytes() == b"mine" for name in ("a.png", "b.png", "c.png", "d.png"))
     # and with --overwrite every image is done again
     again = upscale(inputs, out, "--weights", weights, "--overwrite", "--json")
-    assert again.exit_code == 0 and len(json.loads(again.stdout)) == 5 and "alone" not in again.stderr
+    assert again.exit_code == 0 and len(json.loads(again.stdout)) == 5 and "note:" not in again.stderr
+    assert again.stderr.splitlines()[-1] == "5 images written"
     assert (out / "a.png").read_bytes() != b"mine"
 
 

@@ -87,3 +87,16 @@ def test_widths_validated():
 def test_container_rejects_bad_branch_counts():
     with pytest.raises(ValueError):
         ClassSR([create_base("fsrcnn", 16)])
+
+
+def test_a_model_for_another_task_or_unknown_is_refused_naming_the_tasks_models():
+    from classsr_cli.models.registry import family_for_task
+
+    assert family_for_task("CARN", "upscale").name == "carn"
+    with pytest.raises(ModelError, match="use `classsr denoise`"):
+        family_for_task("dncnn", "upscale")
+    with pytest.raises(ModelError) as refused:
+        family_for_task("nosuch", "upscale")
+    assert "carn" in str(refused.value) and "dncnn" not in str(refused.value)
+    with pytest.raises(ModelError, match=r"choose one of dncnn$"):
+        family_for_task("nosuch", "denoise")

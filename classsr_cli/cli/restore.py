@@ -98,6 +98,8 @@ def run_and_report(
                 say(f"note: skipped {line}", style="yellow")
             if result.plan.existing:
                 print_note(existing_outputs_note(result.plan.existing))
+            if result.plan.from_folder:
+                say(folder_tally(result))
     if result.failures:  # on every rank, so that torchrun reports the launch as failed
         raise typer.Exit(EXIT_USER_ERROR)
 
@@ -132,6 +134,17 @@ def existing_outputs_note(jobs) -> str:
     return f"left {len(jobs)} {images} alone, their output exists ({names}): {OVERWRITE_HINT} to replace them"
 
 
+def folder_tally(result) -> str:
+    """The closing line of a folder run: how many images were written, failed, left alone."""
+    written = len(result.reports)
+    parts = [f"{written} {'image' if written == 1 else 'images'} written"]
+    if result.failures:
+        parts.append(f"{len(result.failures)} failed")
+    if result.plan.existing:
+        parts.append(f"{len(result.plan.existing)} left alone")
+    return ", ".join(parts)
+
+
 def class_map_legend(num_classes: int) -> str:
     if num_classes == 3:
         return "green: simple, branch 1; yellow: medium, branch 2; red: hard, branch 3"
@@ -159,8 +172,8 @@ def print_summary(result) -> None:
             f"{report.width}x{report.height} -> {report.out_width}x{report.out_height} in "
             f"{report.seconds:.1f} s ({speed:.2f} output MP/s on {report.device})",
             f"engine: {report.engine_seconds:.1f} s of it (the rest: reading and writing)",
-            f"FLOPs: {report.flops_ratio:.1%} of the base network's (saved {1 - report.flops_ratio:.1%})",
-            f"executed: {report.executed_ratio:.0%} of the base network run once over the image",
+            f"FLOPs, the paper's count: {report.flops_ratio:.1%} of the base network's per sub-image",
+            f"executed, context included: {report.executed_ratio:.0%} of the base network's arithmetic",
         ]
         if report.class_map:
             legend = class_map_legend(len(report.class_counts))

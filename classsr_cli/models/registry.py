@@ -24,7 +24,10 @@ def list_families(task: str | None = None) -> list[str]:
 
 
 def family_for_task(name: str, task: str) -> FamilySpec:
-    """The family called `name`, refused in one line if it does another task (e.g. DnCNN for upscale)."""
+    """The family called `name`, refused in one line if it does another task (e.g. DnCNN for upscale) or
+    is unknown (naming the task's families only)."""
+    if name.lower() not in FAMILIES:
+        raise ModelError(f"unknown model '{name}': choose one of {', '.join(list_families(task))}")
     family = get_family(name)
     if family.task != task:
         kind = {"upscale": "an upscaling", "denoise": "a denoising"}[family.task]
