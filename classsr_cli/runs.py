@@ -8,6 +8,7 @@ every report back, in plan order. The CLI adds only progress bars and the printi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class RunResult:
     reports: list = field(default_factory=list)  # engine ImageReports of the images done
     failures: list[dict] = field(default_factory=list)  # {"input": path, "error": message[, "rank"]}
     flops_budget: float | None = None
+    load_seconds: float = 0.0  # loading the model and building its engine, before the first image
 
     @property
     def budget_unmet(self) -> bool:
@@ -113,7 +115,9 @@ def restore(
             options=request.engine,
         )
 
+    started = time.perf_counter()
     restorer = ranks.agree(load_engine)
+    load_seconds = time.perf_counter() - started
     if ranks.is_main:
         for message in restorer.notes:
             note(message)
@@ -126,7 +130,7 @@ def restore(
 
     keep_going = plan.from_folder or request.keep_going
     reports, failures = run_jobs(plan, ranks, do_one, keep_going, note=note, failed=failed, progress=progress)
-    return RunResult(plan, restorer, reports, failures, request.engine.flops_budget)
+    return RunResult(plan, restorer, reports, failures, request.engine.flops_budget, load_seconds)
 
 
 def run_jobs(

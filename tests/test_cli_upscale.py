@@ -247,9 +247,9 @@ def test_existing_output_and_input_are_protected(weights, tmp_path):
     )
     assert (tmp_path / "out.png").read_bytes() == b"mine"
     assert (tmp_path / "in.png").read_bytes() == before
-    assert (
-        upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--overwrite").exit_code == 0
-    )
+    replaced = upscale(tmp_path / "in.png", tmp_path / "out.png", "--weights", weights, "--overwrite")
+    assert replaced.exit_code == 0
+    assert sum(line.startswith("model loaded in ") for line in replaced.stderr.splitlines()) == 1
     assert only_files(tmp_path) == ["in.png", "out.png"]
 
 

@@ -180,3 +180,5 @@ def print_summary(result) -> None:
             lines.append(f"class map: {report.class_map} ({legend})")
         for line in lines:
             say(line)
+    if result.reports:
+        say(f"model loaded in {result.load_seconds:.1f} s, before the first image")
