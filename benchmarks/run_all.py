@@ -45,6 +45,7 @@ def main() -> None:
         # file to file, as a user runs it, against the plain way with OpenCV reading and writing
         upscalers = ",".join(family for family in families.split(",") if family in list_families("upscale"))
         run("-m", "benchmarks.end_to_end", *photos, "--families", upscalers)
+        run("-m", "benchmarks.png_settings", *photos)  # the PNG encoder's settings, docs/formats.md
         run("-m", "benchmarks.branch_speed", "--families", upscalers)
     else:
         print(f"\n(skipped bench: no validation photos at {val}; set CLASSSR_VAL)")
