@@ -70,8 +70,7 @@ class RunResult:
 
     def documents(self) -> list[dict]:
         """The JSON documents `--json` prints: one per image (its report and the model), then failures,
-        then the images of a folder run left alone, their output existing (`{"input", "output",
-        "skipped"}`)."""
+        then one per image of a folder run left alone because its output exists (input, output, skipped)."""
         existing = [
             {"input": str(job.source), "output": str(job.target), "skipped": "output exists"}
             for job in self.plan.existing

@@ -79,8 +79,9 @@ def plan_run(
         plan = _plan_folder(source, target, class_map)
         _refuse_collisions(plan.jobs)  # all of them: an input as output is refused, existing or not
         if not overwrite:
-            plan.existing = [job for job in plan.jobs if _exists(job)]
-            plan.jobs = [job for job in plan.jobs if not _exists(job)]
+            existing = [_exists(job) for job in plan.jobs]
+            plan.existing = [job for job, exists in zip(plan.jobs, existing, strict=True) if exists]
+            plan.jobs = [job for job, exists in zip(plan.jobs, existing, strict=True) if not exists]
         return plan
     return _plan_file(source, target, class_map, overwrite)
 
