@@ -131,3 +131,56 @@ def test_a_stopped_run_leaves_no_partial_file(stopped_runs, case):
     if name != "SIGKILL":
         assert stderr.strip().splitlines()[-1].startswith("error: "), stderr
         assert "Traceback" not in stderr
+
+
+# A Python program that catches Ctrl-C around `upscale_file` and then ends normally, while the engine's
+# thread is still inside a network: the interpreter's exit waits for that thread to finish its item.
+LIBRARY_USER = r"""
+import os, signal, sys, threading, time
+from pathlib import Path
+
+import torch
+
+from classsr_cli.engine.pipeline import upscale_file
+from classsr_cli.engine.upscaler import Upscaler
+from classsr_cli.weights import load_model
+
+stream = Upscaler.stream
+writing = threading.Event()
+
+def computing(self, *args, **kwargs):
+    for index, strip in enumerate(stream(self, *args, **kwargs)):
+        yield strip
+        if index == 0:
+            writing.set()
+            square = torch.ones(600, 600)
+            end = time.monotonic() + 3
+            while time.monotonic() < end:
+                square @ square
+
+Upscaler.stream = computing
+source, target, weights = sys.argv[1:]
+engine = Upscaler(load_model(weights), "cpu", batch_size=1)
+threading.Thread(target=lambda: writing.wait() and os.kill(os.getpid(), signal.SIGINT), daemon=True).start()
+try:
+    upscale_file(engine, Path(source), Path(target))
+except KeyboardInterrupt:
+    print("stopped", flush=True)
+"""
+
+
+def test_a_program_that_catches_ctrl_c_around_the_library_exits_without_aborting(tmp_path):
+    torch.manual_seed(0)
+    weights = save_model(create("fsrcnn", widths=[4, 8, 12]), tmp_path / "tiny.safetensors", "fsrcnn")
+    image = tmp_path / "in.png"
+    write_image(image, np.random.default_rng(0).random((100, 40, 3)).astype(np.float32))
+    repo = Path(__file__).resolve().parent.parent
+    paths = [str(repo), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-c", LIBRARY_USER, str(image), str(out / "x4.png"), str(weights)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "stopped" and "terminate called" not in done.stderr
+    assert list(out.iterdir()) == []

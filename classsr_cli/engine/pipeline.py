@@ -5,6 +5,7 @@ engine runs in another while the writer encodes what it has already given (pyvip
 all release Python's lock while they work).
 """
 
+import atexit
 import ctypes
 import queue
 import sys
@@ -223,6 +224,20 @@ def _timed(strips, total: list[float]):
 
 
 _DONE = object()
+# Producer threads still making an item after their consumer stopped (an error, Ctrl-C): the interpreter
+# must not finalise around one that is inside a network or a decoder (that aborts the process), so at exit
+# each gets until EXIT_WAIT_SECONDS to finish its item. The CLI ends a stopped run without finalising at all
+# (`interrupts.leave`); this is for Python programs that catch the interruption and go on to exit.
+_PRODUCERS: dict[threading.Thread, threading.Event] = {}
+EXIT_WAIT_SECONDS = 30.0
+
+
+@atexit.register
+def _stop_producers() -> None:
+    deadline = time.monotonic() + EXIT_WAIT_SECONDS
+    for thread, stop in list(_PRODUCERS.items()):
+        stop.set()
+        thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def in_background(items, depth: int = 2):
@@ -230,8 +245,7 @@ def in_background(items, depth: int = 2):
 
     An exception raised while producing is raised here, at the item it replaced. When the consumer stops
     early (an error, Ctrl-C), the thread stops at its next item and closes `items` (so that a nested
-    in_background stops its own thread); nobody waits for it, so a process that exits then should not
-    finalise around it (`interrupts.leave`)."""
+    in_background stops its own thread); nobody waits for it then, but the interpreter's exit does."""
     waiting: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -256,8 +270,10 @@ def in_background(items, depth: int = 2):
             close = getattr(items, "close", None)
             if close is not None:
                 close()
+            _PRODUCERS.pop(threading.current_thread(), None)
 
     thread = threading.Thread(target=produce, daemon=True)
+    _PRODUCERS[thread] = stop
     thread.start()
     try:
         while True:
