@@ -192,9 +192,27 @@ def test_resume_skips_finished_photos_and_redoes_missing_ones(photos, tmp_path):
     assert again["resumed"] == 3
     assert {p.name: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == stamps  # nothing rewritten
     next(iter(sorted((out / "parts").iterdir()))).unlink()  # as if interrupted before this photo finished
-    redone = run_prepare(photos, out, classes=2)  # the ranking is recomputed from all per-image PSNRs
+    # the ranking is recomputed from all per-image PSNRs; other settings over a finished set need overwrite
+    redone = run_prepare(photos, out, classes=2, overwrite=True)
     assert redone["resumed"] == 2
     assert redone["subimages"] == first["subimages"] and len(redone["class_counts"]) == 2
+
+
+def test_a_finished_set_is_not_prepared_again_with_other_settings_unless_asked(photos, tmp_path):
+    out = tmp_path / "prep"
+    run_prepare(photos, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    for other in ({"scales": (1.0,)}, {"classes": 2}, {"seed": 1}):
+        with pytest.raises(DataError, match="other settings") as refused:
+            run_prepare(photos, out, **other)
+        assert "--overwrite" in str(refused.value) and next(iter(other)) in str(refused.value)
+    other_photos = tmp_path / "fewer"
+    other_photos.mkdir()
+    (other_photos / "a_flat.png").write_bytes((photos / "a_flat.png").read_bytes())
+    with pytest.raises(DataError, match="src"):
+        run_prepare(other_photos, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before  # index, meta untouched
+    assert run_prepare(photos, out)["resumed"] == 3  # the same settings resume
 
 
 def test_deterministic_across_runs_and_worker_counts(photos, prepared, tmp_path):

@@ -31,6 +31,9 @@ def prepare_data(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Share of photos held out."),
     workers: int = typer.Option(None, "--workers", help="Processes (default: min(4, CPU cores))."),
     seed: int = typer.Option(0, "--seed", help="Seed of the validation choice."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Prepare again a folder holding a set made with other settings."
+    ),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
@@ -50,6 +53,7 @@ def prepare_data(
         log=say,
         task=task,
         noise_sigma=noise_sigma,
+        overwrite=overwrite,
     )
     if as_json:
         print_json(summary)

@@ -150,8 +150,13 @@ def prepare_data(
     log: Callable[[str], None] | None = None,
     task: str = "upscale",
     noise_sigma: float = DEFAULT_NOISE_SIGMA,
+    overwrite: bool = False,
 ) -> dict:
     """Build (or resume) a prepared training folder at `out` from the photos in `src`; return a summary.
+
+    A folder that already holds a finished set made from other photos' folder or with other settings is
+    refused (DataError naming them) unless `overwrite`: its sub-images would change under the runs and
+    relabelled folders that use them.
 
     sr_scale: LR = HR reduced by it (None: 4, or 1 for denoising). task "denoise" (scale 1) ranks the clean
     sub-images with Gaussian noise of `noise_sigma` (0-255 scale) added; training adds fresh noise of that
@@ -203,6 +208,20 @@ def prepare_data(
     log(f"ranking sub-images by the PSNR of: {rank.label}{noisy}")
     if rank.kind not in (BICUBIC, BLUR):
         ranker_for(rank, patch, sr_scale, noise_sigma)  # fail fast on bad weights
+    arguments = {
+        "scales": list(scales),
+        "task": task,
+        "noise_sigma": noise_sigma if task == "denoise" else None,
+        "scale": sr_scale,
+        "patch": patch,
+        "stride": stride,
+        "classes": classes,
+        "rank_model": rank.name,
+        "val_fraction": val_fraction,
+        "seed": seed,
+    }
+    if not overwrite:
+        _refuse_other_settings(out, {"src": str(src.resolve()), **arguments})
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
     for leftover in [*(out / "images").glob(".*.tmp"), *(out / "parts").glob(".*.tmp")]:
@@ -242,18 +261,6 @@ def prepare_data(
                 )
             parts[job.key] = part
 
-    arguments = {
-        "scales": list(scales),
-        "task": task,
-        "noise_sigma": noise_sigma if task == "denoise" else None,
-        "scale": sr_scale,
-        "patch": patch,
-        "stride": stride,
-        "classes": classes,
-        "rank_model": rank.name,
-        "val_fraction": val_fraction,
-        "seed": seed,
-    }
     summary = _finish(out, jobs, parts, skipped, arguments, rank)
     summary["resumed"] = resumed
     summary["disk_bytes"] = disk_bytes(out)
@@ -310,6 +317,25 @@ def _run_jobs(
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
     return skipped
+
+
+def _refuse_other_settings(out: Path, wanted: dict) -> None:
+    """DataError if `out` holds a finished prepared set whose recorded arguments differ from `wanted`."""
+    try:
+        recorded = json.loads((out / "meta.json").read_text())["arguments"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no finished set there (or not one of ours: the checks above and below apply)
+    differ = [
+        f"{key} {recorded.get(key)} (now {value})"
+        for key, value in wanted.items()
+        if recorded.get(key) != value
+    ]
+    if differ:
+        raise DataError(
+            f"{out} holds a prepared set made with other settings: {'; '.join(differ)}; pass --overwrite to "
+            "prepare it again there (runs and relabelled folders using it would change) or choose another "
+            "folder"
+        )
 
 
 def _finish(out, jobs, parts, skipped, arguments: dict, rank: RankModel) -> dict:
