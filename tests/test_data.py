@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import time
 
 import cv2
 import numpy as np
@@ -22,7 +23,7 @@ from classsr_cli.data.prepare import (
 )
 from classsr_cli.data.ranking import assign_classes, classes_from_thresholds, resolve_rank_model
 from classsr_cli.data.testsets import find_dataset, make_testsets, parse_sizes
-from classsr_cli.errors import DataError, InputError
+from classsr_cli.errors import DataError, InputError, OutputError
 from classsr_cli.imaging.bicubic import imresize, matlab_uint8
 
 PHOTO_SIZES = {"a_flat.png": (200, 264), "b_mixed.png": (180, 300), "c_busy.png": (256, 256)}
@@ -410,6 +411,32 @@ def test_make_testsets_by_long_side(photos, tmp_path):
     assert full.shape == (88, 120, 3)
     again = make_testsets(src, tmp_path / "sets", parse_sizes("256,full"), show_progress=False)
     assert again["sets"]["TestFull"]["kept"] == 2  # finished pairs are not redone
+
+
+def test_make_testsets_refuses_to_replace_or_leave_stale_pairs_unless_asked(photos, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("a_flat.png", "c_busy.png"):
+        (src / name).write_bytes((photos / name).read_bytes())
+    sets = tmp_path / "sets"
+    make_testsets(src, sets, parse_sizes("full"), show_progress=False)
+    kept = (sets / "TestFull" / "HR" / "a_flat.png").read_bytes()
+    # a photo removed from the source: its pair would be scored by bench; a photo newer than its pair
+    (src / "c_busy.png").unlink()
+    os.utime(src / "a_flat.png", (time.time() + 60, time.time() + 60))
+    with pytest.raises(OutputError) as refused:
+        make_testsets(src, sets, parse_sizes("full"), show_progress=False)
+    message = str(refused.value)
+    assert "HR/c_busy.png" in message and "HR/a_flat.png" in message and "--overwrite" in message
+    assert (sets / "TestFull" / "HR" / "c_busy.png").exists()  # nothing changed
+    assert (sets / "TestFull" / "HR" / "a_flat.png").read_bytes() == kept
+    summary = make_testsets(src, sets, parse_sizes("full"), show_progress=False, overwrite=True)
+    assert summary["sets"]["TestFull"]["images"] == 1
+    assert sorted(p.name for p in (sets / "TestFull" / "HR").iterdir()) == ["a_flat.png"]
+    assert sorted(p.name for p in (sets / "TestFull" / "LR").iterdir()) == ["a_flat.png"]
+    # a set no photo is large enough for gets no folders
+    make_testsets(src, tmp_path / "small", parse_sizes("8k"), show_progress=False)
+    assert not (tmp_path / "small" / "Test8K").exists()
 
 
 def test_make_testsets_from_div8k_names(tmp_path):

@@ -76,11 +76,14 @@ def make_testsets(
     src: Path = typer.Argument(..., help="Folder of photos, or DIV8K.", show_default=False),
     out: Path = typer.Argument(..., help="Output: <set>/HR, <set>/LR.", show_default=False),
     sizes: str = typer.Option("2k,4k,full", "--sizes", help="Sets by long side: 2k, 4k, 8k, full or pixels."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Make again pairs older than their photo; remove images of other photos."
+    ),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
     """Build HR/LR test sets (the paper's Test2K/4K/8K from DIV8K, or sets of given sizes from any photos)."""
-    summary = testsets.make_testsets(src, out, testsets.parse_sizes(sizes), log=say)
+    summary = testsets.make_testsets(src, out, testsets.parse_sizes(sizes), log=say, overwrite=overwrite)
     if as_json:
         print_json(summary)
         return

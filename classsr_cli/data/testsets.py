@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classsr_cli.errors import DataError, InputError, OutputError
+from classsr_cli.errors import OVERWRITE_HINT, DataError, InputError, OutputError
 from classsr_cli.files import atomic_open
 
 DATA_ENV = "CLASSSR_DATA"
@@ -116,16 +116,53 @@ def _set_hr(photo: np.ndarray, spec: SetSpec) -> np.ndarray | None:
     return matlab_uint8(imresize(photo.astype(np.float32), output_shape=shape))
 
 
+def _check_earlier_sets(out: Path, specs: Sequence[SetSpec], photos: Sequence[Path], overwrite: bool) -> None:
+    """Refuse (or, with `overwrite`, clear) what earlier runs left in the sets' folders that this run would
+    replace or leave stale: pairs older than their photo, images of photos not given now."""
+    for spec in specs:
+        chosen = {f"{p.stem}.png": p for p in photos if spec.ids is None or div8k_number(p) in spec.ids}
+        found = [path for folder in ("HR", "LR") for path in sorted((out / spec.name / folder).glob("*.png"))]
+        stale = [path for path in found if path.name not in chosen]
+        older = [
+            path
+            for path in found
+            if path.name in chosen and path.stat().st_mtime < chosen[path.name].stat().st_mtime
+        ]
+        if not (stale or older):
+            continue
+        if overwrite:
+            for path in stale + older:
+                path.unlink()
+            continue
+        problems = []
+        if older:
+            problems.append(f"{_names(older)} older than their photo (they would be replaced)")
+        if stale:
+            problems.append(f"{_names(stale)} of photos not in the source (a benchmark would score them)")
+        raise OutputError(
+            f"{out / spec.name} holds {'; and '.join(problems)}: {OVERWRITE_HINT}, or choose another folder"
+        )
+
+
+def _names(paths: Sequence[Path]) -> str:
+    names = sorted({f"{path.parent.name}/{path.name}" for path in paths})
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
 def make_testsets(
     src: Path,
     out: Path,
     sizes: Sequence[str] = ("2k", "4k", "full"),
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Build the test sets; returns {"mode", "sets": {name: {"images", "hr", "lr", "skipped", ...}}, ...}.
 
-    A pair whose HR and LR files are newer than the source photo is kept from an earlier run.
+    A pair whose HR and LR files are newer than the source photo is kept from an earlier run. Before any
+    work, OutputError if a set's folders hold pairs older than their photo (they would be replaced) or
+    images of photos not in `src` (a benchmark would score them), unless `overwrite`: then those pairs are
+    made again and those images removed. A set's folders are made only when it gets an image.
     """
     from classsr_cli.imaging.bicubic import imresize, matlab_uint8
     from classsr_cli.imaging.photos import PHOTO_SUFFIXES, list_photos, read_rgb8
@@ -162,9 +199,8 @@ def make_testsets(
             report[spec.name]["factor"] = spec.factor
         if not chosen:
             log(f"{spec.name}: no photos for it in {src}")
-        for folder in ("HR", "LR"):
-            (out / spec.name / folder).mkdir(parents=True, exist_ok=True)
         work.extend((spec, p) for p in chosen)
+    _check_earlier_sets(out, specs, photos, overwrite)
     # photo by photo, so that a photo in several sets is decoded once
     order = {path: position for position, path in enumerate(photos)}
     work.sort(key=lambda item: order[item[1]])
@@ -201,6 +237,8 @@ def make_testsets(
             hr = np.ascontiguousarray(hr[:height, :width])
             lr_shape = (height // SR_SCALE, width // SR_SCALE)
             lr = matlab_uint8(imresize(hr.astype(np.float32), output_shape=lr_shape))
+            hr_path.parent.mkdir(parents=True, exist_ok=True)
+            lr_path.parent.mkdir(parents=True, exist_ok=True)
             _write_png(hr_path, hr)
             _write_png(lr_path, lr)
             entry["images"] += 1
