@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from classsr_cli.cli import app
 from classsr_cli.data.prepare import prepare_data
+from classsr_cli.errors import WeightsError
 from classsr_cli.models import create
 from classsr_cli.train import TrainRequest, train_classifier
 from classsr_cli.train.checkpoint import load_checkpoint
@@ -266,6 +267,12 @@ def test_resume_continues_exactly_where_it_stopped(data, tmp_path):
     summary = train_classifier(resumed, console=quiet())
     assert summary["start_iter"] == 3 and summary["iters"] == 6
     assert load_checkpoint(checkpoint_file)["iteration"] == 6
+    # fewer iterations than the checkpoint holds: refused, the weights left as they are
+    weights_bytes = (tmp_path / "stopped" / "stage2.safetensors").read_bytes()
+    shorter = TrainRequest(data, tmp_path / "stopped", resume=True, options={"workers": 0, "iters": 2})
+    with pytest.raises(WeightsError, match="iteration 6, past --iters 2"):
+        train_classifier(shorter, console=quiet())
+    assert (tmp_path / "stopped" / "stage2.safetensors").read_bytes() == weights_bytes
 
     a = load_weights(tmp_path / "straight" / "stage2.safetensors").model.state_dict()
     b = load_weights(tmp_path / "stopped" / "stage2.safetensors").model.state_dict()

@@ -216,6 +216,11 @@ class _StageRun:
             reason = str(error).splitlines()[0]
             raise WeightsError(f"the checkpoint does not fit this model (other widths?): {reason}") from None
         self.start_iter = int(checkpoint["iteration"])
+        if self.start_iter > settings.iters:
+            raise WeightsError(
+                f"{stage.name}: the checkpoint is at iteration {self.start_iter}, past --iters "
+                f"{settings.iters}: give --iters {self.start_iter} or more to continue it"
+            )
         self.data_position = int(checkpoint.get("data_position", self.start_iter * self.local_batch))
         self.elapsed = float(checkpoint.get("history", {}).get("seconds", 0.0))
         self.last_val = dict(checkpoint.get("history", {}).get("validation", {}))
