@@ -184,3 +184,41 @@ def test_a_program_that_catches_ctrl_c_around_the_library_exits_without_aborting
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped" and "terminate called" not in done.stderr
     assert list(out.iterdir()) == []
+
+
+def test_stopping_prepare_data_stops_its_worker_processes(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for index in range(6):
+        write_image(photos / f"p{index}.png", rng.random((900, 1200, 3)).astype(np.float32))
+    repo = Path(__file__).resolve().parent.parent
+    paths = [str(repo), os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    out = tmp_path / "prepared"
+    command = [sys.executable, "-c", "from classsr_cli.cli import main; main()", "prepare-data", str(photos)]
+    command += [str(out), "--rank-model", "fsrcnn", "--workers", "2"]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    deadline = time.monotonic() + 60
+    while not (out / "parts").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(4)  # the workers are started and inside their first photos (a photo takes longer)
+    assert process.poll() is None, process.communicate()[1].decode(errors="replace")
+    process.send_signal(signal.SIGINT)  # to the main process only, as `kill -INT` sends it
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr.decode(errors="replace")
+    time.sleep(1)
+    members = _group_members(process.pid)
+    left = [line for line in members if not line.split()[2].startswith("Z")]  # zombies are being reaped
+    if left:
+        os.killpg(process.pid, signal.SIGKILL)
+    assert not left, f"processes outlived the stopped run: {left}"
+    assert not list((out / "parts").glob("*.npz"))  # no photo was done; nothing half-done is kept either
+
+
+def _group_members(pgid: int) -> list[str]:
+    """`ps` lines (pid, state, command) of the processes in process group `pgid`."""
+    listing = subprocess.run(["ps", "-eo", "pgid=,pid=,stat=,args="], capture_output=True, text=True).stdout
+    return [line.strip() for line in listing.splitlines() if line.split() and line.split()[0] == str(pgid)]

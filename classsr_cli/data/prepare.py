@@ -302,21 +302,32 @@ def _run_jobs(
         threads = max(1, (os.cpu_count() or 1) // workers)
         # spawn, not fork: torch and libvips keep threads that a forked child must not inherit
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=init_worker, initargs=(threads,)
-        ) as pool:
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=(threads,))
+        try:
             futures = [pool.submit(process_photo, job) for job in jobs]
-            try:
-                for future in as_completed(futures):
-                    record(future.result())
-            except BrokenProcessPool:
-                raise DataError(
-                    "a worker died (out of memory?): rerun with fewer --workers (done photos are kept)"
-                ) from None
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            for future in as_completed(futures):
+                record(future.result())
+        except BrokenProcessPool:
+            raise DataError(
+                "a worker died (out of memory?): rerun with fewer --workers (done photos are kept)"
+            ) from None
+        except BaseException:  # Ctrl-C, an error: the workers stop now, not after their photo
+            _stop_workers(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     return skipped
+
+
+def _stop_workers(pool) -> None:
+    """End the pool's worker processes at once: a photo's files are written under temporary names and
+    renamed when complete, so a photo cut short leaves nothing a rerun would take for done."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python 3.14 and later
+    if terminate is not None:
+        terminate()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
 
 
 def _refuse_other_settings(out: Path, wanted: dict) -> None:
