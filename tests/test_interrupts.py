@@ -72,18 +72,28 @@ IDS = [f"{name}-{temp}" + ("-computing" if doing == "computing" else "") for nam
 UNNAMED_AVAILABLE = writer_module.UNNAMED_TEMP_FILES
 
 
+def tiny_model_and_image(folder: Path) -> tuple[Path, Path]:
+    """A tiny ClassSR-FSRCNN weights file and a 40x100 RGB input in `folder`."""
+    torch.manual_seed(0)
+    weights = save_model(create("fsrcnn", widths=[4, 8, 12]), folder / "tiny.safetensors", "fsrcnn")
+    image = folder / "in.png"
+    write_image(image, np.random.default_rng(0).random((100, 40, 3)).astype(np.float32))
+    return weights, image
+
+
+def package_env() -> dict:
+    """The environment of a child process: the package under test importable, also where it is not
+    installed (a checkout's tests)."""
+    paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH")]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+
+
 @pytest.fixture(scope="module")
 def stopped_runs(tmp_path_factory):
     """Start every case at once, signal each once it is writing; {case id: (folder, exit status, stderr)}."""
     root = tmp_path_factory.mktemp("interrupts")
-    torch.manual_seed(0)
-    weights = save_model(create("fsrcnn", widths=[4, 8, 12]), root / "tiny.safetensors", "fsrcnn")
-    image = root / "in.png"
-    write_image(image, np.random.default_rng(0).random((100, 40, 3)).astype(np.float32))
-    repo = Path(__file__).resolve().parent.parent
-    # the package under test, also where it is not installed (a checkout's tests)
-    paths = [str(repo), os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    weights, image = tiny_model_and_image(root)
+    env = package_env()
     running = {}
     for (_, temp, _, _, doing), case in zip(CASES, IDS, strict=True):
         if temp == "unnamed" and not UNNAMED_AVAILABLE:
@@ -170,17 +180,11 @@ except KeyboardInterrupt:
 
 
 def test_a_program_that_catches_ctrl_c_around_the_library_exits_without_aborting(tmp_path):
-    torch.manual_seed(0)
-    weights = save_model(create("fsrcnn", widths=[4, 8, 12]), tmp_path / "tiny.safetensors", "fsrcnn")
-    image = tmp_path / "in.png"
-    write_image(image, np.random.default_rng(0).random((100, 40, 3)).astype(np.float32))
-    repo = Path(__file__).resolve().parent.parent
-    paths = [str(repo), os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
+    weights, image = tiny_model_and_image(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     command = [sys.executable, "-c", LIBRARY_USER, str(image), str(out / "x4.png"), str(weights)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, env=package_env(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "stopped" and "terminate called" not in done.stderr
     assert list(out.iterdir()) == []
@@ -192,14 +196,11 @@ def test_stopping_prepare_data_stops_its_worker_processes(tmp_path):
     rng = np.random.default_rng(1)
     for index in range(6):
         write_image(photos / f"p{index}.png", rng.random((900, 1200, 3)).astype(np.float32))
-    repo = Path(__file__).resolve().parent.parent
-    paths = [str(repo), os.environ.get("PYTHONPATH")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     out = tmp_path / "prepared"
     command = [sys.executable, "-c", "from classsr_cli.cli import main; main()", "prepare-data", str(photos)]
     command += [str(out), "--rank-model", "fsrcnn", "--workers", "2"]
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        command, env=package_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     deadline = time.monotonic() + 60
     while not (out / "parts").exists() and process.poll() is None and time.monotonic() < deadline:

@@ -116,12 +116,13 @@ def _set_hr(photo: np.ndarray, spec: SetSpec) -> np.ndarray | None:
     return matlab_uint8(imresize(photo.astype(np.float32), output_shape=shape))
 
 
-def _check_earlier_sets(out: Path, specs: Sequence[SetSpec], photos: Sequence[Path], overwrite: bool) -> None:
+def _check_earlier_sets(out: Path, chosen_by_set: dict[str, list[Path]], overwrite: bool) -> None:
     """Refuse (or, with `overwrite`, clear) what earlier runs left in the sets' folders that this run would
-    replace or leave stale: pairs older than their photo, images of photos not given now."""
-    for spec in specs:
-        chosen = {f"{p.stem}.png": p for p in photos if spec.ids is None or div8k_number(p) in spec.ids}
-        found = [path for folder in ("HR", "LR") for path in sorted((out / spec.name / folder).glob("*.png"))]
+    replace or leave stale: pairs older than their photo, images of photos not given now (each set's photos
+    in `chosen_by_set`)."""
+    for name, photos in chosen_by_set.items():
+        chosen = {f"{photo.stem}.png": photo for photo in photos}
+        found = [path for folder in ("HR", "LR") for path in sorted((out / name / folder).glob("*.png"))]
         stale = [path for path in found if path.name not in chosen]
         older = [
             path
@@ -140,7 +141,7 @@ def _check_earlier_sets(out: Path, specs: Sequence[SetSpec], photos: Sequence[Pa
         if stale:
             problems.append(f"{_names(stale)} of photos not in the source (a benchmark would score them)")
         raise OutputError(
-            f"{out / spec.name} holds {'; and '.join(problems)}: {OVERWRITE_HINT}, or choose another folder"
+            f"{out / name} holds {'; and '.join(problems)}: {OVERWRITE_HINT}, or choose another folder"
         )
 
 
@@ -181,6 +182,7 @@ def make_testsets(
     log(f"{kind}: {', '.join(spec.name for spec in specs)}")
 
     work = []  # (spec, photo) pairs
+    chosen_by_set: dict[str, list[Path]] = {}  # set name -> its photos
     report = {}
     for spec in specs:
         chosen = [p for p in photos if spec.ids is None or div8k_number(p) in spec.ids]
@@ -200,7 +202,8 @@ def make_testsets(
         if not chosen:
             log(f"{spec.name}: no photos for it in {src}")
         work.extend((spec, p) for p in chosen)
-    _check_earlier_sets(out, specs, photos, overwrite)
+        chosen_by_set[spec.name] = chosen
+    _check_earlier_sets(out, chosen_by_set, overwrite)
     # photo by photo, so that a photo in several sets is decoded once
     order = {path: position for position, path in enumerate(photos)}
     work.sort(key=lambda item: order[item[1]])

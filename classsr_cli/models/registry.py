@@ -26,9 +26,7 @@ def list_families(task: str | None = None) -> list[str]:
 def family_for_task(name: str, task: str) -> FamilySpec:
     """The family called `name`, refused in one line if it does another task (e.g. DnCNN for upscale) or
     is unknown (naming the task's families only)."""
-    if name.lower() not in FAMILIES:
-        raise ModelError(f"unknown model '{name}': choose one of {', '.join(list_families(task))}")
-    family = get_family(name)
+    family = get_family(name, task)
     if family.task != task:
         kind = {"upscale": "an upscaling", "denoise": "a denoising"}[family.task]
         raise ModelError(
@@ -38,12 +36,13 @@ def family_for_task(name: str, task: str) -> FamilySpec:
     return family
 
 
-def get_family(name: str) -> FamilySpec:
-    """The spec of the family called `name` (any case); ModelError naming the known ones otherwise."""
+def get_family(name: str, task: str | None = None) -> FamilySpec:
+    """The spec of the family called `name` (any case); ModelError naming the known ones (of `task`, if
+    given) otherwise."""
     try:
         return FAMILIES[name.lower()]
     except KeyError:
-        raise ModelError(f"unknown model '{name}': choose one of {', '.join(FAMILIES)}") from None
+        raise ModelError(f"unknown model '{name}': choose one of {', '.join(list_families(task))}") from None
 
 
 def resolve_widths(
