@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -540,7 +542,7 @@ def test_files_under_construction_are_unnamed_or_hidden(tmp_path, suffix, temp_f
     if temp_files == "unnamed":  # nothing a killed process could leave behind
         assert seen == [set(), set()]
     else:
-        assert all(len(names) == 1 and next(iter(names)).startswith(".out") for names in seen), seen
+        assert all(names and all(name.startswith(".out") for name in names) for names in seen), seen
     assert files_in(tmp_path) == {target.name}
     assert read_image(target)[-1].min() == 1.0
     assert oct(target.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
@@ -820,3 +822,88 @@ def test_png_is_written_with_the_chosen_row_filter_and_level(tmp_path):
     assert len(rows) == 48 * stride
     assert {rows[row * stride] for row in range(48)} == {2}  # PNG filter type 2: Up
     assert writer_module.PNG_FILTER == "up" and writer_module.PNG_COMPRESSION == 3
+
+
+# -- encoding while the strips arrive ------------------------------------------------------------------------
+
+
+SIGNATURE = {".png": b"\x89PNG", ".jpg": b"\xff\xd8\xff"}
+
+
+def _encoder_threads() -> list:
+    return [thread for thread in threading.enumerate() if thread.name == "classsr-encoder"]
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+@pytest.mark.parametrize("budget", [writer_module.ENCODER_BUDGET, 0])
+def test_png_and_jpeg_are_encoded_while_the_strips_still_arrive(
+    tmp_path, suffix, budget, monkeypatch, temp_files
+):
+    # the encoder works in a thread of its own from the first strips on: the output file is there and
+    # growing before the last strip is given (earlier, an intermediate TIFF was converted once complete);
+    # where its buffers would pass the budget (very wide images) it starts after the last strip instead
+    monkeypatch.setattr(writer_module, "ENCODER_BUDGET", budget)
+    height, width = 1024, 1024  # TIFF strips of 170 rows
+    samples = random_samples(3, 8, height, width)
+    seen = []
+
+    def strips(writer):
+        for top in range(0, height - 128, 128):
+            yield samples[top : top + 128]
+        deadline = time.monotonic() + (20 if budget else 0.5)
+        part = writer._parts[-1]
+        while os.fstat(part.fd).st_size < 1000 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(os.pread(part.fd, len(SIGNATURE[suffix]), 0))
+        yield samples[height - 128 :]
+
+    target = tmp_path / f"out{suffix}"
+    with ImageWriter(target, width, height) as writer:
+        writer.write(strips(writer))
+    assert seen == [SIGNATURE[suffix] if budget else b""]
+    written = vips_open(target).numpy()
+    if suffix == ".png":
+        assert np.array_equal(written, samples)
+    assert files_in(tmp_path) == {target.name}
+    assert _encoder_threads() == []
+
+
+def test_an_encoder_error_stops_the_strips_and_leaves_no_file(tmp_path, monkeypatch, temp_files):
+    fail = threading.Event()
+
+    def failing(self, image, target):
+        fail.wait(20)
+        raise pyvips.Error("cannot write: No space left on device")
+
+    monkeypatch.setattr(writer_module.ImageWriter, "_encode_image", failing)
+    height, width = 4096, 256
+    given = []
+
+    def strips():
+        for top in range(0, height, 64):
+            given.append(top + 64)
+            if top == 1024:
+                fail.set()
+                time.sleep(0.5)
+            yield np.zeros((64, width, 3), np.uint8)
+
+    with (
+        pytest.raises(OutputError, match="No space left"),
+        ImageWriter(tmp_path / "o.png", width, height) as w,
+    ):
+        w.write(strips())
+    assert given[-1] < height  # the strips stopped when the encoder failed
+    assert files_in(tmp_path) == set()
+    assert _encoder_threads() == []
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
+def test_a_failing_source_stops_the_encoder_thread(tmp_path, failure, temp_files):
+    def strips():
+        yield np.zeros((500, 300, 3), np.uint8)
+        raise failure("stop")
+
+    with pytest.raises(failure), ImageWriter(tmp_path / "o.png", 300, 1000) as writer:
+        writer.write(strips())
+    assert files_in(tmp_path) == set()
+    assert _encoder_threads() == []

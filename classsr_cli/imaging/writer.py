@@ -6,9 +6,11 @@ How a file is made (memory stays bounded by one TIFF strip, whatever the image h
 2. For TIFF output that file is the result: Adobe Deflate at zlib level 1 with the horizontal predictor.
    Level 1 runs at about 90 MB/s on one core and keeps most of the gain (about 45% smaller on photographs);
    higher levels cost several times the time for a few percent.
-   For PNG, JPEG and WebP output the TIFF is uncompressed (it is read once and deleted) and libvips converts
-   it sequentially into the target format. WebP is the exception to flat memory: libwebp encodes a whole
-   picture at once, which its 16383-pixel side limit bounds to about 1 GiB.
+   For PNG, JPEG and WebP output the TIFF is uncompressed (tifffile lays out its header first) and libvips,
+   in a thread of its own, encodes the target format from it while it is being written, reading each strip
+   once it is in (`_StripFeed`); on very wide images (ENCODER_BUDGET) it starts when the TIFF is complete.
+   The TIFF is deleted at the end. WebP is the exception to flat memory: libwebp encodes a whole picture at
+   once, which its 16383-pixel side limit bounds to about 1 GiB.
 3. On success the finished file is given the output name (atomic within a folder). On any exception,
    KeyboardInterrupt included, every temporary file is removed and nothing appears at the output path.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -50,6 +53,10 @@ PNG_COMPRESSION = 3  # zlib level: near level-6 size at a fraction of its time (
 PNG_FILTER = "up"  # one row filter for every row: the adaptive choice's size within 2%, 40% faster
 TIFF_DEFLATE_LEVEL = 1
 _STRIP_BYTES = 512 * 1024  # TIFF strip size: small enough for flat memory, large enough for few strips
+# libvips encodes from buffers of about this many image rows (80000-pixel 8-bit RGB rows took 180 MB); where
+# they would pass ENCODER_BUDGET, the encoder waits for the whole image rather than add them to the engine's
+ENCODER_ROWS = 768
+ENCODER_BUDGET = 64 * 2**20
 _BIGTIFF_BYTES = 2**31  # classic TIFF offsets are 32-bit; many readers already stumble past 2 GiB
 _TIFF_XMP_TAG = 700
 _TIFF_IPTC_TAG = 33723
@@ -256,13 +263,11 @@ class ImageWriter:
             if not self._parts:
                 self._reserve_temp(".tif")
             tiff = self._parts[0]
-            self._write_tiff(tiff, strips, final=self.format == "tiff")
             if self.format == "tiff":
+                self._write_tiff(tiff, strips)
                 self._finished = tiff
             else:
-                self._finished = self._convert(tiff, self._reserve_temp(self.path.suffix.lower()))
-                self._parts.remove(tiff)
-                tiff.discard()
+                self._finished = self._write_converted(tiff, strips)
         except OSError as error:
             self.abort()
             if self._source_failed:
@@ -333,84 +338,213 @@ class ImageWriter:
         differences[:, 1:] -= samples[:, :-1]
         return zlib.compress(differences, TIFF_DEFLATE_LEVEL)
 
-    def _write_tiff(self, part: PartFile, strips: Iterable[np.ndarray], final: bool) -> None:
+    def _tiff_layout(self) -> tuple[np.dtype, int, tuple[int, ...]]:
+        """(sample type, rows per TIFF strip, array shape) of the TIFF this writer makes."""
         dtype = np.dtype("<u1") if self.bit_depth == 8 else np.dtype("<u2")
         row_bytes = self.width * self.channels * dtype.itemsize
         rows_per_strip = max(1, min(self.height, _STRIP_BYTES // row_bytes))
         shape = (self.height, self.width) if self.channels == 1 else (self.height, self.width, self.channels)
-        # metadata goes into the final TIFF only; the intermediate one gets it from libvips at conversion
+        return dtype, rows_per_strip, shape
+
+    def _tiff_tags(self, final: bool, rows_per_strip: int) -> dict:
+        """tifffile's keywords for this writer's TIFF: the final one (TIFF output: deflate, metadata) or the
+        uncompressed one libvips converts (which gets the metadata from libvips instead)."""
         extratags = []
         if final and self.xmp:
             extratags.append((_TIFF_XMP_TAG, _TIFF_BYTE, len(self.xmp), self.xmp, True))
         if final and self.iptc:
             extratags.append((_TIFF_IPTC_TAG, _TIFF_UNDEFINED, len(self.iptc), self.iptc, True))
+        return dict(
+            photometric="rgb" if self.color_channels == 3 else "minisblack",
+            planarconfig="contig" if self.channels > 1 else None,
+            extrasamples=("unassalpha",) if self.has_alpha else None,
+            rowsperstrip=rows_per_strip,
+            compression="adobe_deflate" if final else None,
+            predictor="horizontal" if final else None,
+            iccprofile=self.icc if final else None,
+            extratags=extratags,
+            resolution=(self.dpi, self.dpi),
+            resolutionunit="inch",
+            software="classsr",
+            metadata=None,  # no tifffile JSON description
+        )
+
+    def _bigtiff(self, dtype: np.dtype) -> bool:
+        return self.height * self.width * self.channels * dtype.itemsize > _BIGTIFF_BYTES
+
+    def _write_tiff(self, part: PartFile, strips: Iterable[np.ndarray]) -> None:
+        """The final TIFF (TIFF output), compressed strip by strip as the strips arrive."""
+        dtype, rows_per_strip, shape = self._tiff_layout()
         # a file object: tifffile would resolve a /proc/self/fd path to a new file of its own
-        bigtiff = self.height * row_bytes > _BIGTIFF_BYTES
         with (
             open(part.io_path, "r+b") as handle,
-            tifffile.TiffWriter(handle, bigtiff=bigtiff, byteorder="<") as tiff,
+            tifffile.TiffWriter(handle, bigtiff=self._bigtiff(dtype), byteorder="<") as tiff,
         ):
             tiff.write(
-                self._encoded_strips(strips, dtype, rows_per_strip, compress=final),
+                self._encoded_strips(strips, dtype, rows_per_strip, compress=True),
                 shape=shape,
                 dtype=dtype,
-                photometric="rgb" if self.color_channels == 3 else "minisblack",
-                planarconfig="contig" if self.channels > 1 else None,
-                extrasamples=("unassalpha",) if self.has_alpha else None,
-                rowsperstrip=rows_per_strip,
-                compression="adobe_deflate" if final else None,
-                predictor="horizontal" if final else None,
-                iccprofile=self.icc if final else None,
-                extratags=extratags,
-                resolution=(self.dpi, self.dpi),
-                resolutionunit="inch",
-                software="classsr",
-                metadata=None,  # no tifffile JSON description
+                **self._tiff_tags(final=True, rows_per_strip=rows_per_strip),
             )
 
-    def _convert(self, tiff: PartFile, target: PartFile) -> PartFile:
-        """Stream the intermediate TIFF into PNG, JPEG or WebP in `target` with libvips."""
-        try:
-            image = pyvips.Image.tiffload(tiff.io_path, access="sequential", fail_on="error", revalidate=True)
-            if self.format == "jpeg" and self.has_alpha:
-                image = image.flatten(background=[255] * self.color_channels).cast("uchar")
-            pixels_per_mm = self.dpi / 25.4
-            image = image.copy(xres=pixels_per_mm, yres=pixels_per_mm)
-            for name in ("icc-profile-data", "exif-data", "xmp-data", "iptc-data", "image-description"):
-                if image.get_typeof(name) != 0:
-                    image.remove(name)
-            iptc = iptc_for_jpeg(self.iptc) if self.iptc and self.format == "jpeg" else None
-            for name, blob in (
-                ("icc-profile-data", self.icc),
-                ("exif-data", self.exif),
-                ("xmp-data", self.xmp),
-                ("iptc-data", iptc),
-            ):
-                if blob:
-                    image.set_type(pyvips.GValue.blob_type, name, blob)
-            if self.format == "png":
-                options = {"compression": PNG_COMPRESSION, "filter": PNG_FILTER}
-            else:
-                options = {"Q": self.quality}
-            inserted = b"".join(png_chunk(kind, payload) for kind, payload in self.png_chunks) + b"".join(
-                self.jpeg_segments
-            )
-            if inserted:
-                destination = InsertingTarget(target.fd, self.format, inserted)
+    def _write_converted(self, tiff: PartFile, strips: Iterable[np.ndarray]) -> PartFile:
+        """PNG, JPEG or WebP: the strips go into an uncompressed TIFF in `tiff` (its header laid out first by
+        tifffile), which libvips encodes, in a thread of its own, as they arrive (`_StripFeed`); where its
+        buffers would be large (ENCODER_ROWS x a row > ENCODER_BUDGET), the encoder starts once the TIFF is
+        complete instead, so that they do not add to the engine's memory. Returns the finished target;
+        encoder failures become OutputError."""
+        dtype, rows_per_strip, shape = self._tiff_layout()
+        with open(tiff.io_path, "r+b") as handle:
+            with tifffile.TiffWriter(handle, bigtiff=self._bigtiff(dtype), byteorder="<") as writer:
+                offset, size = writer.write(
+                    None,
+                    shape=shape,
+                    dtype=dtype,
+                    returnoffset=True,
+                    **self._tiff_tags(final=False, rows_per_strip=rows_per_strip),
+                )
+            target = self._reserve_temp(self.path.suffix.lower())
+            feed = _StripFeed(tiff.fd, offset, size)
+            failure: list[BaseException] = []
+
+            def encode() -> None:
                 try:
-                    pyvips.Operation.call(f"{self.format}save_target", image, destination, **options)
+                    image = pyvips.Image.new_from_source(
+                        feed.source, "", access="sequential", fail_on="error"
+                    )
+                    self._encode_image(image, target)
+                except BaseException as error:  # raised in the writing thread
+                    failure.append(error)
                 finally:
-                    destination.check()  # a write error (disk full) is reported as it was
-            elif target.path is None:  # unnamed: libvips writes through the descriptor
-                destination = pyvips.Target.new_to_descriptor(target.fd)
-                pyvips.Operation.call(f"{self.format}save_target", image, destination, **options)
-            else:
-                pyvips.Operation.call(f"{self.format}save", image, target.io_path, **options)
-        except pyvips.Error as error:
-            raise OutputError(
-                f"{self.path}: cannot write {self.format} ({vips_error_detail(error, 'libvips failed')})"
-            ) from None
+                    feed.reader_done()
+
+            encoder = threading.Thread(target=encode, name="classsr-encoder", daemon=True)
+            row_bytes = self.width * self.channels * dtype.itemsize
+            early = ENCODER_ROWS * row_bytes <= ENCODER_BUDGET
+            if early:
+                encoder.start()
+            try:
+                handle.seek(offset)
+                for chunk in self._encoded_strips(strips, dtype, rows_per_strip, compress=False):
+                    handle.write(chunk)
+                    handle.flush()
+                    if not feed.arrived(len(chunk)):  # the encoder stopped: its error is raised below
+                        break
+                else:
+                    feed.finish()
+                if not early:
+                    encoder.start()
+            except BaseException:
+                feed.abort()
+                raise
+            finally:
+                if encoder.is_alive():
+                    encoder.join()  # at once after an abort: libvips reads the end of its input
+        self._parts.remove(tiff)
+        tiff.discard()
+        if failure:
+            error = failure[0]
+            if isinstance(error, pyvips.Error):
+                raise OutputError(
+                    f"{self.path}: cannot write {self.format} ({vips_error_detail(error, 'libvips failed')})"
+                ) from None
+            raise error
         return target
+
+    def _encode_image(self, image: pyvips.Image, target: PartFile) -> None:
+        """Save `image` (the picture as the intermediate TIFF holds it) in the target format into `target`,
+        with this writer's metadata."""
+        if self.format == "jpeg" and self.has_alpha:
+            image = image.flatten(background=[255] * self.color_channels).cast("uchar")
+        pixels_per_mm = self.dpi / 25.4
+        image = image.copy(xres=pixels_per_mm, yres=pixels_per_mm)
+        for name in ("icc-profile-data", "exif-data", "xmp-data", "iptc-data", "image-description"):
+            if image.get_typeof(name) != 0:
+                image.remove(name)
+        iptc = iptc_for_jpeg(self.iptc) if self.iptc and self.format == "jpeg" else None
+        for name, blob in (
+            ("icc-profile-data", self.icc),
+            ("exif-data", self.exif),
+            ("xmp-data", self.xmp),
+            ("iptc-data", iptc),
+        ):
+            if blob:
+                image.set_type(pyvips.GValue.blob_type, name, blob)
+        if self.format == "png":
+            options = {"compression": PNG_COMPRESSION, "filter": PNG_FILTER}
+        else:
+            options = {"Q": self.quality}
+        inserted = b"".join(png_chunk(kind, payload) for kind, payload in self.png_chunks) + b"".join(
+            self.jpeg_segments
+        )
+        if inserted:
+            destination = InsertingTarget(target.fd, self.format, inserted)
+            try:
+                pyvips.Operation.call(f"{self.format}save_target", image, destination, **options)
+            finally:
+                destination.check()  # a write error (disk full) is reported as it was
+        elif target.path is None:  # unnamed: libvips writes through the descriptor
+            destination = pyvips.Target.new_to_descriptor(target.fd)
+            pyvips.Operation.call(f"{self.format}save_target", image, destination, **options)
+        else:
+            pyvips.Operation.call(f"{self.format}save", image, target.io_path, **options)
+
+
+class _StripFeed:
+    """A file being written as a libvips source (`source`): reads wait for the bytes the writing thread has
+    reported (`arrived`), from `offset` on; those before `offset` (the TIFF's header) are there from the
+    start. After `abort` the source ends where the bytes do, so libvips fails rather than waits.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self._fd = fd
+        self._total = offset + size
+        self._end = offset  # bytes [0, _end) are in the file
+        self._position = 0  # the reader's
+        self._closed = False  # finished or aborted: no more bytes come
+        self._reader_gone = False
+        self._ready = threading.Condition()
+        self.source = pyvips.SourceCustom()
+        self.source.on_read(self._read)
+        self.source.on_seek(self._seek)
+
+    def arrived(self, count: int) -> bool:
+        """`count` more bytes are in the file. False once the reader has stopped (an encoder error)."""
+        with self._ready:
+            self._end += count
+            self._ready.notify_all()
+            return not self._reader_gone
+
+    def finish(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def abort(self) -> None:
+        """No more bytes: the reader sees the input end where they do."""
+        with self._ready:
+            self._closed = True
+            self._total = self._end
+            self._ready.notify_all()
+
+    def reader_done(self) -> None:
+        with self._ready:
+            self._reader_gone = True
+
+    def _read(self, size: int) -> bytes:
+        with self._ready:
+            while self._position >= self._end and not self._closed:
+                self._ready.wait()
+            count = max(0, min(size, self._end - self._position))
+            position = self._position
+        data = os.pread(self._fd, count, position) if count else b""
+        self._position += len(data)
+        return data
+
+    def _seek(self, offset: int, whence: int) -> int:
+        with self._ready:
+            self._position = (0, self._position, self._total)[whence] + offset
+            return self._position
 
 
 def write_image(
