@@ -4,6 +4,7 @@ import pytest
 
 from classsr_cli.flops import measure
 from classsr_cli.models import FAMILIES, create_base
+from classsr_cli.models.spec import ENGINE_NEEDS
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -15,7 +16,7 @@ def test_the_spec_describes_its_network(name):
     if spec.checkpoint_key is not None:
         assert spec.checkpoint_key in network.state_dict()
         assert network.state_dict()[spec.checkpoint_key].shape[0] == spec.base_width
-    for hint in ("engine_context", "cpu_piece_rows"):
+    for hint in ENGINE_NEEDS:
         assert getattr(network, hint, None) == getattr(spec, hint)
 
 

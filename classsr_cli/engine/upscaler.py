@@ -50,6 +50,9 @@ BAND_ROWS = 4
 PIECE_OVERHEAD = 30e6
 # Output canvases on a CPU: a few suffice, its batches are short
 CPU_CANVAS_BYTES = 32 * 2**20
+# Cell columns of a chunk on a CPU, where the network gives none (`cpu_chunk_cols`): wider chunks made CARN-M
+# slower (its features then leave the caches)
+CPU_CHUNK_COLS = 8
 
 
 @dataclass
@@ -306,7 +309,8 @@ class Upscaler:
 def default_shapes(branches, device: torch.device, batch_size: int) -> Shapes:
     """The region engine's sizes for these branches on this device: four-cell-row bands on a GPU; on a CPU
     the rows a network asks for (`cpu_piece_rows`), else one (four where it needs more context than
-    CONTEXT: thin pieces would be mostly context); calls of `batch_size` tiles' worth of pixels."""
+    CONTEXT: thin pieces would be mostly context), and chunks as wide as it asks (`cpu_chunk_cols`), else
+    CPU_CHUNK_COLS; calls of `batch_size` tiles' worth of pixels."""
     if device.type == "cpu":
         context = context_for(branches)
         default = BAND_ROWS_ON_CPU if context <= CONTEXT else BAND_ROWS
@@ -316,7 +320,7 @@ def default_shapes(branches, device: torch.device, batch_size: int) -> Shapes:
     if device.type == "cpu":  # exact pieces; what a small piece costs beyond its pixels was measured there
         return Shapes(
             band_rows=rows,
-            chunk_cols=8,
+            chunk_cols=max(_hint(branch, "cpu_chunk_cols") or CPU_CHUNK_COLS for branch in branches),
             batch_pixels=batch_size * PATCH**2,
             exact=True,
             piece_overhead=PIECE_OVERHEAD,

@@ -2,7 +2,8 @@
 
 A spec holds the paper's facts (branch widths per class count, the FLOPs it reports), what the network is
 (task, scale, allowed widths), what the engine needs from it (real context around each region piece, piece
-height on a CPU) and how an official checkpoint of it is recognised. `models/registry.py` collects them.
+height and chunk width on a CPU) and how an official checkpoint of it is recognised. `models/registry.py`
+collects them.
 
 The family's network class is marked with `@SPEC.describes`: the one place where the class gets its spec
 (`spec_of(network)`) and, as class attributes, the engine's needs the spec states.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from torch import nn
 
 # what a spec says the engine needs from a branch, given to the network class as attributes of these names
-ENGINE_NEEDS = ("engine_context", "cpu_piece_rows")
+ENGINE_NEEDS = ("engine_context", "cpu_piece_rows", "cpu_chunk_cols")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class FamilySpec:
     engine_context: int | None = None
     # cell rows of a region piece on a CPU; None: the engine's default
     cpu_piece_rows: int | None = None
+    # cell columns of a chunk (the Class-Module's pass, the output canvases) on a CPU; None: the default
+    cpu_chunk_cols: int | None = None
     # a state-dict key that only this family's networks have in the official checkpoints, whose tensor's
     # first dimension is the network's width; None: no official layout is known (our .safetensors only)
     checkpoint_key: str | None = None
