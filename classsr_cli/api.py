@@ -97,7 +97,13 @@ def load_network(
         and shipped_entry(family, "base") is not None
     ):
         notes.append(f"no ClassSR weights are shipped for {family} yet: its base network runs on every tile")
-        return load_weights(family, kind="base"), notes
+        kind = "base"
+    entry = shipped_entry(family, kind or "classsr")
+    if entry is not None and entry["origin"] == "user":  # `weights add` put them before the shipped ones
+        notes.append(
+            f"your weights {Path(entry['folder']) / entry['file']} run (added with `classsr weights add`), "
+            "not the shipped ones"
+        )
     return load_weights(family, kind=kind or "classsr"), notes
 
 

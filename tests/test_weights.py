@@ -3,10 +3,12 @@ import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from classsr_cli.errors import WeightsError
+from classsr_cli.imaging import write_image
 from classsr_cli.models import create, create_base
 from classsr_cli.weights import add_to_manifest, load_weights, read_manifest, save_model, shipped_entry
 
@@ -176,6 +178,21 @@ def test_added_weights_go_to_the_user_folder_and_come_before_the_shipped(tmp_pat
     assert listed["folders"] == {"shipped": str(weights_dir()), "user": str(tmp_path / "user")}
     assert [m["origin"] for m in listed["models"]][-1] == "user"
     assert "shipped (read-only)" in runner.invoke(app, ["weights", "list"]).stderr
+    # a run says so: the user's weights, not the shipped ones, answer to --model fsrcnn
+    from classsr_cli.api import load_network
+
+    _, notes = load_network("fsrcnn")
+    assert notes == [
+        f"your weights {tmp_path / 'user' / 'classsr-fsrcnn.safetensors'} run (added with `classsr weights "
+        "add`), not the shipped ones"
+    ]
+    assert load_network("carn")[1] == []  # no weights of the user's for carn: the shipped ones, no note
+    write_image(tmp_path / "in.png", np.full((8, 8, 3), 0.5, np.float32))
+    result = runner.invoke(
+        app, ["upscale", str(tmp_path / "in.png"), str(tmp_path / "out.png"), "-m", "fsrcnn"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "your weights" in " ".join(result.stderr.split())
 
 
 def test_weights_list_gives_the_validation_psnr_after_the_latest_fine_tune():

@@ -14,6 +14,7 @@ from classsr_cli.cli.common import (
     console,
     parse_widths,
     print_json,
+    print_note,
     progress_bars,
     say,
     table_console,
@@ -104,7 +105,9 @@ def bench(
     from classsr_cli.api import load_network
 
     # a comparison needs ClassSR, of either task
-    loaded, _ = load_network(model, weights, task=None, base_fallback=False)
+    loaded, notes = load_network(model, weights, task=None, base_fallback=False)
+    for line in notes:
+        print_note(line)
     network, family = loaded.model, loaded.family
     protocol = benchmark.protocol_for(family, noise_sigma)
     root, pairs = benchmark.find_pairs(dataset, data_root, limit, protocol)
