@@ -18,6 +18,7 @@ import errno
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -149,15 +150,20 @@ def _link_following(source: str, target: Path) -> None:
 def atomic_paths(paths: Sequence[str | os.PathLike]) -> Iterator[list[Path]]:
     """Temporary paths beside each of `paths`, for writers that take a file name (torch.save,
     safetensors, numpy); when the block ends normally they are renamed over `paths`, in order, after all
-    were written. On an exception every temporary file is removed and no target is touched."""
+    were written. On an exception every temporary file is removed and no target is touched. A writer
+    that replaces the file (safetensors makes it anew, readable by its owner only) gets it back with the
+    permissions any new file has (0666 less the umask)."""
     parts: list[PartFile] = []
+    modes: list[int] = []
     try:
         for path in paths:
             part = PartFile(path)
             parts.append(part)
+            modes.append(stat.S_IMODE(os.fstat(part.fd).st_mode))
             part.close()
         yield [part.path for part in parts]
-        for part in parts:
+        for part, mode in zip(parts, modes, strict=True):
+            os.chmod(part.path, mode)
             part.publish()
     finally:
         for part in parts:
