@@ -667,3 +667,10 @@ def test_engine_relabelling_measures_each_sub_images_cell_on_whole_image_branch_
     args = ["--data", str(data), "--out", str(tmp_path / "y"), "--errors-from", str(out)]
     result = CliRunner().invoke(app, ["train", "relabel", str(other), *args])
     assert result.exit_code == 2 and "other weights" in result.output
+    # --engine asks for errors through the engine: an earlier folder of sub-images run alone is refused
+    alone = tmp_path / "alone"
+    run_cli("train", "relabel", str(weights), "--data", str(data), "--out", str(alone))
+    args = ["--data", str(data), "--out", str(tmp_path / "z"), "--errors-from", str(alone), "--engine"]
+    result = CliRunner().invoke(app, ["train", "relabel", str(weights), *args])
+    assert result.exit_code == 2 and "not through the engine" in " ".join(result.output.split())
+    assert not (tmp_path / "z").exists()

@@ -257,7 +257,13 @@ def relabel(
     keep = scale_rows(info, load_index(data), scales)
     index = load_index(data)[keep]
     if errors_from is not None:
-        errors, engine = _earlier_errors(Path(errors_from), index, weights)
+        errors, through_engine = _earlier_errors(Path(errors_from), index, weights)
+        if engine and not through_engine:
+            raise DataError(
+                f"--errors-from {errors_from} holds errors of sub-images run alone, not through the engine: "
+                "leave out --engine, or relabel without --errors-from"
+            )
+        engine = through_engine
     else:
         measure = engine_branch_errors if engine else branch_errors
         errors = measure(model.eval(), data, device, progress=progress, rows=keep)
