@@ -7,6 +7,7 @@ import typer
 from rich.table import Table
 
 from classsr_cli.cli.common import (
+    ANY_MODEL_OPTION,
     BACK_PROJECTION_OPTION,
     DEBUG_OPTION,
     JSON_OPTION,
@@ -75,9 +76,7 @@ def bench(
         help="Folder with HR/ (and LR/), a folder of HR photos, or a name such as Test8K.",
         show_default=False,
     ),
-    model: str = typer.Option(
-        None, "--model", "-m", help="fsrcnn, carn, srresnet, rcan or dncnn (default: best shipped SR)."
-    ),
+    model: str = ANY_MODEL_OPTION,
     weights: str = typer.Option(None, "--weights", "-w", help="ClassSR weights file (default: shipped)."),
     noise_sigma: float = typer.Option(
         None, "--noise-sigma", help="Denoising models: Gaussian noise added to the images, 0-255 (25)."

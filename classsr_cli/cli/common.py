@@ -190,6 +190,10 @@ JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document on std
 MODEL_OPTION = typer.Option(
     None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
 )
+# commands that take a model of either task (bench, export)
+ANY_MODEL_OPTION = typer.Option(
+    None, "--model", "-m", help="fsrcnn, carn, srresnet, rcan or dncnn (default: best shipped SR)."
+)
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N or mps.")
 PRECISION_OPTION = typer.Option("auto", "--precision", help="auto, fp32, fp16 or bf16.")
 
@@ -209,8 +213,3 @@ def say(message: str, style: str | None = None) -> None:
 def print_note(message: str) -> None:
     """`note: ...` in yellow on stderr."""
     say(f"note: {message}", style="yellow")
-
-
-MODEL_OPTION = typer.Option(
-    None, "--model", "-m", help="fsrcnn, carn, srresnet or rcan (default: best shipped)."
-)

@@ -5,9 +5,9 @@ from pathlib import Path
 import typer
 
 from classsr_cli.cli.common import (
+    ANY_MODEL_OPTION,
     DEBUG_OPTION,
     JSON_OPTION,
-    MODEL_OPTION,
     console,
     print_json,
     say,
@@ -20,7 +20,7 @@ def export(
     folder: Path = typer.Argument(
         ..., help="Output folder (created; must be empty unless --overwrite).", show_default=False
     ),
-    model: str = MODEL_OPTION,
+    model: str = ANY_MODEL_OPTION,
     weights: str = typer.Option(
         None, "--weights", "-w", help="ClassSR weights file (.safetensors, or an official .pth)."
     ),
