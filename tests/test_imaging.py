@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import struct
 import threading
 import time
@@ -831,7 +832,9 @@ SIGNATURE = {".png": b"\x89PNG", ".jpg": b"\xff\xd8\xff"}
 
 
 def _encoder_threads() -> list:
-    return [thread for thread in threading.enumerate() if thread.name == "classsr-encoder"]
+    return [
+        thread for thread in threading.enumerate() if thread.name == "classsr-encoder" and thread.is_alive()
+    ]
 
 
 @pytest.mark.parametrize("suffix", [".png", ".jpg"])
@@ -907,3 +910,31 @@ def test_a_failing_source_stops_the_encoder_thread(tmp_path, failure, temp_files
         writer.write(strips())
     assert files_in(tmp_path) == set()
     assert _encoder_threads() == []
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_while_the_encoder_finishes_stops_it_and_leaves_no_file(tmp_path, monkeypatch, temp_files):
+    # the encoder starts after the last strip (a very wide image's way) and Ctrl-C comes while the writer
+    # waits for it: libvips is stopped (its input ends) before the files it reads and writes are closed
+    # (it read on from a closed descriptor, "Bad file descriptor" in its source's callback)
+    monkeypatch.setattr(writer_module, "ENCODER_BUDGET", 0)
+    height, width = 3000, 3000
+    strip = random_samples(3, 8, 100, width)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    def strips():
+        for _ in range(height // 100):
+            yield strip
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), ImageWriter(tmp_path / "o.png", width, height) as writer:
+            writer.write(strips())
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert _encoder_threads() == []
+    assert files_in(tmp_path) == set()

@@ -434,12 +434,12 @@ class ImageWriter:
                     feed.finish()
                 if not early:
                     encoder.start()
-            except BaseException:
+                encoder.join()
+            except BaseException:  # Ctrl-C included, also while the encoder finishes
                 feed.abort()
-                raise
-            finally:
                 if encoder.is_alive():
-                    encoder.join()  # at once after an abort: libvips reads the end of its input
+                    encoder.join()  # at once: libvips reads the end of its input and fails
+                raise
         self._parts.remove(tiff)
         tiff.discard()
         if failure:
@@ -493,7 +493,7 @@ class ImageWriter:
 class _StripFeed:
     """A file being written as a libvips source (`source`): reads wait for the bytes the writing thread has
     reported (`arrived`), from `offset` on; those before `offset` (the TIFF's header) are there from the
-    start. After `abort` the source ends where the bytes do, so libvips fails rather than waits.
+    start. After `abort` every read finds the end, so libvips fails at once rather than waits or goes on.
     """
 
     def __init__(self, fd: int, offset: int, size: int):
@@ -502,6 +502,7 @@ class _StripFeed:
         self._end = offset  # bytes [0, _end) are in the file
         self._position = 0  # the reader's
         self._closed = False  # finished or aborted: no more bytes come
+        self._aborted = False
         self._reader_gone = False
         self._ready = threading.Condition()
         self.source = pyvips.SourceCustom()
@@ -521,10 +522,9 @@ class _StripFeed:
             self._ready.notify_all()
 
     def abort(self) -> None:
-        """No more bytes: the reader sees the input end where they do."""
+        """The reader's next read finds the end of its input, wherever it is."""
         with self._ready:
-            self._closed = True
-            self._total = self._end
+            self._closed = self._aborted = True
             self._ready.notify_all()
 
     def reader_done(self) -> None:
@@ -535,7 +535,7 @@ class _StripFeed:
         with self._ready:
             while self._position >= self._end and not self._closed:
                 self._ready.wait()
-            count = max(0, min(size, self._end - self._position))
+            count = 0 if self._aborted else max(0, min(size, self._end - self._position))
             position = self._position
         data = os.pread(self._fd, count, position) if count else b""
         self._position += len(data)
