@@ -29,7 +29,7 @@ from classsr_cli.engine import Layout, Upscaler
 from classsr_cli.errors import InputError, ModelError, WeightsError
 from classsr_cli.models import PREFERENCE, TASKS, family_for_task, get_family, list_families
 from classsr_cli.pixels import SAMPLE_TYPES, samples_from_unit, unit_from_samples
-from classsr_cli.weights import Loaded, load_weights, shipped_entry, shipped_families
+from classsr_cli.weights import Loaded, load_weights, shipped_entry, shipped_families, weights_dir
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack  # typing.Unpack from Python 3.11
@@ -98,13 +98,15 @@ def load_network(
     ):
         notes.append(f"no ClassSR weights are shipped for {family} yet: its base network runs on every tile")
         kind = "base"
-    entry = shipped_entry(family, kind or "classsr")
-    if entry is not None and entry["origin"] == "user":  # `weights add` put them before the shipped ones
+    kind = kind or "classsr"
+    entry = shipped_entry(family, kind)
+    if entry is not None and entry["origin"] == "user":  # `weights add` put them before any shipped ones
+        shipped = shipped_entry(family, kind, folder=weights_dir()) is not None
         notes.append(
-            f"your weights {Path(entry['folder']) / entry['file']} run (added with `classsr weights add`), "
-            "not the shipped ones"
+            f"your weights {Path(entry['folder']) / entry['file']} run (added with `classsr weights add`)"
+            + (", not the shipped ones" if shipped else "")
         )
-    return load_weights(family, kind=kind or "classsr"), notes
+    return load_weights(family, kind=kind), notes
 
 
 @dataclass(frozen=True)

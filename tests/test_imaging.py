@@ -900,6 +900,24 @@ def test_an_encoder_error_stops_the_strips_and_leaves_no_file(tmp_path, monkeypa
     assert _encoder_threads() == []
 
 
+def test_an_encoder_failure_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    # libvips' PNG writer reports only "unable to write to target" when the disk is full
+    def failing(self, image, target):
+        raise pyvips.Error("vips2png: unable to write to target target")
+
+    monkeypatch.setattr(writer_module.ImageWriter, "_encode_image", failing)
+    real = os.fstatvfs
+    full = os.statvfs_result((4096, 4096, 1000, 0, 0, 100, 0, 0, 0, 255))
+    monkeypatch.setattr(writer_module.os, "fstatvfs", lambda fd: full)
+    with pytest.raises(OutputError, match="No space left on device; vips2png: unable to write"):
+        write_image(tmp_path / "o.png", np.zeros((8, 8, 3), np.float32))
+    monkeypatch.setattr(writer_module.os, "fstatvfs", real)
+    with pytest.raises(OutputError) as raised:
+        write_image(tmp_path / "o.png", np.zeros((8, 8, 3), np.float32))
+    assert "No space" not in str(raised.value)
+    assert files_in(tmp_path) == set()
+
+
 @pytest.mark.parametrize("failure", [RuntimeError, KeyboardInterrupt])
 def test_a_failing_source_stops_the_encoder_thread(tmp_path, failure, temp_files):
     def strips():

@@ -445,9 +445,10 @@ class ImageWriter:
         if failure:
             error = failure[0]
             if isinstance(error, pyvips.Error):
-                raise OutputError(
-                    f"{self.path}: cannot write {self.format} ({vips_error_detail(error, 'libvips failed')})"
-                ) from None
+                detail = vips_error_detail(error, "libvips failed")
+                if os.fstatvfs(target.fd).f_bavail == 0:  # libvips' PNG writer does not say why it failed
+                    detail = f"No space left on device; {detail}"
+                raise OutputError(f"{self.path}: cannot write {self.format} ({detail})") from None
             raise error
         return target
 
