@@ -956,3 +956,34 @@ def test_ctrl_c_while_the_encoder_finishes_stops_it_and_leaves_no_file(tmp_path,
         signal.signal(signal.SIGALRM, previous)
     assert _encoder_threads() == []
     assert files_in(tmp_path) == set()
+
+
+@pytest.mark.parametrize("budget", [writer_module.ENCODER_BUDGET, 0])
+def test_ctrl_c_returns_only_once_an_encoder_deaf_to_it_has_finished(tmp_path, monkeypatch, budget):
+    # libwebp encodes the whole picture at once, and its end of input does not stop it: the writer waits
+    # for it before it closes the files (Thread.join, interrupted by Ctrl-C, let it return at once)
+    monkeypatch.setattr(writer_module, "ENCODER_BUDGET", budget)
+    finished = []
+
+    def deaf(self, image, target):
+        time.sleep(0.6)
+        finished.append(True)
+
+    monkeypatch.setattr(writer_module.ImageWriter, "_encode_image", deaf)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    def strips():
+        yield np.zeros((16, 16, 3), np.float32)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), ImageWriter(tmp_path / "o.webp", 16, 16) as writer:
+            writer.write(strips())
+        assert finished == [True]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert files_in(tmp_path) == set()

@@ -406,6 +406,9 @@ class ImageWriter:
             target = self._reserve_temp(self.path.suffix.lower())
             feed = _StripFeed(tiff.fd, offset, size)
             failure: list[BaseException] = []
+            # the encoder's end: Thread.join interrupted by Ctrl-C marks a running thread as stopped
+            # (Python 3.11), so it is waited for by an event of its own
+            ended = threading.Event()
 
             def encode() -> None:
                 try:
@@ -417,6 +420,7 @@ class ImageWriter:
                     failure.append(error)
                 finally:
                     feed.reader_done()
+                    ended.set()
 
             encoder = threading.Thread(target=encode, name="classsr-encoder", daemon=True)
             row_bytes = self.width * self.channels * dtype.itemsize
@@ -434,11 +438,11 @@ class ImageWriter:
                     feed.finish()
                 if not early:
                     encoder.start()
-                encoder.join()
+                ended.wait()
             except BaseException:  # Ctrl-C included, also while the encoder finishes
                 feed.abort()
-                if encoder.is_alive():
-                    encoder.join()  # at once: libvips reads the end of its input and fails
+                if encoder.ident is not None:  # started
+                    ended.wait()  # soon: libvips reads the end of its input and fails
                 raise
         self._parts.remove(tiff)
         tiff.discard()
