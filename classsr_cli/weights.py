@@ -196,8 +196,29 @@ def add_weights(
             facts = json.loads(Path(provenance).read_text())
         except (OSError, ValueError) as error:
             raise WeightsError(f"--provenance {provenance}: not a readable JSON object ({error})") from None
-    save_model(loaded.model, target, loaded.family, dtype=torch.float16 if half else torch.float32)
+    # what training wrote into the file beside the network's description (stage, iterations, the ledger's
+    # recipe) goes with it, into the copy and its manifest entry
+    trained = _training_metadata(source) if source.suffix == ".safetensors" else {}
+    save_model(loaded.model, target, loaded.family, dtype=torch.float16 if half else torch.float32, **trained)
+    if trained:
+        facts = {"training": {key: _parsed(value) for key, value in trained.items()}, **facts}
     return add_to_manifest(target, facts)
+
+
+_DESCRIPTION_KEYS = ("format", "family", "kind", "widths", "scale", "dtype")
+
+
+def _training_metadata(path: Path) -> dict[str, str]:
+    """The metadata of a classsr .safetensors file other than what save_model writes to describe it."""
+    return {key: value for key, value in read_metadata(path).items() if key not in _DESCRIPTION_KEYS}
+
+
+def _parsed(value: str):
+    """A metadata value as the JSON it holds (numbers, objects), else the string."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 # -- our format -----------------------------------------------------------------------------------

@@ -10,7 +10,14 @@ import torch
 from classsr_cli.errors import WeightsError
 from classsr_cli.imaging import write_image
 from classsr_cli.models import create, create_base
-from classsr_cli.weights import add_to_manifest, load_weights, read_manifest, save_model, shipped_entry
+from classsr_cli.weights import (
+    add_to_manifest,
+    load_weights,
+    read_manifest,
+    read_metadata,
+    save_model,
+    shipped_entry,
+)
 
 LAYOUTS = Path(__file__).parent / "data" / "official"
 
@@ -151,6 +158,15 @@ def test_weights_add_and_list_commands(tmp_path, monkeypatch):
     listed = json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout)
     assert [m["file"] for m in listed["models"]] == ["classsr-fsrcnn.safetensors"]
     assert runner.invoke(app, args).exit_code == 2  # exists: needs --overwrite
+    # what training wrote into the file goes with it: into the copy and its manifest entry
+    ledger = {"iteration": 300, "recipe": {"family": "fsrcnn"}}
+    staged = save_model(
+        create("fsrcnn"), tmp_path / "staged.safetensors", "fsrcnn", stage="3", ledger=json.dumps(ledger)
+    )
+    added = runner.invoke(app, ["weights", "add", str(staged), "--name", "staged.safetensors", "--json"])
+    assert json.loads(added.stdout)["training"] == {"stage": 3, "ledger": ledger}
+    copied = read_metadata(folder / "staged.safetensors")
+    assert copied["stage"] == "3" and json.loads(copied["ledger"]) == ledger
 
 
 def test_added_weights_go_to_the_user_folder_and_come_before_the_shipped(tmp_path, monkeypatch):
