@@ -196,21 +196,16 @@ def add_weights(
             facts = json.loads(Path(provenance).read_text())
         except (OSError, ValueError) as error:
             raise WeightsError(f"--provenance {provenance}: not a readable JSON object ({error})") from None
+    dtype = torch.float16 if half else torch.float32
     # what training wrote into the file beside the network's description (stage, iterations, the ledger's
     # recipe) goes with it, into the copy and its manifest entry
-    trained = _training_metadata(source) if source.suffix == ".safetensors" else {}
-    save_model(loaded.model, target, loaded.family, dtype=torch.float16 if half else torch.float32, **trained)
+    described = _description(loaded.model, loaded.family, dtype)
+    written = read_metadata(source) if source.suffix == ".safetensors" else {}
+    trained = {key: value for key, value in written.items() if key not in described}
+    save_model(loaded.model, target, loaded.family, dtype=dtype, **trained)
     if trained:
         facts = {"training": {key: _parsed(value) for key, value in trained.items()}, **facts}
     return add_to_manifest(target, facts)
-
-
-_DESCRIPTION_KEYS = ("format", "family", "kind", "widths", "scale", "dtype")
-
-
-def _training_metadata(path: Path) -> dict[str, str]:
-    """The metadata of a classsr .safetensors file other than what save_model writes to describe it."""
-    return {key: value for key, value in read_metadata(path).items() if key not in _DESCRIPTION_KEYS}
 
 
 def _parsed(value: str):
@@ -236,26 +231,30 @@ def save_model(
 ) -> Path:
     """Write `model` as safetensors (atomically) with the metadata needed to rebuild it."""
     path = Path(path)
-    kind, widths = describe(model)
     tensors = {}
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
         if tensor.is_floating_point():
             tensor = tensor.to(dtype)
         tensors[key] = tensor.contiguous()
-    metadata = {
+    metadata = {**_description(model, family, dtype), **{k: str(v) for k, v in extra.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=metadata)
+    return path
+
+
+def _description(model: nn.Module, family: str, dtype: torch.dtype) -> dict[str, str]:
+    """The metadata that describes a saved network (what loading needs to rebuild it)."""
+    kind, widths = describe(model)
+    return {
         "format": "classsr-1",
         "family": get_family(family).name,
         "kind": kind,
         "widths": json.dumps(widths),
         "scale": str(model.scale),
         "dtype": str(dtype).removeprefix("torch."),
-        **{k: str(v) for k, v in extra.items()},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as temp:
-        save_file(tensors, str(temp), metadata=metadata)
-    return path
 
 
 def read_metadata(path: Path) -> dict:
