@@ -612,6 +612,32 @@ def test_a_slimmable_ledger_on_the_cpu_is_one_fp32_file_and_resumes_from_it(data
     assert [line["type"] for line in lines] == ["reference", "val"]  # no call lines on the CPU
     assert load_weights(ledger / "weights.safetensors", kind="base").model.width == 32
 
+    # stage 1 from the ledger: its network cut at the widths it trained, its step kept
+    routing = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "fsrcnn.safetensors", "fsrcnn")
+    assembled = run_cli(
+        "train", "assemble", str(ledger), "-m", "srresnet", "--out", str(tmp_path / "run"),
+        "--classifier", str(routing),
+    )  # fmt: skip
+    assert assembled["weights"] == str(tmp_path / "run" / "stage1.safetensors")
+    with safe_open(str(tmp_path / "run" / "stage1.safetensors"), framework="pt") as handle:
+        assert handle.metadata()["iterations"] == "6"
+    model = load_weights(tmp_path / "run" / "stage1.safetensors").model
+    assert model.widths == [16, 24, 32]
+    kept = load_weights(routing).model.classifier.state_dict()  # another family's Class-Module, as it was
+    assert all(torch.equal(value, model.classifier.state_dict()[key]) for key, value in kept.items())
+    widest = load_weights(ledger / "weights.safetensors", kind="base").model.state_dict()
+    for branch in model.branches:  # each branch is the widest network's leading channels
+        for key, value in branch.state_dict().items():
+            assert torch.equal(value, widest[key][tuple(slice(0, n) for n in value.shape)]), key
+    other = CliRunner().invoke(
+        app, ["train", "assemble", str(ledger), "-m", "rcan", "--out", str(tmp_path / "rcan")]
+    )
+    assert other.exit_code == 2 and "ledger of srresnet, not rcan" in other.output
+    empty = CliRunner().invoke(
+        app, ["train", "assemble", str(tmp_path), "-m", "srresnet", "--out", str(tmp_path / "none")]
+    )
+    assert empty.exit_code == 2 and "holds no ledger weights" in empty.output
+
 
 def test_engine_relabelling_measures_each_sub_images_cell_on_whole_image_branch_outputs(data, tmp_path):
     """`train relabel --engine`: each branch through the engine over every prepared LR image (as `upscale

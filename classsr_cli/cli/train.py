@@ -184,18 +184,23 @@ joint = command(
 
 @subcommand(app, "assemble")
 def train_assemble_command(
-    networks: list[Path] = typer.Argument(..., help="Trained single networks, simple -> hard (2 to 5)."),
+    networks: list[Path] = typer.Argument(
+        ...,
+        help="Trained single networks, simple -> hard (2 to 5), or one slimmable run's ledger folder.",
+    ),
     out: Path = TRAIN_OUT,
     model: str = TRAIN_MODEL,
     seed: int = typer.Option(0, "--seed", help="Seed of the fresh Class-Module."),
     classifier: Path = typer.Option(
         None,
         "--classifier",
-        help="Take the Class-Module from this ClassSR model instead (fine-tuned branches).",
+        help="Take the Class-Module from this ClassSR model, of any family, instead of a fresh one.",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing RUN/stage1.safetensors."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
 ):
-    """Stage 1 from networks trained elsewhere (e.g. on all data) -> RUN/stage1.safetensors."""
+    """Stage 1 from networks trained elsewhere (e.g. on all data, or a ledger) -> RUN/stage1.safetensors."""
     from classsr_cli.errors import ModelError
     from classsr_cli.train import assemble_networks
 
@@ -204,7 +209,11 @@ def train_assemble_command(
     written = assemble_networks(
         networks, out, model, seed=seed, classifier_from=classifier, overwrite=overwrite
     )
-    say(f"stage 1 assembled from {len(networks)} networks -> {written}")
+    source = f"the ledger {networks[0]}" if len(networks) == 1 else f"{len(networks)} networks"
+    if as_json:
+        print_json({"stage": "stage1", "weights": str(written), "from": [str(n) for n in networks]})
+        return
+    say(f"stage 1 assembled from {source} -> {written}")
 
 
 @subcommand(app, "calibrate")

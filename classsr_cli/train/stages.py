@@ -9,6 +9,7 @@ Files in the run folder RUN/:
   <stage>.ckpt            the latest checkpoint of a stage; <stage>.jsonl its log of losses and validation
 """
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,12 +270,15 @@ def assemble_networks(
     overwrite: bool = False,
 ) -> Path:
     """RUN/stage1.safetensors from single networks, simple -> hard, behind a fresh Class-Module, or the
-    Class-Module of the ClassSR model `classifier_from` (its routing, calibration included, kept).
+    Class-Module of the ClassSR model `classifier_from`, of any family (its routing, calibration included,
+    kept).
 
-    Stage 1 by other means: e.g. networks of the branch widths trained on all data; or a trained model
-    whose branches were fine-tuned one by one (`train branches --branch K --init MODEL`).
+    Stage 1 by other means: e.g. networks of the branch widths trained on all data; a trained model whose
+    branches were fine-tuned one by one (`train branches --branch K --init MODEL`); or, as the one path,
+    the folder of a slimmable run's ledger (`train slimmable`), whose network is cut at the widths it
+    trained (`ledger_networks`), its step and recipe kept in the file's metadata.
     Raises WeightsError where the networks' widths or the Class-Module's class count do not fit, or where
-    RUN/stage1.safetensors exists and `overwrite` is off.
+    RUN/stage1.safetensors exists and `overwrite` is off; OutputError for a ledger holding no weights.
     """
     from classsr_cli.models import create, get_family
     from classsr_cli.weights import load_weights, save_model
@@ -284,7 +288,16 @@ def assemble_networks(
     if target.exists() and not overwrite:
         raise WeightsError(f"{target} exists: {OVERWRITE_HINT} to replace it")
 
-    loaded = [load_weights(path, kind="base", family=family).model for path in paths]  # one-line errors
+    provenance = {}
+    if len(paths) == 1 and Path(paths[0]).is_dir():
+        loaded, run_state = ledger_networks(paths[0], family)
+        provenance = {
+            "branches_from": "slimmable ledger",
+            "iterations": str(run_state["iteration"]),
+            "ledger": json.dumps(run_state),
+        }
+    else:
+        loaded = [load_weights(path, kind="base", family=family).model for path in paths]  # one-line errors
     found = [network.width for network in loaded]
     widths = list(widths) if widths else found
     if found != widths:
@@ -298,14 +311,36 @@ def assemble_networks(
     for branch, network in zip(model.branches, loaded, strict=True):
         branch.load_state_dict(network.state_dict())
     if classifier_from is not None:
-        source = load_weights(classifier_from, kind="classsr", family=family).model
+        # the Class-Module is the same network in every family: any ClassSR model's routing can be taken
+        source = load_weights(classifier_from, kind="classsr").model
         if source.num_classes != model.num_classes:
             raise WeightsError(
                 f"{classifier_from} sorts into {source.num_classes} classes; these are {len(widths)} networks"
             )
         model.classifier.load_state_dict(source.classifier.state_dict())
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return save_model(model, target, family, stage="stage1")
+    return save_model(model, target, family, stage="stage1", **provenance)
+
+
+def ledger_networks(folder: Path, family: str) -> tuple[list[nn.Module], dict]:
+    """The networks of a slimmable run's ledger `folder`, narrowest first, one per width it trained
+    (`Slimmable.cut`: the widest network's leading channels), and the run state its weights hold (step,
+    training seconds, recipe). Raises OutputError for a folder that is no ledger or holds no weights yet,
+    WeightsError for a ledger of another family."""
+    from classsr_cli.errors import OutputError
+    from classsr_cli.train.ledger import Ledger
+    from classsr_cli.train.slim_network import Slimmable
+
+    read = Ledger(folder).read()
+    if read is None:
+        raise OutputError(f"{folder} holds no ledger weights: give network files, or a ledger folder")
+    state, run_state = read
+    recipe = run_state.get("recipe", {})
+    if recipe.get("family") != family:
+        raise WeightsError(f"{folder} is a ledger of {recipe.get('family')}, not {family}")
+    slimmable = Slimmable(family, recipe["widths"])
+    slimmable.load_state_dict(state)
+    return [slimmable.cut(width) for width in slimmable.widths], run_state
 
 
 # -- stages 2 and 3 ---------------------------------------------------------------------------------
