@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks.common import base_network
 from benchmarks.plain_peer import PlainTiles, central_crop
 from classsr_cli.engine import Upscaler
 from classsr_cli.engine.pipeline import upscale_file
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
     report = {"threads": torch.get_num_threads(), "crop": args.crop, "photos": [p.name for p in args.photos]}
     for family in args.families.split(","):
         classsr = load_weights(family, kind="classsr").model
-        base = load_weights(family, kind="base").model
+        base = base_network(family, classsr)
         plain = PlainTiles(base, "cpu")
         engines = {"classsr": Upscaler(classsr, "cpu"), "base_engine": Upscaler(classsr, "cpu", branch=3)}
         reports: dict = {}

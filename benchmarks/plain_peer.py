@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import base_network
 from classsr_cli.data.noise import noisy_image
 from classsr_cli.engine import Upscaler
 from classsr_cli.engine.inference_graph import optimize_for_inference
@@ -132,7 +133,7 @@ class OnnxWhole:
 
 def contenders(family: str, device: str, onnx_folder: Path | None = None) -> dict:
     classsr = load_weights(family, kind="classsr").model
-    base = load_weights(family, kind="base").model
+    base = base_network(family, classsr)
     extra = {}
     if onnx_folder is not None and pick_device(device).type == "cpu":
         extra[f"{family}-O whole image, onnxruntime"] = OnnxWhole(base, family, onnx_folder / family)
