@@ -205,13 +205,10 @@ def test_added_weights_go_to_the_user_folder_and_come_before_the_shipped(tmp_pat
     assert load_network("carn")[1] == []  # no weights of the user's for carn: the shipped ones, no note
     assert load_network("fsrcnn", weights=weights_dir() / "classsr-fsrcnn.safetensors")[1] == []  # a file
     # a model nothing is shipped for: the user's weights run, and the note says only that
-    srresnet = save_model(create("srresnet", widths=[4, 8]), tmp_path / "sr.safetensors", "srresnet")
-    assert (
-        runner.invoke(app, ["weights", "add", str(srresnet), "--name", "my-srresnet.safetensors"]).exit_code
-        == 0
-    )
-    assert load_network("srresnet")[1] == [
-        f"your weights {tmp_path / 'user' / 'my-srresnet.safetensors'} run (added with `classsr weights add`)"
+    rcan = save_model(create("rcan", widths=[16, 24]), tmp_path / "rcan.safetensors", "rcan")
+    assert runner.invoke(app, ["weights", "add", str(rcan), "--name", "my-rcan.safetensors"]).exit_code == 0
+    assert load_network("rcan")[1] == [
+        f"your weights {tmp_path / 'user' / 'my-rcan.safetensors'} run (added with `classsr weights add`)"
     ]
     write_image(tmp_path / "in.png", np.full((8, 8, 3), 0.5, np.float32))
     result = runner.invoke(
