@@ -619,6 +619,9 @@ def test_a_slimmable_ledger_on_the_cpu_is_one_fp32_file_and_resumes_from_it(data
         "--classifier", str(routing),
     )  # fmt: skip
     assert assembled["weights"] == str(tmp_path / "run" / "stage1.safetensors")
+    assert assembled["ledger_step"] == 6 and assembled["class_module"] == str(routing)
+    fresh = run_cli("train", "assemble", str(ledger), "--out", str(tmp_path / "fresh"))  # the ledger's family
+    assert fresh["class_module"] == "fresh" and load_weights(fresh["weights"]).family == "srresnet"
     with safe_open(str(tmp_path / "run" / "stage1.safetensors"), framework="pt") as handle:
         assert handle.metadata()["iterations"] == "6"
     model = load_weights(tmp_path / "run" / "stage1.safetensors").model

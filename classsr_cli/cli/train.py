@@ -200,20 +200,30 @@ def train_assemble_command(
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
-    """Stage 1 from networks trained elsewhere (e.g. on all data, or a ledger) -> RUN/stage1.safetensors."""
-    from classsr_cli.errors import ModelError
-    from classsr_cli.train import assemble_networks
+    """Stage 1 from networks trained elsewhere (e.g. on all data, or a ledger) -> RUN/stage1.safetensors.
 
-    if not model:
-        raise ModelError("--model is required: fsrcnn, carn, srresnet, rcan or dncnn")
+    --model may be left out for a ledger (its own family)."""
+    from classsr_cli.train import assemble_networks
+    from classsr_cli.weights import read_metadata
+
     written = assemble_networks(
         networks, out, model, seed=seed, classifier_from=classifier, overwrite=overwrite
     )
-    source = f"the ledger {networks[0]}" if len(networks) == 1 else f"{len(networks)} networks"
+    step = read_metadata(written).get("iterations")
+    routing = str(classifier) if classifier else "fresh (untrained: `train classifier`, or --classifier)"
     if as_json:
-        print_json({"stage": "stage1", "weights": str(written), "from": [str(n) for n in networks]})
+        print_json(
+            {
+                "stage": "stage1",
+                "weights": str(written),
+                "from": [str(n) for n in networks],
+                "ledger_step": int(step) if step else None,
+                "class_module": str(classifier) if classifier else "fresh",
+            }
+        )
         return
-    say(f"stage 1 assembled from {source} -> {written}")
+    source = f"the ledger {networks[0]} at step {step}" if step else f"{len(networks)} networks"
+    say(f"stage 1 assembled from {source}, Class-Module {routing} -> {written}")
 
 
 @subcommand(app, "calibrate")

@@ -263,7 +263,7 @@ def assemble_branches(run_dir: Path, family: str, widths, seed: int = 0) -> Path
 def assemble_networks(
     paths,
     run_dir: Path,
-    family: str,
+    family: str | None,
     widths=None,
     seed: int = 0,
     classifier_from: Path | None = None,
@@ -276,21 +276,26 @@ def assemble_networks(
     Stage 1 by other means: e.g. networks of the branch widths trained on all data; a trained model whose
     branches were fine-tuned one by one (`train branches --branch K --init MODEL`); or, as the one path,
     the folder of a slimmable run's ledger (`train slimmable`), whose network is cut at the widths it
-    trained (`ledger_networks`), its step and recipe kept in the file's metadata.
+    trained (`ledger_networks`), its step and recipe kept in the file's metadata (`family` None: the
+    ledger's).
     Raises WeightsError where the networks' widths or the Class-Module's class count do not fit, or where
     RUN/stage1.safetensors exists and `overwrite` is off; OutputError for a ledger holding no weights.
     """
     from classsr_cli.models import create, get_family
     from classsr_cli.weights import load_weights, save_model
 
-    family = get_family(family).name  # any case; ModelError for an unknown family
+    from_ledger = len(paths) == 1 and Path(paths[0]).is_dir()
+    if family is None and not from_ledger:
+        raise ModelError("--model is required: fsrcnn, carn, srresnet, rcan or dncnn")
+    family = get_family(family).name if family else None  # any case; ModelError for an unknown family
     target = Path(run_dir) / "stage1.safetensors"
     if target.exists() and not overwrite:
         raise WeightsError(f"{target} exists: {OVERWRITE_HINT} to replace it")
 
     provenance = {}
-    if len(paths) == 1 and Path(paths[0]).is_dir():
+    if from_ledger:
         loaded, run_state = ledger_networks(paths[0], family)
+        family = run_state["recipe"]["family"]
         provenance = {
             "branches_from": "slimmable ledger",
             "iterations": str(run_state["iteration"]),
@@ -322,11 +327,11 @@ def assemble_networks(
     return save_model(model, target, family, stage="stage1", **provenance)
 
 
-def ledger_networks(folder: Path, family: str) -> tuple[list[nn.Module], dict]:
+def ledger_networks(folder: Path, family: str | None = None) -> tuple[list[nn.Module], dict]:
     """The networks of a slimmable run's ledger `folder`, narrowest first, one per width it trained
     (`Slimmable.cut`: the widest network's leading channels), and the run state its weights hold (step,
     training seconds, recipe). Raises OutputError for a folder that is no ledger or holds no weights yet,
-    WeightsError for a ledger of another family."""
+    WeightsError for a ledger of another family than `family` (None: any)."""
     from classsr_cli.errors import OutputError
     from classsr_cli.train.ledger import Ledger
     from classsr_cli.train.slim_network import Slimmable
@@ -336,9 +341,9 @@ def ledger_networks(folder: Path, family: str) -> tuple[list[nn.Module], dict]:
         raise OutputError(f"{folder} holds no ledger weights: give network files, or a ledger folder")
     state, run_state = read
     recipe = run_state.get("recipe", {})
-    if recipe.get("family") != family:
+    if family is not None and recipe.get("family") != family:
         raise WeightsError(f"{folder} is a ledger of {recipe.get('family')}, not {family}")
-    slimmable = Slimmable(family, recipe["widths"])
+    slimmable = Slimmable(recipe["family"], recipe["widths"])
     slimmable.load_state_dict(state)
     return [slimmable.cut(width) for width in slimmable.widths], run_state
 
