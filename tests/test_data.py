@@ -111,6 +111,25 @@ def test_option_errors():
         resolve_rank_model("no-such-model-or-file")
 
 
+def test_a_family_with_no_base_network_ranks_with_its_classsr_models_hardest_branch(tmp_path, monkeypatch):
+    from classsr_cli.data.ranking import NetworkRanker
+    from classsr_cli.models import create
+    from classsr_cli.weights import add_weights, save_model
+
+    monkeypatch.setenv("CLASSSR_WEIGHTS", str(tmp_path))
+    torch.manual_seed(0)
+    model = create("srresnet", [8, 12, 16])
+    add_weights(save_model(model, tmp_path / "src" / "sr.safetensors", "srresnet"))
+    rank = resolve_rank_model("srresnet")
+    assert rank.kind == "family" and ":classsr:" in rank.identity
+    ranker = NetworkRanker.from_rank(rank, 4)
+    lr = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():  # its hardest branch, as `bench` takes it
+        assert torch.allclose(ranker.model(lr), model.branches[-1].eval()(lr), atol=1e-5)
+    with pytest.raises(DataError, match="no rcan weights are shipped"):
+        resolve_rank_model("rcan")
+
+
 def test_default_rank_model_is_bicubic_without_shipped_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("CLASSSR_WEIGHTS", str(tmp_path))  # an empty weights folder: nothing shipped
     assert resolve_rank_model(None).kind == "bicubic"

@@ -71,7 +71,7 @@ class RankModel:
     @property
     def label(self) -> str:
         if self.kind == "family":
-            return f"{self.name} (shipped base network)"
+            return f"{self.name} (shipped base network, else its shipped ClassSR model's hardest branch)"
         return self.name
 
 
@@ -112,16 +112,22 @@ def resolve_rank_model(choice: str | None, task: str = "upscale") -> RankModel:
 
 
 def _family_rank_model(family: str) -> RankModel:
+    """A family's shipped base network, or where none is shipped (SRResNet) its shipped ClassSR model's
+    hardest branch, as `classsr bench` takes it. DataError where the family ships neither."""
     identity = f"family:{family}"
     try:
         from classsr_cli.weights import shipped_entry
 
-        entry = shipped_entry(family, "base")
-        if entry:
-            identity += f":{entry.get('sha256', '')}"
+        entry = shipped_entry(family, "base") or shipped_entry(family, "classsr")
     except (ImportError, ClasssrError):  # loading reports the real problem; the identity only guards resuming
-        pass
-    return RankModel("family", family, identity)
+        return RankModel("family", family, identity)
+    if entry is None:
+        raise DataError(
+            f"--rank-model {family}: no {family} weights are shipped; "
+            "give a weights file as --rank-model FILE"
+        )
+    kind = "" if entry.get("kind") == "base" else f"{entry.get('kind')}:"
+    return RankModel("family", family, f"{identity}:{kind}{entry.get('sha256', '')}")
 
 
 class BicubicRanker:
@@ -200,7 +206,8 @@ class NetworkRanker:
         from classsr_cli import weights
 
         if rank.kind == "family":
-            model = weights.load_model(rank.name, kind="base")
+            shipped = weights.shipped_entry(rank.name, "base") is not None
+            model = weights.load_model(rank.name, kind="base" if shipped else "classsr")
         else:
             model = weights.load_model(rank.name)
         if hasattr(model, "branches"):  # a ClassSR model: its hardest branch is the strongest network
