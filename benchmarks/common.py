@@ -20,15 +20,6 @@ def classsr_model(family: str):
     return create(family).eval(), "random weights"
 
 
-def base_network(family: str, classsr=None):
-    """The shipped base (-O) network of a family, else the hardest branch of its shipped ClassSR model (as
-    `classsr bench` takes it when no -O network is shipped, e.g. SRResNet)."""
-    if shipped_entry(family, "base"):
-        return load_weights(family, kind="base").model
-    classsr = classsr if classsr is not None else load_weights(family, kind="classsr").model
-    return classsr.branches[-1].eval()
-
-
 def sample_lr(path: Path = SAMPLE) -> np.ndarray:
     return read_image(path)[:, :, :3]
 

@@ -24,12 +24,11 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.common import base_network
 from benchmarks.plain_peer import PlainTiles, central_crop
 from classsr_cli.engine import Upscaler
 from classsr_cli.engine.pipeline import upscale_file
 from classsr_cli.pixels import unit_to_uint8
-from classsr_cli.weights import load_weights
+from classsr_cli.weights import load_base_network, load_weights
 
 
 def plain_file(network: PlainTiles, source: Path, target: Path) -> None:
@@ -70,7 +69,7 @@ def main(argv=None) -> None:
     report = {"threads": torch.get_num_threads(), "crop": args.crop, "photos": [p.name for p in args.photos]}
     for family in args.families.split(","):
         classsr = load_weights(family, kind="classsr").model
-        base = base_network(family, classsr)
+        base = load_base_network(family)
         plain = PlainTiles(base, "cpu")
         engines = {"classsr": Upscaler(classsr, "cpu"), "base_engine": Upscaler(classsr, "cpu", branch=3)}
         reports: dict = {}

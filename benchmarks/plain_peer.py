@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import base_network
 from classsr_cli.data.noise import noisy_image
 from classsr_cli.engine import Upscaler
 from classsr_cli.engine.inference_graph import optimize_for_inference
@@ -39,7 +38,7 @@ from classsr_cli.imaging import read_image
 from classsr_cli.imaging.bicubic import imresize
 from classsr_cli.metrics import psnr
 from classsr_cli.pixels import unit_to_uint8
-from classsr_cli.weights import load_weights
+from classsr_cli.weights import load_base_network, load_weights
 
 PEER_TILE, PEER_CONTEXT = 64, 8
 
@@ -133,7 +132,7 @@ class OnnxWhole:
 
 def contenders(family: str, device: str, onnx_folder: Path | None = None) -> dict:
     classsr = load_weights(family, kind="classsr").model
-    base = base_network(family, classsr)
+    base = load_base_network(family)
     extra = {}
     if onnx_folder is not None and pick_device(device).type == "cpu":
         extra[f"{family}-O whole image, onnxruntime"] = OnnxWhole(base, family, onnx_folder / family)

@@ -136,6 +136,20 @@ def shipped_entry(family: str, kind: str = "classsr", folder: Path | None = None
     return matches[-1] if matches else None
 
 
+def shipped_base_entry(family: str) -> dict | None:
+    """The installed entry that holds a family's base (-O) network: its own file, else the family's ClassSR
+    model, whose hardest branch is then the base (SRResNet ships no -O network); None where neither is."""
+    return shipped_entry(family, "base") or shipped_entry(family, "classsr")
+
+
+def load_base_network(family: str) -> nn.Module:
+    """A family's base network from its installed weights (`shipped_base_entry`), in eval mode.
+    WeightsError where none are installed, or they are corrupt."""
+    entry = shipped_base_entry(family)
+    model = load_weights(family, kind=entry["kind"] if entry else "base").model
+    return model.branches[-1].eval() if hasattr(model, "branches") else model
+
+
 def shipped_families(kind: str = "classsr") -> list[str]:
     """Families with installed weights of `kind` (shipped or the user's)."""
     return sorted({m["family"] for m in listed_models() if m.get("kind") == kind})

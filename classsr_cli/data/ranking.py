@@ -116,9 +116,9 @@ def _family_rank_model(family: str) -> RankModel:
     hardest branch, as `classsr bench` takes it. DataError where the family ships neither."""
     identity = f"family:{family}"
     try:
-        from classsr_cli.weights import shipped_entry
+        from classsr_cli.weights import shipped_base_entry
 
-        entry = shipped_entry(family, "base") or shipped_entry(family, "classsr")
+        entry = shipped_base_entry(family)
     except (ImportError, ClasssrError):  # loading reports the real problem; the identity only guards resuming
         return RankModel("family", family, identity)
     if entry is None:
@@ -206,8 +206,7 @@ class NetworkRanker:
         from classsr_cli import weights
 
         if rank.kind == "family":
-            shipped = weights.shipped_entry(rank.name, "base") is not None
-            model = weights.load_model(rank.name, kind="base" if shipped else "classsr")
+            model = weights.load_base_network(rank.name)
         else:
             model = weights.load_model(rank.name)
         if hasattr(model, "branches"):  # a ClassSR model: its hardest branch is the strongest network
