@@ -11,9 +11,10 @@ network runs through the default engine (region tiling, back-projection) on the 
 4-pixel border on 8-bit outputs, averaged over the photos, as in `classsr bench`. The rows (one JSON
 document each on stdout, and all of them in --out):
 
-- `bicubic`, `base` (the shipped -O network, or --base-weights) and `branch K`: branch K of the ClassSR
-  model (the first --weights, else the shipped one) on every sub-image, as `--branch K` runs it: the narrow
-  networks, ClassSR's simplest rival. Their FLOPs are the branch's, against the base network's.
+- `bicubic`, `base` (the shipped -O network, else the ClassSR model's hardest branch, or --base-weights)
+  and `branch K`: branch K of the ClassSR model (the first --weights, else the shipped one) on every
+  sub-image, as `--branch K` runs it: the narrow networks, ClassSR's simplest rival. Their FLOPs are the
+  branch's, against the base network's.
 - `oracle`: every sub-image takes, over its cells (the engine's 28x28 LR cells, `engine/chunks.py`), the
   output of one branch-everywhere run, the cheapest branch it can afford while the photos' mean PSNR
   stays within --tolerance of the base network's: the classes minimise sum_i SSE_i / SSE_i(base) + lambda
@@ -69,7 +70,7 @@ from classsr_cli.engine.chunks import CELL, VIRTUAL, Geometry, plan_chunk
 from classsr_cli.engine.tiling import PATCH, pad_to_tile, tile_starts
 from classsr_cli.imaging.bicubic import imresize
 from classsr_cli.pixels import unit_to_uint8
-from classsr_cli.weights import load_weights
+from classsr_cli.weights import load_base_network, load_weights, shipped_base_entry
 
 # cached errors are per cell of the engine this version of the script plans for
 CACHE_VERSION = "chunks"
@@ -468,7 +469,10 @@ def main() -> None:
     parser.add_argument(
         "--no-measure", action="store_true", help="--weights only on the mosaic (no engine runs)"
     )
-    parser.add_argument("--base-weights", help="the base network (default: the shipped -O network)")
+    parser.add_argument(
+        "--base-weights",
+        help="the base network (default: the shipped -O network, else the ClassSR model's hardest branch)",
+    )
     parser.add_argument("--tolerance", type=float, default=0.05, help="dB below the base network")
     parser.add_argument("--shifts", help="start:stop:step of logit shifts per class for each --weights")
     parser.add_argument(
@@ -487,11 +491,17 @@ def main() -> None:
     photos = Photos(args.photos[0])
     weights = args.weights
     branches = args.branches or args.model
-    first = load_weights(branches, kind="classsr", family=args.model).model.eval()
-    base = load_weights(args.base_weights or args.model, kind="base", family=args.model).model.eval()
-    cache = CellErrors(args.cache)
-    base_key = "base-" + (file_tag(args.base_weights) if args.base_weights else args.model)
-    first_key = file_tag(branches) if Path(branches).suffix else args.model + "-classsr"
+    loaded = load_weights(branches, kind="classsr", family=args.model)
+    first = loaded.model.eval()
+    if args.base_weights:
+        base_source = load_weights(args.base_weights, kind="base", family=args.model)
+        base = base_source.model.eval()
+    else:  # the installed -O network, else the ClassSR model's hardest branch
+        base = load_base_network(args.model)  # WeightsError where the family has no weights
+        base_source = load_weights(args.model, kind=shipped_base_entry(args.model)["kind"])
+    cache = CellErrors(args.cache)  # keyed by the files' contents: new weights never meet stale errors
+    base_key = "base-" + file_tag(base_source.source)
+    first_key = file_tag(loaded.source)
     rows: list[dict] = []
 
     base_engine = Upscaler(base, "cpu")

@@ -215,7 +215,7 @@ def add_weights(
     # recipe) goes with it, into the copy and its manifest entry
     described = _description(loaded.model, loaded.family, dtype)
     written = read_metadata(source) if source.suffix == ".safetensors" else {}
-    trained = {key: value for key, value in written.items() if key not in described}
+    trained = {key: value for key, value in written.items() if key not in (*described, SLICED_KEY)}
     save_model(loaded.model, target, loaded.family, dtype=dtype, **trained)
     if trained:
         facts = {"training": {key: _parsed(value) for key, value in trained.items()}, **facts}
@@ -245,17 +245,76 @@ def save_model(
 ) -> Path:
     """Write `model` as safetensors (atomically) with the metadata needed to rebuild it."""
     path = Path(path)
+    state = model.state_dict()
+    sliced = _sliced_branches(model)
     tensors = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in state.items():
+        if key.split(".", 1)[0] in sliced:
+            continue  # rebuilt on loading from the widest branch's leading channels
         tensor = tensor.detach().cpu()
         if tensor.is_floating_point():
             tensor = tensor.to(dtype)
         tensors[key] = tensor.contiguous()
     metadata = {**_description(model, family, dtype), **{k: str(v) for k, v in extra.items()}}
+    if sliced:
+        metadata[SLICED_KEY] = json.dumps(sliced)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temp:
         save_file(tensors, str(temp), metadata=metadata)
     return path
+
+
+# the metadata that describes a saved network (`_description`); training may add other keys
+DESCRIPTION_KEYS = ("format", "family", "kind", "widths", "scale", "dtype")
+# metadata naming the branches a file leaves out because they are the widest branch's leading channels
+SLICED_KEY = "sliced_branches"
+
+
+def _sliced_branches(model: nn.Module) -> list[str]:
+    """The branches of a ClassSR model (`net1`, ...) that are exactly the leading channels of its widest
+    one, as the branches cut from a slimmable network are (`train assemble` of a ledger): a file need not
+    hold them twice. Empty for a base network and for branches trained apart."""
+    if not isinstance(model, ClassSR):
+        return []
+    from classsr_cli.errors import ModelError
+    from classsr_cli.train.slim_network import slice_state
+
+    widest = model.branches[-1].state_dict()
+    sliced = []
+    for index, branch in enumerate(model.branches[:-1], start=1):
+        own = branch.state_dict()
+        try:
+            leading = slice_state(widest, {key: value.shape for key, value in own.items()})
+        except (KeyError, ModelError):  # another layout: not a slice
+            continue
+        if all(torch.equal(own[key], leading[key]) for key in own):
+            sliced.append(f"net{index}")
+    return sliced
+
+
+def _unslice(state: dict[str, torch.Tensor], meta: dict, model: nn.Module, path: Path) -> None:
+    """Put back into `state` the branches a file left out (`SLICED_KEY`): the leading channels of the
+    widest branch, at the shapes of `model`'s own branches."""
+    from classsr_cli.errors import ModelError
+    from classsr_cli.train.slim_network import slice_state
+
+    try:
+        sliced = json.loads(meta[SLICED_KEY])
+    except ValueError:
+        raise WeightsError(f"{path} has malformed metadata: {SLICED_KEY}") from None
+    if not isinstance(model, ClassSR) or not all(isinstance(name, str) for name in sliced):
+        raise WeightsError(f"{path} has malformed metadata: {SLICED_KEY}")
+    widest_name = f"net{model.num_classes}"
+    widest = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(widest_name + ".")}
+    for name in sliced:
+        branch = getattr(model, name, None)
+        if branch is None or name == widest_name:
+            raise WeightsError(f"{path} has malformed metadata: {SLICED_KEY} names {name}")
+        shapes = {key: value.shape for key, value in branch.state_dict().items()}
+        try:
+            state.update({f"{name}.{key}": value for key, value in slice_state(widest, shapes).items()})
+        except (KeyError, ModelError) as error:
+            raise WeightsError(f"{path}: {name} cannot be cut from {widest_name} ({error})") from None
 
 
 def _description(model: nn.Module, family: str, dtype: torch.dtype) -> dict[str, str]:
@@ -321,7 +380,10 @@ def _load_safetensors(path: Path, entry: dict | None) -> Loaded:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsError(f"{path} is corrupt: {error}") from None
-    model = _load_strict(_build(family, kind, widths), state, path)
+    model = _build(family, kind, widths)
+    if SLICED_KEY in meta:
+        _unslice(state, meta, model, path)
+    model = _load_strict(model, state, path)
     return Loaded(model, family, kind, path, entry)
 
 

@@ -703,3 +703,45 @@ def test_engine_relabelling_measures_each_sub_images_cell_on_whole_image_branch_
     result = CliRunner().invoke(app, ["train", "relabel", str(weights), *args])
     assert result.exit_code == 2 and "not through the engine" in " ".join(result.output.split())
     assert not (tmp_path / "z").exists()
+
+
+def test_snapshots_of_a_ledger_average_into_a_ledger_that_assembles(tmp_path):
+    """`train average`: the mean of the snapshots, the last one's ledger state (with the steps averaged)."""
+    from classsr_cli.models import create_base
+
+    recipe = {"family": "srresnet", "widths": [8, 12, 16]}
+    snapshots = []
+    for step in (100, 250, 400):
+        torch.manual_seed(step)
+        ledger = json.dumps({"iteration": step, "seconds": step / 10, "recipe": recipe})
+        path = tmp_path / f"at-{step}.safetensors"
+        save_model(
+            create_base("srresnet", 16),
+            path,
+            "srresnet",
+            stage="slimmable",
+            iterations=str(step),
+            ledger=ledger,
+        )
+        snapshots.append(path)
+    out = tmp_path / "average" / "weights.safetensors"
+    summary = run_cli("train", "average", *map(str, snapshots), "--out", str(out))
+    assert summary["steps"] == [100, 250, 400] and summary["weights"] == str(out)
+    states = [load_weights(path).model.state_dict() for path in snapshots]
+    for key, value in load_weights(out).model.state_dict().items():
+        assert torch.allclose(value, sum(state[key] for state in states) / 3, atol=1e-7), key
+    meta = read_metadata(out)
+    assert meta["iterations"] == "400" and json.loads(meta["ledger"])["averaged_steps"] == [100, 250, 400]
+    assembled = run_cli("train", "assemble", str(out.parent), "--out", str(tmp_path / "run"))
+    assert assembled["ledger_step"] == 400
+    assert load_weights(tmp_path / "run" / "stage1.safetensors").model.widths == [8, 12, 16]
+
+    other = save_model(create_base("srresnet", 12), tmp_path / "narrow.safetensors", "srresnet")
+    fresh = tmp_path / "fresh.safetensors"
+    for arguments, target, message in (
+        ([snapshots[0], other], fresh, "not one network"),
+        ([snapshots[0]], fresh, "two or more snapshots"),
+        ([snapshots[0], snapshots[1]], out, "exists"),
+    ):
+        result = CliRunner().invoke(app, ["train", "average", *map(str, arguments), "--out", str(target)])
+        assert result.exit_code == 2 and message in result.output and len(result.output.splitlines()) <= 2

@@ -258,3 +258,45 @@ def test_weights_list_piped_keeps_each_row_on_one_line():
     for entry in read_manifest()["models"]:
         row = next(line for line in result.output.splitlines() if entry["file"] in line)
         assert _compact(entry.get("iterations", "-")) in row and entry["family"] in row
+
+
+def test_iteration_counts_read_as_thousands_to_one_decimal():
+    from classsr_cli.cli.weights import _compact
+
+    assert [_compact(n) for n in (999, 1000, 13185, 23500, 60000)] == ["999", "1k", "13.2k", "23.5k", "60k"]
+    assert _compact({"a": 16066, "b": 3000}) == "16.1k/3k"
+
+
+def test_branches_cut_from_the_widest_are_stored_once(tmp_path):
+    """Branches that are the widest one's leading channels (a slimmable network's) are not stored again:
+    the file holds the widest and loads the same model; branches trained apart are all stored."""
+    from safetensors import safe_open
+
+    from classsr_cli.train.slim_network import Slimmable
+
+    torch.manual_seed(0)
+    slimmable = Slimmable("srresnet", [8, 12, 16])
+    model = create("srresnet", [8, 12, 16])
+    for width, branch in zip(slimmable.widths, model.branches, strict=True):
+        branch.load_state_dict(slimmable.cut(width).state_dict())
+    cut = save_model(model, tmp_path / "cut.safetensors", "srresnet", dtype=torch.float16)
+    apart = save_model(create("srresnet", [8, 12, 16]), tmp_path / "apart.safetensors", "srresnet")
+    with safe_open(str(cut), framework="pt") as handle:
+        assert not any(key.startswith(("net1.", "net2.")) for key in handle.keys())
+        assert json.loads(handle.metadata()["sliced_branches"]) == ["net1", "net2"]
+    with safe_open(str(apart), framework="pt") as handle:
+        assert any(key.startswith("net1.") for key in handle.keys())
+        assert "sliced_branches" not in handle.metadata()
+    loaded = load_weights(cut).model.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded[key], value.half().float()), key
+    added = tmp_path / "user"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CLASSSR_WEIGHTS", str(added))
+        from classsr_cli.weights import add_weights
+
+        entry = add_weights(cut, "again.safetensors")  # copied as it was: still once, nothing else recorded
+    assert "training" not in entry and load_weights(added / "again.safetensors").model.widths == [8, 12, 16]
+    narrow = sum(p.numel() for branch in model.branches[:-1] for p in branch.state_dict().values())
+    saved = apart.stat().st_size - (added / "again.safetensors").stat().st_size  # fp32 both
+    assert 4 * narrow <= saved < 4 * narrow + 32768  # their bytes, and their lines in the header

@@ -1,6 +1,7 @@
 """`classsr train`: the paper's three stages (branches, classifier, joint), and assemble, calibrate, relabel
 and slimmable training. The commands parse options; `classsr_cli.train` trains."""
 
+import json
 from pathlib import Path
 
 import typer
@@ -224,6 +225,31 @@ def train_assemble_command(
         return
     source = f"the ledger {networks[0]} at step {step}" if step else f"{len(networks)} networks"
     say(f"stage 1 assembled from {source}, Class-Module {routing} -> {written}")
+
+
+@subcommand(app, "average")
+def train_average_command(
+    snapshots: list[Path] = typer.Argument(
+        ..., help="Two or more weights files of one network, e.g. a ledger's weights at several commits."
+    ),
+    out: Path = typer.Option(..., "--out", help="Weights file to write (fp32).", show_default=False),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
+    as_json: bool = JSON_OPTION,
+    debug: bool = DEBUG_OPTION,
+):
+    """The mean of several snapshots of one network (snapshot averaging) -> OUT.
+
+    Keeps the last snapshot's metadata: written as FOLDER/weights.safetensors of a ledger's snapshots, FOLDER
+    assembles as the ledger would (`train assemble FOLDER`)."""
+    from classsr_cli.train import average_snapshots
+    from classsr_cli.weights import read_metadata
+
+    written = average_snapshots(snapshots, out, overwrite=overwrite)
+    steps = json.loads(read_metadata(written)["averaged"])
+    if as_json:
+        print_json({"weights": str(written), "from": [str(path) for path in snapshots], "steps": steps})
+        return
+    say(f"{len(snapshots)} snapshots averaged (iterations {', '.join(map(str, steps))}) -> {written}")
 
 
 @subcommand(app, "calibrate")

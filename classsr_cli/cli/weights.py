@@ -21,12 +21,12 @@ app = group("The weights this installation ships and your own: list them, or add
 
 
 def _compact(value) -> str:
-    """A manifest count for a narrow table cell: thousands as `60k`, a mapping (iterations per stage, in
-    the manifest's order) as its values joined by `/`."""
+    """A manifest count for a narrow table cell: thousands to one decimal as `60k` or `13.2k`, a mapping
+    (iterations per stage, in the manifest's order) as its values joined by `/`."""
     if isinstance(value, dict):
         return "/".join(_compact(item) for item in value.values())
     if isinstance(value, int) and value >= 1000:
-        return f"{value / 1000:g}k"
+        return f"{round(value / 1000, 1):g}k"
     return str(value)
 
 

@@ -348,6 +348,70 @@ def ledger_networks(folder: Path, family: str | None = None) -> tuple[list[nn.Mo
     return [slimmable.cut(width) for width in slimmable.widths], run_state
 
 
+def average_snapshots(paths, out: Path, overwrite: bool = False) -> Path:
+    """The mean of the weights of several snapshots of one network, written to `out` (fp32).
+
+    A snapshot average (as stochastic weight averaging, Izmailov et al., UAI 2018): the weights a run
+    passed through at a high learning rate scatter around a better point, which their mean comes closer
+    to; e.g. a ledger's weights as committed at several steps. The snapshots must share family, kind and
+    widths (WeightsError otherwise); integer buffers are taken from the last. The file keeps the last
+    snapshot's metadata (stage, iterations, a ledger's run state, which gains `averaged_steps`) and adds
+    `averaged`, the snapshots' iterations: written as `weights.safetensors` in a folder, it assembles as
+    that ledger would (`assemble_networks`). Raises WeightsError for fewer than two snapshots or where
+    `out` exists and `overwrite` is off.
+    """
+    from classsr_cli.weights import (
+        DESCRIPTION_KEYS,
+        SLICED_KEY,
+        describe,
+        load_weights,
+        read_metadata,
+        save_model,
+    )
+
+    paths = [Path(path) for path in paths]
+    out = Path(out)
+    if len(paths) < 2:
+        raise WeightsError("give two or more snapshots of one network to average")
+    if out.exists() and not overwrite:
+        raise WeightsError(f"{out} exists: {OVERWRITE_HINT} to replace it")
+    loaded = [load_weights(path) for path in paths]  # one-line errors for unreadable files
+    shapes = {(item.family, *map(str, describe(item.model))) for item in loaded}
+    if len(shapes) != 1:
+        raise WeightsError(
+            "the snapshots are not one network: "
+            + ", ".join(
+                f"{path.name} ({item.family} {describe(item.model)[0]} {describe(item.model)[1]})"
+                for path, item in zip(paths, loaded, strict=True)
+            )
+        )
+    states = [item.model.state_dict() for item in loaded]
+    model = loaded[-1].model
+    mean = {
+        key: torch.stack([state[key].double() for state in states]).mean(0).to(value.dtype)
+        if value.is_floating_point()
+        else value
+        for key, value in states[-1].items()
+    }
+    model.load_state_dict(mean)
+    metadata = [read_metadata(path) for path in paths]
+    steps = [
+        int(meta["iterations"]) if meta.get("iterations", "").isdigit() else path.name
+        for meta, path in zip(metadata, paths, strict=True)
+    ]
+    kept = {
+        key: value
+        for key, value in metadata[-1].items()
+        if key not in (*DESCRIPTION_KEYS, SLICED_KEY)  # the network's description: written anew
+    }
+    if "ledger" in kept:
+        run_state = json.loads(kept["ledger"])
+        run_state["averaged_steps"] = steps
+        kept["ledger"] = json.dumps(run_state)
+    kept["averaged"] = json.dumps(steps)
+    return save_model(model, out, loaded[-1].family, **kept)
+
+
 # -- stages 2 and 3 ---------------------------------------------------------------------------------
 
 
