@@ -302,14 +302,13 @@ def _unslice(state: dict[str, torch.Tensor], meta: dict, model: nn.Module, path:
         sliced = json.loads(meta[SLICED_KEY])
     except ValueError:
         raise WeightsError(f"{path} has malformed metadata: {SLICED_KEY}") from None
-    if not isinstance(model, ClassSR) or not all(isinstance(name, str) for name in sliced):
-        raise WeightsError(f"{path} has malformed metadata: {SLICED_KEY}")
+    narrow = [f"net{index}" for index in range(1, getattr(model, "num_classes", 0))]
+    if not isinstance(sliced, list) or not all(name in narrow for name in sliced):
+        raise WeightsError(f"{path} has malformed metadata: {SLICED_KEY} {meta[SLICED_KEY]}")
     widest_name = f"net{model.num_classes}"
     widest = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(widest_name + ".")}
     for name in sliced:
-        branch = getattr(model, name, None)
-        if branch is None or name == widest_name:
-            raise WeightsError(f"{path} has malformed metadata: {SLICED_KEY} names {name}")
+        branch = getattr(model, name)
         shapes = {key: value.shape for key, value in branch.state_dict().items()}
         try:
             state.update({f"{name}.{key}": value for key, value in slice_state(widest, shapes).items()})

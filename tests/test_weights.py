@@ -290,6 +290,13 @@ def test_branches_cut_from_the_widest_are_stored_once(tmp_path):
     loaded = load_weights(cut).model.state_dict()
     for key, value in model.state_dict().items():
         assert torch.equal(loaded[key], value.half().float()), key
+    from safetensors.torch import load_file, save_file
+
+    for named in ('["net3"]', '["classifier"]', '"net1"', "[net1"):  # the widest, not a branch, no list
+        bad = tmp_path / "bad.safetensors"
+        save_file(load_file(str(cut)), str(bad), metadata={**read_metadata(cut), "sliced_branches": named})
+        with pytest.raises(WeightsError, match="malformed metadata"):
+            load_weights(bad)
     added = tmp_path / "user"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("CLASSSR_WEIGHTS", str(added))
