@@ -239,8 +239,7 @@ def train_average_command(
 ):
     """The mean of several snapshots of one network (snapshot averaging) -> OUT.
 
-    Keeps the last snapshot's metadata: written as FOLDER/weights.safetensors of a ledger's snapshots, FOLDER
-    assembles as the ledger would (`train assemble FOLDER`)."""
+    Keeps the last one's metadata: a ledger's snapshots, averaged into DIR/weights.safetensors, assemble."""
     from classsr_cli.train import average_snapshots
     from classsr_cli.weights import read_metadata
 
