@@ -239,7 +239,7 @@ def train_average_command(
 ):
     """The mean of several snapshots of one network (snapshot averaging) -> OUT.
 
-    Keeps the last one's metadata: a ledger's snapshots, averaged into DIR/weights.safetensors, assemble."""
+    Keeps the last one's metadata, so `train assemble DIR` reads DIR/weights.safetensors as a ledger."""
     from classsr_cli.train import average_snapshots
     from classsr_cli.weights import read_metadata
 
