@@ -493,14 +493,14 @@ def main() -> None:
     branches = args.branches or args.model
     loaded = load_weights(branches, kind="classsr", family=args.model)
     first = loaded.model.eval()
+    # the cache is keyed by the files' contents (sha256): new weights never meet stale errors
     if args.base_weights:
-        base_source = load_weights(args.base_weights, kind="base", family=args.model)
-        base = base_source.model.eval()
+        base = load_weights(args.base_weights, kind="base", family=args.model).model.eval()
+        base_key = "base-" + file_tag(args.base_weights)
     else:  # the installed -O network, else the ClassSR model's hardest branch
         base = load_base_network(args.model)  # WeightsError where the family has no weights
-        base_source = load_weights(args.model, kind=shipped_base_entry(args.model)["kind"])
-    cache = CellErrors(args.cache)  # keyed by the files' contents: new weights never meet stale errors
-    base_key = "base-" + file_tag(base_source.source)
+        base_key = "base-" + shipped_base_entry(args.model)["sha256"][:12]  # checked on loading
+    cache = CellErrors(args.cache)
     first_key = file_tag(loaded.source)
     rows: list[dict] = []
 

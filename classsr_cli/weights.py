@@ -213,9 +213,7 @@ def add_weights(
     dtype = torch.float16 if half else torch.float32
     # what training wrote into the file beside the network's description (stage, iterations, the ledger's
     # recipe) goes with it, into the copy and its manifest entry
-    described = _description(loaded.model, loaded.family, dtype)
-    written = read_metadata(source) if source.suffix == ".safetensors" else {}
-    trained = {key: value for key, value in written.items() if key not in (*described, SLICED_KEY)}
+    trained = training_metadata(read_metadata(source)) if source.suffix == ".safetensors" else {}
     save_model(loaded.model, target, loaded.family, dtype=dtype, **trained)
     if trained:
         facts = {"training": {key: _parsed(value) for key, value in trained.items()}, **facts}
@@ -268,6 +266,12 @@ def save_model(
 DESCRIPTION_KEYS = ("format", "family", "kind", "widths", "scale", "dtype")
 # metadata naming the branches a file leaves out because they are the widest branch's leading channels
 SLICED_KEY = "sliced_branches"
+
+
+def training_metadata(meta: dict) -> dict:
+    """What training wrote into a weights file's metadata beside the network's description and storage
+    (stage, iterations, a ledger's run state): what a copy or a derived file keeps."""
+    return {key: value for key, value in meta.items() if key not in (*DESCRIPTION_KEYS, SLICED_KEY)}
 
 
 def _sliced_branches(model: nn.Module) -> list[str]:

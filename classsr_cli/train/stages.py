@@ -360,14 +360,7 @@ def average_snapshots(paths, out: Path, overwrite: bool = False) -> Path:
     that ledger would (`assemble_networks`). Raises WeightsError for fewer than two snapshots or where
     `out` exists and `overwrite` is off.
     """
-    from classsr_cli.weights import (
-        DESCRIPTION_KEYS,
-        SLICED_KEY,
-        describe,
-        load_weights,
-        read_metadata,
-        save_model,
-    )
+    from classsr_cli.weights import describe, load_weights, read_metadata, save_model, training_metadata
 
     paths = [Path(path) for path in paths]
     out = Path(out)
@@ -399,11 +392,7 @@ def average_snapshots(paths, out: Path, overwrite: bool = False) -> Path:
         int(meta["iterations"]) if meta.get("iterations", "").isdigit() else path.name
         for meta, path in zip(metadata, paths, strict=True)
     ]
-    kept = {
-        key: value
-        for key, value in metadata[-1].items()
-        if key not in (*DESCRIPTION_KEYS, SLICED_KEY)  # the network's description: written anew
-    }
+    kept = training_metadata(metadata[-1])  # the network's description is written anew
     if "ledger" in kept:
         run_state = json.loads(kept["ledger"])
         run_state["averaged_steps"] = steps
