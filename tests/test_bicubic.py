@@ -194,3 +194,23 @@ def test_the_tensor_path_computes_integers_in_float32_and_checks_its_arguments()
             imresize_tensor(pixels, **bad)
     with pytest.raises(ValueError, match="H, W"):
         imresize_tensor(torch.zeros(5), scale=0.5)
+
+
+def test_enlarging_into_a_channels_last_target_adds_the_enlargement():
+    import torch
+
+    from classsr_cli.imaging.bicubic import enlarge_add_, imresize_tensor
+
+    torch.manual_seed(0)
+    for channels, scale, size in [(3, 4, (9, 13)), (1, 2, (5, 7)), (3, 3, (6, 4))]:
+        image = torch.rand(2, channels, *size, dtype=torch.float64)
+        target = torch.rand(2, channels, size[0] * scale, size[1] * scale, dtype=torch.float64)
+        expected = target + imresize_tensor(image, scale=scale, fast=True)
+        into = target.contiguous(memory_format=torch.channels_last)
+        assert enlarge_add_(into, image, scale) is into
+        assert (into - expected).abs().max() < 1e-12
+    with pytest.raises(ValueError, match="channels-last"):
+        enlarge_add_(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 2, 2), 4)  # a plain NCHW target
+    with pytest.raises(ValueError, match="channels-last"):
+        wrong_size = torch.zeros(1, 3, 8, 12).contiguous(memory_format=torch.channels_last)
+        enlarge_add_(wrong_size, torch.zeros(1, 3, 2, 2), 4)

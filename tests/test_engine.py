@@ -144,7 +144,7 @@ def test_out_of_memory_halves_the_batch_and_retries():
 def test_inference_rewrites_keep_the_outputs(family):
     import copy
 
-    from classsr_cli.engine.inference_graph import optimize_for_inference
+    from classsr_cli.engine.inference_graph import PhaseShuffle, optimize_for_inference
 
     torch.manual_seed(0)
     net = create(family).eval()
@@ -156,10 +156,16 @@ def test_inference_rewrites_keep_the_outputs(family):
             module.bias.data.uniform_(-0.1, 0.1)
     fast = optimize_for_inference(copy.deepcopy(net))
     assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.ConvTranspose2d)) for m in fast.modules())
+    # FSRCNN's tail shuffles phase-major channels; CARN's grouped upsampling convolutions keep theirs
+    phase_major = any(isinstance(m, PhaseShuffle) for m in fast.modules())
+    assert phase_major == (family == "fsrcnn")
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         for slow_branch, fast_branch in zip(net.branches, fast.branches, strict=True):
             assert torch.allclose(slow_branch(x), fast_branch(x), atol=1e-5)
+            out = fast_branch(x.contiguous(memory_format=torch.channels_last))
+            assert torch.allclose(slow_branch(x), out, atol=1e-5)
+            assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 @pytest.mark.parametrize(
@@ -193,3 +199,33 @@ def test_a_cuda_out_of_memory_error_halves_the_batch_once():
     module = RunsOutOnce()
     assert torch.equal(runner(module, x), x + 1)
     assert module.failed and runner.batch_size == 8
+
+
+def test_mirrored_rows_are_the_image_mirrored_at_every_edge():
+    """The engine's reader of LR rows (`_MirroredRows`): any rows, inside the image or mirrored past its top
+    and bottom, with mirrored columns on both sides, wider than the image too, from strips of any height."""
+    from classsr_cli.engine.upscaler import _MirroredRows
+
+    rng = np.random.default_rng(0)
+
+    def mirror(index, length):
+        folded = np.mod(index, 2 * length)
+        return np.where(folded < length, folded, 2 * length - 1 - folded)
+
+    for trial in range(200):
+        height, width = int(rng.integers(1, 50)), int(rng.integers(1, 50))
+        left, right = int(rng.integers(0, 40)), int(rng.integers(0, 40))
+        image = rng.random((height, width, 3)).astype(np.float32)
+        cuts = sorted({*rng.integers(1, height + 1, size=3).tolist(), height})
+        strips = [(top, image[top:bottom]) for top, bottom in zip([0, *cuts[:-1]], cuts, strict=True)]
+        source = _MirroredRows(iter(strips), height, width, 3, left, right)
+        columns = mirror(np.arange(-left, width + right), width)
+        start, lowest = -int(rng.integers(0, 10)), 0
+        while start < height:
+            stop = start + int(rng.integers(1, 30))
+            rows = mirror(np.arange(start, stop), height)
+            if rows.min() < lowest:  # requests never move back (the engine's bands move down)
+                break
+            lowest = int(rows.min())
+            assert np.array_equal(source.rows(start, stop), image[rows][:, columns]), trial
+            start += int(rng.integers(1, 20))

@@ -1,5 +1,7 @@
 """Region execution: pieces, cross-fades, back-projection, and what users see (flat stays flat, no grid)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -121,6 +123,35 @@ def test_pieces_are_the_cheapest_layout_of_column_segments_then_row_ranges():
         )
 
 
+def test_an_image_narrower_than_a_chunk_gets_a_chunk_as_wide_as_itself_with_the_same_pieces():
+    """A CPU's engine fits one chunk to an image narrower than its chunks (`_fit_shapes`): the planner
+    then covers the image's cells with the pieces it chose when the columns past the image were there."""
+    from classsr_cli.engine.regions import _fit_shapes
+
+    wide = Shapes(band_rows=4, big_cols=8, small=(1, 2), chunk_cols=32, exact=True, piece_overhead=3e7)
+    fitted = _fit_shapes(wide, 480, 480 * 12, np.uint8, 4)
+    assert (fitted.chunk_cols, fitted.big_cols) == (18, 8)
+    assert _fit_shapes(wide, 1920, 1920 * 12, np.uint8, 4).chunk_cols == 32  # wider: chunks as they are
+    assert _fit_shapes(wide, 100, 1200, np.uint8, 4).big_cols == 4  # 4 cells
+    assert _fit_shapes(replace(wide, exact=False), 480, 480 * 12, np.uint8, 4).chunk_cols == 32
+    rng = np.random.default_rng(4)
+    cost = [0.44, 0.72, 1.0]
+    for trial in range(300):
+        rows, width = int(rng.choice([1, 2, 4])), int(rng.integers(1, 32 * 28))
+        shapes = replace(wide, band_rows=rows)
+        narrow = _fit_shapes(shapes, width, width * 12, np.uint8, 4)
+        cells = -(-width // 28)
+        grid = np.full((rows, 32), VIRTUAL)
+        grid[:, :cells] = rng.integers(0, 3, (rows, cells))
+        if trial % 2:  # large same-class areas, as photos have
+            grid[:, :cells] = (grid[:, :cells] > 1) * 2
+        col_px = np.clip(width - 28 * np.arange(32), 0, 28)
+        cols = narrow.chunk_cols
+        in_wide = plan_chunk(grid, cost, 6, shapes, None, col_px)
+        in_narrow = plan_chunk(grid[:, :cols], cost, 6, narrow, None, col_px[:cols])
+        assert np.array_equal(in_wide.pieces, in_narrow.pieces), trial
+
+
 def test_without_promotion_every_piece_keeps_one_class():
     rng = np.random.default_rng(3)
     for shapes in (Shapes(small=(1, 1)), Shapes(exact=True)):
@@ -138,6 +169,20 @@ def test_a_lone_easy_cell_runs_on_its_neighbours_branch_but_easy_areas_stay_easy
     for shapes in (Shapes(), Shapes(exact=True)):
         plan = plan_chunk(grid, [0.4, 0.7, 1.0], 6, shapes)
         assert plan.classes[1, 5] == 2 and (plan.classes[:, 8:] == 0).all()
+
+
+def test_cross_fade_weights_are_applied_in_place_on_the_strips_that_fade():
+    from classsr_cli.engine.regions import _fade_
+
+    fade, scale = 2, 4
+    for height, width in [(116, 228), (36, 64), (20, 12)]:  # the last two too small to have an inside
+        y = ramps(height // scale - 2 * fade, fade, scale, "cpu")
+        x = ramps(width // scale - 2 * fade, fade, scale, "cpu")
+        codes_y, codes_x = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 0, 2, 1])
+        pieces = torch.rand(4, height, width, 3)
+        expected = pieces * y[codes_y][:, :, None, None] * x[codes_x][:, None, :, None]
+        _fade_(pieces, y[codes_y], x[codes_x], 2 * fade * scale)
+        assert (pieces - expected).abs().max() < 1e-6
 
 
 def test_each_cell_takes_the_class_of_the_sub_image_it_lies_in():
@@ -236,6 +281,10 @@ def test_torch_bicubic_matches_matlab_and_back_projection_restores_the_input():
     before = (bicubic(sr, 0.25) - lr).abs().mean()
     after = (bicubic(back_project(sr, lr, 4), 0.25) - lr).abs().mean()
     assert after < 0.6 * before
+    # in place, as the engine runs it: the same output, in the output's own memory
+    own = sr.contiguous(memory_format=torch.channels_last)
+    assert back_project(own, lr, 4, inplace=True) is own
+    assert (own - back_project(sr, lr, 4)).abs().max() < 1e-12
 
 
 def _whole_image(network, lr: np.ndarray) -> np.ndarray:

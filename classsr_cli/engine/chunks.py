@@ -215,67 +215,76 @@ def plan_chunk(
     row_px = np.full(rows, CELL) if row_px is None else np.asarray(row_px)
     col_px = np.full(cols, CELL) if col_px is None else np.asarray(col_px)
     cost = np.append(np.asarray(cost, dtype=np.float64), 0.0)  # index VIRTUAL (-1): nothing to run
-    real = np.where(classes == VIRTUAL, np.iinfo(np.int64).max, classes)
     row_edges = np.concatenate([[0], np.cumsum(row_px)])
     col_edges = np.concatenate([[0], np.cumsum(col_px)])
-    allowed = shapes.heights_by_width()
-    segment_cost, row_choice = {}, {}
-    for width, heights in allowed.items():
-        if width > cols:
-            continue
-        starts = cols - width + 1
-        top = np.lib.stride_tricks.sliding_window_view(classes, width, axis=1).max(axis=2)  # (rows, starts)
-        low = np.lib.stride_tricks.sliding_window_view(real, width, axis=1).min(axis=2)
-        padded_w = col_edges[width:] - col_edges[:-width] + 2 * context  # (starts,)
-        best, choice = [np.zeros(starts)], [None]
-        for r1 in range(1, rows + 1):
-            options, origins = [], []
-            for height in heights:
-                r0 = r1 - height
-                if r0 < 0:
-                    continue
-                hardest = top[r0:r1].max(axis=0)
-                easiest = low[r0:r1].min(axis=0)
-                area = (row_edges[r1] - row_edges[r0] + 2 * context) * padded_w
-                value = np.where(hardest >= 0, cost[hardest] * area + shapes.piece_overhead, 0.0)
-                if not promote:
-                    value = np.where((hardest < 0) | (easiest == hardest), value, np.inf)
-                options.append(best[r0] + value)
-                origins.append(r0)
-            if not options:
-                best.append(np.full(starts, np.inf))
-                choice.append(np.zeros(starts, dtype=np.int64))
-                continue
-            stacked = np.stack(options)
-            pick = np.argmin(stacked, axis=0)
-            best.append(stacked[pick, np.arange(starts)])
-            choice.append(np.asarray(origins)[pick])
-        segment_cost[width], row_choice[width] = best[rows], choice
-    total = np.full(cols + 1, np.inf)
-    total[0] = 0.0
-    last_width = np.zeros(cols + 1, dtype=np.int64)
+    heights_by_width = shapes.heights_by_width()
+    allowed = {width: heights for width, heights in heights_by_width.items() if width <= cols}
+    if not allowed:
+        raise ValueError(f"pieces of widths {sorted(heights_by_width)} cannot cover {cols} columns")
+    # Every candidate piece at once, in arrays over (width slot, first row, first column): the hardest and
+    # easiest class among its cells, as running extremes over columns (width by width), then over rows
+    # (height by height); `values[h - 1]` holds each piece's cost for h rows, inf where not allowed.
+    widths = list(allowed)
+    real = np.where(classes == VIRTUAL, np.iinfo(np.int64).max, classes)
+    hard = np.full((len(widths), rows, cols), VIRTUAL, dtype=np.int64)
+    easy = np.full((len(widths), rows, cols), VIRTUAL, dtype=np.int64)
+    padded_w = np.zeros((len(widths), 1, cols), dtype=np.int64)  # 0 past the last start: never read
+    top, low = classes, real
+    for width in range(1, max(widths) + 1):
+        if width > 1:
+            top = np.maximum(top[:, :-1], classes[:, width - 1 :])
+            low = np.minimum(low[:, :-1], real[:, width - 1 :])
+        if width in allowed:
+            slot, starts = widths.index(width), cols - width + 1
+            hard[slot, :, :starts], easy[slot, :, :starts] = top, low
+            padded_w[slot, 0, :starts] = col_edges[width:] - col_edges[:-width] + 2 * context
+    values, hardest = [], []
+    hard_row, easy_row = hard, easy  # pieces one cell row high
+    for height in range(1, rows + 1):
+        if height > 1:
+            hard = np.maximum(hard[:, :-1], hard_row[:, height - 1 :])
+            easy = np.minimum(easy[:, :-1], easy_row[:, height - 1 :])
+        area = (row_edges[height:] - row_edges[:-height] + 2 * context)[None, :, None] * padded_w
+        value = np.where(hard >= 0, cost[hard] * area + shapes.piece_overhead, 0.0)
+        if not promote:
+            value = np.where((hard < 0) | (easy == hard), value, np.inf)
+        ok = np.array([height in allowed[width] for width in widths])
+        values.append(np.where(ok[:, None, None], value, np.inf))
+        hardest.append(hard)
+    # the cheapest cut of each column segment into row ranges: over the last row range's height
+    best = [np.zeros((len(widths), cols))]
+    choice = [np.zeros((len(widths), cols), dtype=np.int64)]
+    for r1 in range(1, rows + 1):
+        options = np.stack([best[r1 - h] + values[h - 1][:, r1 - h] for h in range(1, r1 + 1)])
+        pick = np.argmin(options, axis=0)  # the first of equal options: the lowest piece
+        best.append(np.take_along_axis(options, pick[None], axis=0)[0])
+        choice.append(r1 - 1 - pick)
+    segment_cost = best[rows].tolist()
+    # the cheapest cut of the columns into segments (widths tried in the order allowed, the first kept)
+    total = [0.0] + [np.inf] * cols
+    last_width = [0] * (cols + 1)
     for stop in range(1, cols + 1):
-        for width, values in segment_cost.items():
-            if width <= stop and total[stop - width] + values[stop - width] < total[stop]:
-                total[stop] = total[stop - width] + values[stop - width]
-                last_width[stop] = width
+        for slot, width in enumerate(widths):
+            if width <= stop and total[stop - width] + segment_cost[slot][stop - width] < total[stop]:
+                total[stop] = total[stop - width] + segment_cost[slot][stop - width]
+                last_width[stop] = slot
     if not np.isfinite(total[cols]):
-        raise ValueError(f"pieces of widths {sorted(allowed)} cannot cover {cols} columns")
+        raise ValueError(f"pieces of widths {sorted(heights_by_width)} cannot cover {cols} columns")
     pieces = []
     ran = classes.copy()
     stop = cols
     while stop > 0:
-        width = int(last_width[stop])
-        start, r1 = stop - width, rows
+        slot = last_width[stop]
+        start, r1 = stop - widths[slot], rows
         while r1 > 0:
-            r0 = int(row_choice[width][r1][start])
-            block = ran[r0:r1, start:stop]
-            branch = int(classes[r0:r1, start:stop].max())
+            r0 = int(choice[r1][slot, start])
+            branch = int(hardest[r1 - r0 - 1][slot, r0, start])
             if branch >= 0:
                 pieces.append((r0, r1, start, stop, branch))
-                block[block != VIRTUAL] = branch
+                ran[r0:r1, start:stop] = branch
             r1 = r0
         stop = start
+    ran[classes == VIRTUAL] = VIRTUAL
     return ChunkPlan(np.asarray(pieces, dtype=np.int64).reshape(-1, 5), ran)
 
 

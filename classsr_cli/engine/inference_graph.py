@@ -5,8 +5,12 @@
 - A transposed convolution whose output is exactly `stride` x its input (FSRCNN's x4 tail) becomes a small
   convolution to stride^2 x the channels followed by a pixel shuffle. It multiplies more zeros, yet runs about
   twice as fast on a CPU, where transposed convolutions get no well-tuned kernels.
-Both rewrites give the same outputs up to float rounding; the engine applies them to its private copy.
+- A pixel shuffle right after an ungrouped convolution (that tail) reads the convolution's output channels
+  in phase-major order, which the convolution's weights are permuted to give (`PhaseShuffle`).
+All rewrites give the same outputs up to float rounding; the engine applies them to its private copy.
 """
+
+import copy
 
 import torch
 from torch import nn
@@ -15,14 +19,61 @@ from torch import nn
 def optimize_for_inference(model: nn.Module, subpixel: bool = True) -> nn.Module:
     """Apply the rewrites in place on `model` (which must be in eval mode) and return it.
 
-    subpixel=False keeps transposed convolutions as they are (only batch norms are folded).
+    subpixel=False keeps transposed convolutions and pixel shuffles as they are (only batch norms are
+    folded): a graph of standard operators, for export.
     """
     for module in list(model.modules()):
         if isinstance(module, nn.Sequential):
             _fold_batch_norms(module)
     if subpixel:
         _replace_transposed(model)
+        for module in list(model.modules()):
+            if isinstance(module, nn.Sequential):
+                _phase_major_shuffles(module)
     return model
+
+
+class PhaseShuffle(nn.Module):
+    """`nn.PixelShuffle(scale)` for input channels in phase-major order.
+
+    Input (N, scale^2 * C, H, W) whose channel (ry * scale + rx) * C + c holds output pixel
+    (scale * i + ry, scale * j + rx) of channel c (PixelShuffle reads channel c * scale^2 + ry * scale + rx);
+    output (N, C, scale * H, scale * W) in channels-last memory. From channels-last input each output pixel's
+    C values are then adjacent in the input too, so the copy moves scale * C contiguous values at a time: on
+    batches of FSRCNN's tail (48 channels, 124x236) it took half the time of `F.pixel_shuffle`.
+    """
+
+    def __init__(self, scale: int):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        s = self.scale
+        phases = x.permute(0, 2, 3, 1).reshape(batch, height, width, s, s, channels // (s * s))
+        pixels = phases.permute(0, 1, 3, 2, 4, 5).reshape(batch, height * s, width * s, -1)
+        return pixels.permute(0, 3, 1, 2)
+
+
+def _phase_major_shuffles(sequence: nn.Sequential) -> None:
+    layers = list(sequence)
+    for index in range(len(layers) - 1):
+        conv, shuffle = layers[index], layers[index + 1]
+        if isinstance(conv, nn.Conv2d) and conv.groups == 1 and type(shuffle) is nn.PixelShuffle:
+            sequence[index] = phase_major(conv, shuffle.upscale_factor)
+            sequence[index + 1] = PhaseShuffle(shuffle.upscale_factor)
+
+
+@torch.no_grad()
+def phase_major(conv: nn.Conv2d, scale: int) -> nn.Conv2d:
+    """`conv` with its output channels reordered from c * scale^2 + phase to phase * C + c (PhaseShuffle)."""
+    channels = conv.out_channels // (scale * scale)
+    order = torch.arange(conv.out_channels).view(channels, scale * scale).t().reshape(-1)
+    reordered = copy.deepcopy(conv)
+    reordered.weight.copy_(conv.weight[order])
+    if conv.bias is not None:
+        reordered.bias.copy_(conv.bias[order])
+    return reordered
 
 
 def _replace_transposed(model: nn.Module) -> None:

@@ -78,8 +78,8 @@ class RegionStream:
         self.context = engine.context
         self.device = engine.device
         self.dtype = engine.runner.dtype
-        self.shapes: Shapes = _fit_band(
-            engine.shapes, width * self.scale * layout.channels, out_dtype, self.scale
+        self.shapes: Shapes = _fit_shapes(
+            engine.shapes, width, width * self.scale * layout.channels, out_dtype, self.scale
         )
         self.geometry = Geometry(height, width, self.shapes)
         self.margin = max(self.context, PATCH - CELL)  # LR pixels around each chunk's cells
@@ -93,11 +93,13 @@ class RegionStream:
         self.router = BandRouter(engine, shapes, self.geometry, tally, self.tops, self.margin, self.band_w)
         space: Workspace = engine.workspace()
         self.space = space
-        # this image's bands may be lower than the engine's (`_fit_band`): the top of each canvas then
+        # this image's bands may be lower and its chunks narrower than the engine's (`_fit_shapes`): each
+        # canvas then is the top left of the engine's (offsets into it keep the engine's row length)
         self.canvas_h = (self.shapes.band_rows * CELL + 2 * FADE) * self.scale
-        self.canvas_w = space.canvas_w
+        self.canvas_w = (self.shapes.chunk_cols * CELL + 2 * FADE) * self.scale
+        self.row_stride = space.canvas_w
         self.slot_size = space.canvas_h * space.canvas_w
-        self.canvases = space.canvases[:, : self.canvas_h]
+        self.canvases = space.canvases[:, : self.canvas_h, : self.canvas_w]
         self.free_slots = deque(range(space.canvases.shape[0]))
         self.gather: dict[tuple[int, int], torch.Tensor] = {}
         # LR pixels of each cell row and column that pieces compute: whole cells with fixed shapes, else
@@ -179,7 +181,7 @@ class RegionStream:
                 # LR corner of the piece's input in the band, its output's corner in the chunk's canvas
                 y = self.tops[band] + row0 * CELL - self.context
                 x = self.margin + (c0 + col0) * CELL - self.context
-                dest = chunk.slot * self.slot_size + row0 * CELL * scale * self.canvas_w
+                dest = chunk.slot * self.slot_size + row0 * CELL * scale * self.row_stride
                 dest += col0 * CELL * scale
                 code_y = ramp_code(first_cell + row0 == 0, first_cell + row1 >= geometry.cell_rows)
                 code_x = ramp_code(c0 + col0 == 0, c0 + col1 >= geometry.cell_cols)
@@ -265,15 +267,16 @@ class RegionStream:
         meta = bucket.meta[:count]
         sr = self.engine.branches[bucket.branch](x)
         if self.engine.back_projection:
-            sr = back_project(sr, x.to(sr.dtype), scale)
+            sr = back_project(sr, x.to(sr.dtype), scale, inplace=True)
         ramp_y, ramp_x = self.space.ramps(bucket.height), self.space.ramps(bucket.width)
         height, width = ramp_y.shape[1], ramp_x.shape[1]
         start = (ctx - FADE) * scale
         used = sr[:, :, start : start + height, start : start + width].permute(0, 2, 3, 1).float()
-        weights = ramp_y[meta[:, 1]][:, :, None, None] * ramp_x[meta[:, 2]][:, None, :, None]
         if self.shapes.exact:  # a CPU: an add per piece costs less than a scatter of every pixel
-            self._add_pieces(bucket.offsets[:count], used * weights)
+            _fade_(used, ramp_y[meta[:, 1]], ramp_x[meta[:, 2]], 2 * self.fade_px)
+            self._add_pieces(bucket.offsets[:count], used)
             return
+        weights = ramp_y[meta[:, 1]][:, :, None, None] * ramp_x[meta[:, 2]][:, None, :, None]
         values = (used * weights).reshape(-1, 3)
         index = (meta[:, :1] + self.space.scatter(bucket.height, bucket.width)[None]).view(-1)
         self.space.canvas_flat.index_add_(0, index, values)
@@ -443,16 +446,38 @@ _TORCH_DTYPES = {np.dtype(np.uint8): torch.uint8, np.dtype(np.uint16): torch.uin
 OUTPUT_BAND_BYTES = 48 * 2**20
 
 
-def _fit_band(shapes: Shapes, row_samples: int, out_dtype, scale: int) -> Shapes:
-    """`shapes`, with bands low enough that one band's output rows fit OUTPUT_BAND_BYTES (exact shapes
-    only: fixed ones keep their shapes whatever the image)."""
+def _fit_shapes(shapes: Shapes, width: int, row_samples: int, out_dtype, scale: int) -> Shapes:
+    """`shapes` fitted to an image `width` LR pixels wide (exact shapes only: fixed ones keep their shapes
+    whatever the image): bands low enough that one band's output rows fit OUTPUT_BAND_BYTES, and, for an
+    image narrower than a chunk, one chunk as wide as the image (480 pixels: 18 cells where FSRCNN's
+    chunks are 32), whose canvases and mirrored columns then cover no more than the image. The pieces
+    are those of the wider chunk (its columns past the image run nothing)."""
     if not shapes.exact:
         return shapes
     itemsize = np.dtype(out_dtype).itemsize if out_dtype is not None else 4
     rows = OUTPUT_BAND_BYTES // max(1, row_samples * itemsize * CELL * scale)
-    if rows >= shapes.band_rows:
-        return shapes
-    return replace(shapes, band_rows=max(1, int(rows)), small=(1, shapes.small[1]))
+    if rows < shapes.band_rows:
+        shapes = replace(shapes, band_rows=max(1, int(rows)), small=(1, shapes.small[1]))
+    step = shapes.small[1]
+    cols = -(-max(1, -(-width // CELL)) // step) * step  # the image's cells, in whole small pieces
+    if cols < shapes.chunk_cols:
+        shapes = replace(shapes, chunk_cols=cols, big_cols=min(shapes.big_cols, cols))
+    return shapes
+
+
+def _fade_(pieces: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band: int) -> None:
+    """Multiply pieces (n, h, w, C) by their cross-fade weights rows (n, h) x cols (n, w), in place.
+
+    A weight differs from 1 only within `band` output pixels of a piece's side (`chunks.ramps`), so only
+    those strips are multiplied, where the piece is large enough to have an inside at all."""
+    height, width = pieces.shape[1:3]
+    if height < 2 * band or width < 2 * band:
+        pieces.mul_(rows[:, :, None, None] * cols[:, None, :, None])
+        return
+    for part in (slice(0, band), slice(height - band, height)):
+        pieces[:, part].mul_(rows[:, part, None, None])
+    for part in (slice(0, band), slice(width - band, width)):
+        pieces[:, :, part].mul_(cols[:, None, part, None])
 
 
 def _quantise(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
