@@ -351,7 +351,8 @@ class _MirroredRows:
         self._top = 0  # image row held in self._rows[0]
 
     def rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows [start, stop) of the mirrored image as float32 (stop - start, left + width + right, C)."""
+        """Rows [start, stop) of the mirrored image as float32 (stop - start, left + width + right, C): a view
+        of the rows held where none is mirrored, to be read, not written."""
         wanted = _mirror(np.arange(start, stop), self._height)
         forget = min(max(0, int(wanted.min()) - self._top), self._rows.shape[0])  # only rows held
         self._rows = self._rows[forget:]
