@@ -229,3 +229,17 @@ def test_mirrored_rows_are_the_image_mirrored_at_every_edge():
             lowest = int(rows.min())
             assert np.array_equal(source.rows(start, stop), image[rows][:, columns]), trial
             start += int(rng.integers(1, 20))
+
+
+@pytest.mark.parametrize("height", [60, 57, 200])
+def test_a_flops_budget_holds_where_a_band_holds_only_a_sub_image_begun_above(height):
+    """Bands one cell row high (CARN on a CPU): the last cell row of these heights lies in the sub-image
+    aligned to the bottom edge, which begins in the band above; it takes the classes decided there."""
+    torch.manual_seed(0)
+    model = create("carn", widths=[8, 12, 16]).eval()
+    lr = np.random.default_rng(6).random((height, 223, 3), dtype=np.float32)
+    engine = Upscaler(model, "cpu", flops_budget=0.5)
+    assert engine.shapes.band_rows == 1
+    sr, tally = engine.upscale_array(lr)
+    assert sr.shape == (4 * height, 4 * 223, 3)
+    assert tally.flops_ratio(engine.plan) <= 0.5 + 1e-9 or tally.class_counts[0] == tally.tiles

@@ -42,6 +42,7 @@ class BandRouter:
         self.device = engine.device
         self.shapes, self.geometry, self.tally = shapes, geometry, tally
         self.tops, self.margin, self.band_w = tops, margin, band_w
+        self.decided: dict[int, np.ndarray] = {}  # with a FLOPs budget: each tile row's classes, once decided
 
     def classes(self, band: int, rgb: torch.Tensor) -> np.ndarray:
         """The class of every cell of the band, on the host.
@@ -124,26 +125,30 @@ class BandRouter:
         return torch.cat(out)[:count]
 
     def _budget(self, band: int, logits: np.ndarray) -> np.ndarray:
-        """Classes within the FLOPs budget (kept over all sub-images so far), from the cells' logits."""
+        """Classes within the FLOPs budget (kept over all sub-images so far), from the cells' logits.
+
+        The sub-images whose first cell row lies in this band are decided here; a cell row whose sub-image
+        began in a band above (the last one, aligned to the image's bottom edge, below a band of one cell
+        row) takes the classes decided there."""
         geometry, plan, tally = self.geometry, self.plan, self.tally
-        first, _ = geometry.band_cells(band)
+        first, stop = geometry.band_cells(band)
         tile_rows = geometry.band_tiles(band)
-        row_cells = [int(np.flatnonzero(geometry.rows[0] == t)[0]) - first for t in tile_rows]
         col_cells = [int(np.flatnonzero(geometry.cols[0] == t)[0]) for t in range(len(geometry.col_starts))]
-        tile_logits = logits[np.ix_(row_cells, col_cells)].reshape(-1, logits.shape[-1])
-        count = tile_logits.shape[0]
-        total = tally.tiles + count
-        allowance = plan.flops_budget * plan.base_flops * total
-        allowance -= plan.classifier_flops * total + (tally.flops - tally.tiles * plan.classifier_flops)
-        shifted = tile_logits - tile_logits.max(axis=1, keepdims=True)
-        probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-        tile_classes = apply_budget(probs, plan, allowance).reshape(len(row_cells), len(col_cells))
-        # every cell takes its tile's class
-        row_index = np.searchsorted(tile_rows, geometry.rows[0][first : first + self.shapes.band_rows])
-        row_index = np.clip(row_index, 0, len(tile_rows) - 1)
+        if tile_rows:
+            row_cells = [int(np.flatnonzero(geometry.rows[0] == t)[0]) - first for t in tile_rows]
+            tile_logits = logits[np.ix_(row_cells, col_cells)].reshape(-1, logits.shape[-1])
+            total = tally.tiles + tile_logits.shape[0]
+            allowance = plan.flops_budget * plan.base_flops * total
+            allowance -= plan.classifier_flops * total + (tally.flops - tally.tiles * plan.classifier_flops)
+            shifted = tile_logits - tile_logits.max(axis=1, keepdims=True)
+            probs = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+            decided = apply_budget(probs, plan, allowance).reshape(len(tile_rows), len(col_cells))
+            self.decided.update(zip(tile_rows, decided, strict=True))
+        # every cell takes its sub-image's class
+        by_row = np.stack([self.decided[int(tile)] for tile in geometry.rows[0][first:stop]])
         width = logits.shape[1]
         col_index = geometry.cols[0][np.minimum(np.arange(width), geometry.cell_cols - 1)]
-        classes = tile_classes[row_index][:, col_index]
+        classes = by_row[:, col_index]
         if classes.shape[0] < self.shapes.band_rows:
             classes = np.concatenate(
                 [classes, np.repeat(classes[-1:], self.shapes.band_rows - classes.shape[0], axis=0)]

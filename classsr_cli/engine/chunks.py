@@ -239,7 +239,7 @@ def plan_chunk(
             hard[slot, :, :starts], easy[slot, :, :starts] = top, low
             padded_w[slot, 0, :starts] = col_edges[width:] - col_edges[:-width] + 2 * context
     values, hardest = [], []
-    hard_row, easy_row = hard, easy  # pieces one cell row high
+    hard_row, easy_row = hard, easy  # pieces one cell row high; below, `hard` and `easy` are for `height`
     for height in range(1, rows + 1):
         if height > 1:
             hard = np.maximum(hard[:, :-1], hard_row[:, height - 1 :])
@@ -262,19 +262,19 @@ def plan_chunk(
     segment_cost = best[rows].tolist()
     # the cheapest cut of the columns into segments (widths tried in the order allowed, the first kept)
     total = [0.0] + [np.inf] * cols
-    last_width = [0] * (cols + 1)
+    last_slot = [0] * (cols + 1)  # the width slot of the segment ending there
     for stop in range(1, cols + 1):
         for slot, width in enumerate(widths):
             if width <= stop and total[stop - width] + segment_cost[slot][stop - width] < total[stop]:
                 total[stop] = total[stop - width] + segment_cost[slot][stop - width]
-                last_width[stop] = slot
+                last_slot[stop] = slot
     if not np.isfinite(total[cols]):
         raise ValueError(f"pieces of widths {sorted(heights_by_width)} cannot cover {cols} columns")
     pieces = []
     ran = classes.copy()
     stop = cols
     while stop > 0:
-        slot = last_width[stop]
+        slot = last_slot[stop]
         start, r1 = stop - widths[slot], rows
         while r1 > 0:
             r0 = int(choice[r1][slot, start])

@@ -5,8 +5,9 @@
 - A transposed convolution whose output is exactly `stride` x its input (FSRCNN's x4 tail) becomes a small
   convolution to stride^2 x the channels followed by a pixel shuffle. It multiplies more zeros, yet runs about
   twice as fast on a CPU, where transposed convolutions get no well-tuned kernels.
-- A pixel shuffle right after an ungrouped convolution (that tail) reads the convolution's output channels
-  in phase-major order, which the convolution's weights are permuted to give (`PhaseShuffle`).
+- A pixel shuffle right after an ungrouped convolution in a sequence (that tail; in the shipped networks
+  no other) reads the convolution's output channels in phase-major order, which the convolution's weights
+  are permuted to give (`PhaseShuffle`).
 All rewrites give the same outputs up to float rounding; the engine applies them to its private copy.
 """
 

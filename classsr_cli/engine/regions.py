@@ -130,6 +130,8 @@ class RegionStream:
         self.tally.pixels += self.height * self.width
         for band in range(geometry.bands):
             rows = source.rows(*self.band_span(band))
+            # on a CPU in fp32 `lr` shares the reader's rows, which the next band reads again: never
+            # written in place
             lr = torch.from_numpy(rows).to(self.device, self.dtype, non_blocking=True)  # (h, w, C)
             color = lr[..., : self.layout.color_channels]
             if self.layout.has_alpha:  # premultiplied: what lies under transparent pixels cannot matter
@@ -273,6 +275,7 @@ class RegionStream:
         start = (ctx - FADE) * scale
         used = sr[:, :, start : start + height, start : start + width].permute(0, 2, 3, 1).float()
         if self.shapes.exact:  # a CPU: an add per piece costs less than a scatter of every pixel
+            # `used` is a view of the branch's own output (fp32 on a CPU), weighted in place
             _fade_(used, ramp_y[meta[:, 1]], ramp_x[meta[:, 2]], 2 * self.fade_px)
             self._add_pieces(bucket.offsets[:count], used)
             return
@@ -449,9 +452,10 @@ OUTPUT_BAND_BYTES = 48 * 2**20
 def _fit_shapes(shapes: Shapes, width: int, row_samples: int, out_dtype, scale: int) -> Shapes:
     """`shapes` fitted to an image `width` LR pixels wide (exact shapes only: fixed ones keep their shapes
     whatever the image): bands low enough that one band's output rows fit OUTPUT_BAND_BYTES, and, for an
-    image narrower than a chunk, one chunk as wide as the image (480 pixels: 18 cells where FSRCNN's
-    chunks are 32), whose canvases and mirrored columns then cover no more than the image. The pieces
-    are those of the wider chunk (its columns past the image run nothing)."""
+    image narrower than a chunk, one chunk as wide as the image (an image 480 LR pixels wide has 18 cells:
+    one chunk of 18 where FSRCNN's chunks are 32), whose canvases and mirrored columns then cover no more
+    than the image. The planner picks the same pieces as in the wider chunk, whose columns past the image
+    run nothing (`tests/test_regions.py`)."""
     if not shapes.exact:
         return shapes
     itemsize = np.dtype(out_dtype).itemsize if out_dtype is not None else 4
@@ -465,18 +469,19 @@ def _fit_shapes(shapes: Shapes, width: int, row_samples: int, out_dtype, scale: 
     return shapes
 
 
-def _fade_(pieces: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, band: int) -> None:
+def _fade_(pieces: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, fade_width: int) -> None:
     """Multiply pieces (n, h, w, C) by their cross-fade weights rows (n, h) x cols (n, w), in place.
 
-    A weight differs from 1 only within `band` output pixels of a piece's side (`chunks.ramps`), so only
-    those strips are multiplied, where the piece is large enough to have an inside at all."""
+    The ramps of planned pieces (`chunks.ramps`, every row but ZERO_RAMP, which only padded batches use)
+    differ from 1 only within `fade_width` output pixels of a piece's sides, so only those strips are
+    multiplied, where the piece is large enough to have an inside at all."""
     height, width = pieces.shape[1:3]
-    if height < 2 * band or width < 2 * band:
+    if height < 2 * fade_width or width < 2 * fade_width:
         pieces.mul_(rows[:, :, None, None] * cols[:, None, :, None])
         return
-    for part in (slice(0, band), slice(height - band, height)):
+    for part in (slice(0, fade_width), slice(height - fade_width, height)):
         pieces[:, part].mul_(rows[:, part, None, None])
-    for part in (slice(0, band), slice(width - band, width)):
+    for part in (slice(0, fade_width), slice(width - fade_width, width)):
         pieces[:, :, part].mul_(cols[:, None, part, None])
 
 
