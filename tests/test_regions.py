@@ -175,7 +175,7 @@ def test_cross_fade_weights_are_applied_in_place_on_the_strips_that_fade():
     from classsr_cli.engine.regions import _fade_
 
     fade, scale = 2, 4
-    for height, width in [(116, 228), (36, 64), (20, 12)]:  # the last two too small to have an inside
+    for height, width in [(116, 228), (36, 64), (20, 12)]:  # the last too small to have an inside
         y = ramps(height // scale - 2 * fade, fade, scale, "cpu")
         x = ramps(width // scale - 2 * fade, fade, scale, "cpu")
         codes_y, codes_x = torch.tensor([0, 1, 2, 3]), torch.tensor([3, 0, 2, 1])

@@ -12,7 +12,8 @@ Each axis is a sparse linear map: for every output pixel a few (weight, input in
 as a short loop over taps, each a vectorised gather-multiply-add over the whole image. `imresize` works on
 numpy arrays; `imresize_tensor` applies the same taps, in the same order, to torch tensors on any device
 (training data made on a GPU). Its fast path (`fast=True`, for the engine's back-projection) runs integer
-factors as depthwise convolutions of the same taps. `pillow_resize_tensor` is the variant whose kernel is
+factors as depthwise convolutions of the same taps; `enlarge_add_` adds such an enlargement into an image
+in place, without making it. `pillow_resize_tensor` is the variant whose kernel is
 renormalised at the edges instead of mirroring the image (Pillow's, PyTorch's antialiased interpolation).
 
 Converting back to 8 bits: `matlab_uint8` (0-255 values, MATLAB's rounding); floats in [0, 1] are
