@@ -79,14 +79,18 @@ class Shapes:
         return max(1, self.batch_pixels // ((height + 2 * context) * (width + 2 * context)))
 
 
+def cell_count(length: int) -> int:
+    """Cells along an axis of `length` LR pixels (the last may reach past the edge; at least one)."""
+    return max(1, -(-length // CELL))
+
+
 def _axis_sources(length: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """For the cells along one axis of `length` LR pixels: which sub-image each lies in.
 
     Returns (tile index per cell, whether that tile is on the 28-pixel grid, the tiles' starts).
     """
     starts = tile_starts(padded_size(length))
-    cells = max(1, -(-length // CELL))
-    tiles = np.minimum(np.arange(cells), len(starts) - 1)
+    tiles = np.minimum(np.arange(cell_count(length)), len(starts) - 1)
     on_grid = np.array([(starts[t] % STRIDE == 0) and starts[t] == STRIDE * t for t in tiles])
     return tiles, on_grid, starts
 
@@ -330,6 +334,7 @@ __all__ = [
     "ChunkPlan",
     "Geometry",
     "Shapes",
+    "cell_count",
     "cell_sources",
     "flat_offsets",
     "plan_chunk",

@@ -38,6 +38,7 @@ from classsr_cli.engine.chunks import (
     ZERO_RAMP,
     Geometry,
     Shapes,
+    cell_count,
     cell_sources,
     flat_offsets,
     plan_chunk,
@@ -463,7 +464,7 @@ def _fit_shapes(shapes: Shapes, width: int, row_samples: int, out_dtype, scale: 
     if rows < shapes.band_rows:
         shapes = replace(shapes, band_rows=max(1, int(rows)), small=(1, shapes.small[1]))
     step = shapes.small[1]
-    cols = -(-max(1, -(-width // CELL)) // step) * step  # the image's cells, in whole small pieces
+    cols = -(-cell_count(width) // step) * step  # the image's cells, in whole small pieces
     if cols < shapes.chunk_cols:
         shapes = replace(shapes, chunk_cols=cols, big_cols=min(shapes.big_cols, cols))
     return shapes

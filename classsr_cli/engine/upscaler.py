@@ -345,8 +345,7 @@ class _MirroredRows:
     def __init__(self, strips, height: int, width: int, channels: int, left: int, right: int):
         self._strips = iter(strips)
         self._height = height
-        self._width, self._left, self._right = width, left, right
-        self._columns = _mirror(np.arange(-left, width + right), width)
+        self._columns = (left, right)
         self._rows = np.zeros((0, width + left + right, channels), dtype=np.float32)
         self._top = 0  # image row held in self._rows[0]
 
@@ -366,19 +365,15 @@ class _MirroredRows:
                 raise ValueError(f"the image ended at row {have} of {self._height}") from None
             if strip.ndim == 2:
                 strip = strip[:, :, None]
-            pieces.append(self._padded(strip.astype(np.float32, copy=False)))
+            # numpy's "symmetric" mode is MATLAB's mirror (the edge pixel repeated), folded where wider
+            strip = strip.astype(np.float32, copy=False)
+            pieces.append(np.pad(strip, ((0, 0), self._columns, (0, 0)), mode="symmetric"))
             have += strip.shape[0]
         if len(pieces) > 1:
             self._rows = np.concatenate(pieces, axis=0)
         if 0 <= start and stop <= self._height:  # no row mirrored: a view
             return self._rows[start - self._top : stop - self._top]
         return self._rows[wanted - self._top]
-
-    def _padded(self, strip: np.ndarray) -> np.ndarray:
-        width, left, right = self._width, self._left, self._right
-        if left > width or right > width:  # a mirror wider than the image: folded indices
-            return strip[:, self._columns]
-        return np.concatenate([strip[:, :left][:, ::-1], strip, strip[:, width - right :][:, ::-1]], axis=1)
 
 
 def _mirror(index: np.ndarray, length: int) -> np.ndarray:
