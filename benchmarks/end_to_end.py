@@ -99,6 +99,7 @@ def main(argv=None) -> None:
                     "photo": args.photos[index].name,
                     "flops_ratio": round(reports["classsr"].flops_ratio, 3),
                     **{f"{name}_s": round(fastest[name], 3) for name in rows},
+                    **{f"{name}_engine_s": round(fastest_engine[name], 3) for name in engines},
                     "classsr_over_plain": round(fastest["classsr"] / fastest["plain"], 3),
                 }
             )

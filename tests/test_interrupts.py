@@ -45,7 +45,7 @@ def paused(self, *args, **kwargs):
         yield strip
         if index == 0:
             ready.write_text("writing")
-            if computing:  # the engine's thread inside the library's C++ code, as in a large network
+            if computing:  # the engine inside the library's C++ code, as in a large network
                 import torch
                 torch.set_num_threads(1)
                 square = torch.ones(1200, 1200)
@@ -143,8 +143,8 @@ def test_a_stopped_run_leaves_no_partial_file(stopped_runs, case):
         assert "Traceback" not in stderr
 
 
-# A Python program that catches Ctrl-C around `upscale_file` and then ends normally, while the engine's
-# thread is still inside a network: the interpreter's exit waits for that thread to finish its item.
+# A Python program that catches Ctrl-C around `upscale_file` and then ends normally: the interrupt lands
+# while the engine is inside a network, with the reader's and the writer's threads alive.
 LIBRARY_USER = r"""
 import os, signal, sys, threading, time
 from pathlib import Path

@@ -1,8 +1,12 @@
 """Files in, files out: read in strips, upscale through the engine, write in strips, report.
 
-Reading, the engine and writing overlap: the reader decodes the next strips in a thread of its own, and the
-engine runs in another while the writer encodes what it has already given (pyvips, the encoders and torch
-all release Python's lock while they work).
+Reading, the engine and writing overlap: the reader decodes the next strips in a thread of its own, the
+engine runs in the calling thread, and the writer encodes what it has already been given in a thread of its
+own (pyvips, the encoders and torch all release Python's lock while they work). The engine stays on the
+calling thread because PyTorch's CPU operators run on an OpenMP thread pool per calling thread: a second
+thread computing beside the pool the caller made when it loaded the model puts more pool threads than
+cores in the process, and libgomp then stops spinning between operators; ClassSR-CARN ran 1.3 to 1.6
+times slower that way on a 2-core CPU (docs/engine.md).
 """
 
 import atexit
@@ -11,7 +15,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +167,7 @@ def upscale_file(
         rows = max(8, min(READ_ROWS, READ_BYTES // (4 * info.width * layout.channels)))
         strips = in_background(reader.strips(rows=rows), depth=1)
         output = engine.stream(info.height, info.width, strips, layout, tally, on_tiles, out_dtype=out_dtype)
-        writer.write(in_background(_timed(output, engine_time), depth=1))  # a band can be large
+        consume_in_background(writer.write, _timed(output, engine_time), depth=1)  # a band can be large
     written_map = None
     if class_map is not None:
         from classsr_cli.imaging.classmap import write_class_map
@@ -285,6 +289,73 @@ def in_background(items, depth: int = 2):
             yield item
     finally:
         stop.set()  # the thread sees it once the item it is making is made
+
+
+class Abandoned(Exception):
+    """What a background consumer's items raise when their producer stopped (an error, Ctrl-C): it abandons
+    its work (the image writer removes its files) and ends."""
+
+
+def consume_in_background(consume: Callable[[Iterable], object], items: Iterable, depth: int = 1) -> object:
+    """`consume(iterator)` run in a thread of its own while this thread produces `items` (at most `depth`
+    waiting); returns what `consume` returned.
+
+    The mirror of `in_background`, for work that must stay on the calling thread (the engine, whose PyTorch
+    operators use the caller's OpenMP pool). An exception from `consume` (a write error) is raised here, at
+    the next item or at the end. An exception while producing (Ctrl-C included) makes the consumer's
+    iterator raise `Abandoned`; once the consumer has ended, the exception is raised here."""
+    waiting: queue.Queue = queue.Queue(maxsize=depth)
+    outcome: list = []  # ("returned", value) or ("raised", error)
+    ended = threading.Event()  # a Ctrl-C can interrupt Thread.join and leave the thread marked stopped
+
+    def supply():
+        while True:
+            item = waiting.get()
+            if item is _DONE:
+                return
+            if isinstance(item, Abandoned):
+                raise item
+            yield item
+
+    def run():
+        try:
+            outcome.append(("returned", consume(supply())))
+        except BaseException as error:  # noqa: BLE001 - handed to the producing thread
+            outcome.append(("raised", error))
+        finally:
+            ended.set()
+
+    def hand_over(item) -> bool:
+        """Queue `item` unless the consumer has ended; False if it has."""
+        while not ended.is_set():
+            try:
+                waiting.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    thread = threading.Thread(target=run, name="classsr-consumer", daemon=True)
+    thread.start()
+    try:
+        for item in items:
+            if not hand_over(item):
+                break  # the consumer failed: its error is raised below
+        else:
+            hand_over(_DONE)
+    except BaseException:
+        hand_over(Abandoned("the producer stopped"))
+        ended.wait()
+        raise
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:  # a generator left early (the consumer failed) ends its own work now
+            close()
+    ended.wait()
+    kind, value = outcome[0]
+    if kind == "raised":
+        raise value
+    return value
 
 
 def _tile_count(height: int, width: int) -> int:
