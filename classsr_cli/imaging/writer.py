@@ -161,6 +161,16 @@ class ImageWriter:
         self._source_failed = False
         self._closed = False
 
+    @property
+    def encodes_after_writing(self) -> bool:
+        """True where the encoder starts only once every strip has been written: PNG, JPEG or WebP output so
+        wide that the encoder's buffers (ENCODER_ROWS rows) would pass ENCODER_BUDGET. Memory its producer
+        frees before the last strip then lowers the peak; otherwise the encoder is running by then."""
+        if self.format == "tiff":
+            return False
+        dtype = self._tiff_layout()[0]
+        return ENCODER_ROWS * self.width * self.channels * dtype.itemsize > ENCODER_BUDGET
+
     # -- destination checks and temporary files -----------------------------------------------------------
 
     def _check_destination(self, protected: list[Path]) -> None:
@@ -423,8 +433,7 @@ class ImageWriter:
                     ended.set()
 
             encoder = threading.Thread(target=encode, name="classsr-encoder", daemon=True)
-            row_bytes = self.width * self.channels * dtype.itemsize
-            early = ENCODER_ROWS * row_bytes <= ENCODER_BUDGET
+            early = not self.encodes_after_writing
             if early:
                 encoder.start()
             try:
