@@ -1,6 +1,9 @@
 """Device, precision and batched execution, with out-of-memory recovery."""
 
 import copy
+import ctypes
+import functools
+import sys
 
 import torch
 from torch import nn
@@ -48,6 +51,32 @@ def pick_dtype(spec: str, device: torch.device) -> torch.dtype:
     if device.type == "cpu" and spec == "fp16":
         raise ModelError("fp16 is not supported on the CPU: use fp32 or bf16")
     return PRECISIONS[spec]
+
+
+# glibc hands blocks above its mmap threshold (which adapts up to 32 MiB) back to the system as soon as they
+# are freed, and trims the heap's free top above its trim threshold; the next block of that size is then
+# faulted in page by page. The CPU engine allocates and frees blocks of tens to hundreds of MB every batch
+# (CARN-M's features at 4x the LR size: 4 KB per LR pixel), so on a CPU it raises both, once per process.
+MMAP_THRESHOLD = 1 << 30
+TRIM_THRESHOLD = 256 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Keep freed blocks of up to MMAP_THRESHOLD bytes in the C library's heap for reuse, and up to
+    TRIM_THRESHOLD bytes of free heap top, instead of giving them back to the system at once (glibc's
+    `mallopt`; the whole process, from the first call on). Returns whether it applied: Linux with glibc
+    only. ClassSR-CARN's engine on a 480x270 crop: 180,000 to 250,000 page faults and 0.55 to 0.84 s of
+    system time per image before, none after, 13% less time (docs/engine.md). What stays in the heap goes
+    back with `pipeline.release_freed_memory` (malloc_trim)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # another C library (musl): nothing to do
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def default_batch_size(device: torch.device) -> int:

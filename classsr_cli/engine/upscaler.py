@@ -26,7 +26,7 @@ from torch import nn
 from classsr_cli.engine.chunks import Geometry, Shapes
 from classsr_cli.engine.regions import RegionStream
 from classsr_cli.engine.routing import RoutingPlan, RoutingTally, apply_budget, plan_for
-from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype
+from classsr_cli.engine.runner import BatchRunner, pick_device, pick_dtype, reuse_freed_memory
 from classsr_cli.engine.tiling import PATCH, coverage, padded_size, tile_starts
 from classsr_cli.engine.workspace import Workspace
 from classsr_cli.errors import ModelError
@@ -117,6 +117,8 @@ class Upscaler:
         # real pixels around every piece: what the branches need to match their whole-image output
         self.context = context_for(self.plan.branches)
         self.device = pick_device(device)
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         self.runner = BatchRunner(self.device, pick_dtype(precision, self.device), batch_size)
         self.shapes = shapes or default_shapes(self.plan.branches, self.device, self.runner.batch_size)
         if piece_rows is not None:
