@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from classsr_cli.engine.ranks import Ranks, from_environment
-from classsr_cli.engine.runner import pick_device
+from classsr_cli.engine.runner import pick_device, reuse_freed_memory
 from classsr_cli.errors import ModelError
 
 
@@ -35,9 +35,12 @@ def pick_training_device(spec: str) -> torch.device:
 
 def setup(device_spec: str = "auto") -> Context:
     """Join the process group if torchrun started several processes; pick and claim this process's device
-    (`Ranks.claim`: under torchrun the GPU of its local rank, or its share of the CPU cores)."""
+    (`Ranks.claim`: under torchrun the GPU of its local rank, or its share of the CPU cores); on a CPU,
+    freed blocks are kept for reuse (`reuse_freed_memory`)."""
     ranks = from_environment()
     device = ranks.claim(pick_training_device(device_spec))
+    if device.type == "cpu":
+        reuse_freed_memory()
     if ranks.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend, rank=ranks.rank, world_size=ranks.world_size)
