@@ -1,6 +1,6 @@
-"""The file pipeline's threads and memory: the engine computes on the calling thread, the writer consumes beside
-it, and whichever side stops, the other ends and the first error is the one raised; freed memory is reused,
-and given back to the system only where that lowers the peak."""
+"""The file pipeline's threads and memory: the engine computes on the calling thread, the writer consumes
+beside it, and whichever side stops, the other ends and the first error is the one raised; freed memory is
+reused, and given back to the system only where that lowers the peak."""
 
 import sys
 import threading
@@ -33,8 +33,7 @@ def test_a_consumer_error_is_raised_in_the_producing_thread_and_the_producer_is_
 
     def produce():
         try:
-            for index in range(1000):
-                yield index
+            yield from range(1000)
         finally:
             closed.append(True)
 

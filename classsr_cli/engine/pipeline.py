@@ -5,7 +5,7 @@ engine runs in the calling thread, and the writer encodes what it has already be
 own (pyvips, the encoders and torch all release Python's lock while they work). The engine stays on the
 calling thread because PyTorch's CPU operators run on an OpenMP thread pool per calling thread: a second
 thread computing beside the pool the caller made when it loaded the model puts more pool threads than
-cores in the process, and libgomp then stops spinning between operators; ClassSR-CARN ran 1.3 to 1.6
+cores in the process, and libgomp then stops spinning between operators; ClassSR-CARN ran 1.5 to 1.6
 times slower that way on a 2-core CPU (docs/engine.md).
 """
 
