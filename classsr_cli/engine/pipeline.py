@@ -342,20 +342,21 @@ def consume_in_background(consume: Callable[[Iterable], object], items: Iterable
     thread = threading.Thread(target=run, name="classsr-consumer", daemon=True)
     thread.start()
     try:
-        for item in items:
-            if not hand_over(item):
-                break  # the consumer failed: its error is raised below
-        else:
-            hand_over(_DONE)
-    except BaseException:
+        try:
+            for item in items:
+                if not hand_over(item):
+                    break  # the consumer failed: its error is raised below
+            else:
+                hand_over(_DONE)
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:  # a generator left early (the consumer failed) ends its own work now
+                close()
+        ended.wait()
+    except BaseException:  # Ctrl-C included, also while the consumer finishes: it ends before the raise
         hand_over(Abandoned("the producer stopped"))
         ended.wait()
         raise
-    finally:
-        close = getattr(items, "close", None)
-        if close is not None:  # a generator left early (the consumer failed) ends its own work now
-            close()
-    ended.wait()
     kind, value = outcome[0]
     if kind == "raised":
         raise value
