@@ -248,6 +248,17 @@ def _stop_producers() -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
+def _put_unless(waiting: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put `item` into `waiting`, waiting for room, unless `stop` is set first; whether it was put."""
+    while not stop.is_set():
+        try:
+            waiting.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
 def in_background(items, depth: int = 2):
     """Yield the items of `items`, produced ahead by a thread of their own (at most `depth` waiting).
 
@@ -258,13 +269,7 @@ def in_background(items, depth: int = 2):
     stop = threading.Event()
 
     def offer(entry) -> bool:
-        while not stop.is_set():
-            try:
-                waiting.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return _put_unless(waiting, entry, stop)
 
     def produce():
         try:
@@ -331,13 +336,7 @@ def consume_in_background(consume: Callable[[Iterable], object], items: Iterable
 
     def hand_over(item) -> bool:
         """Queue `item` unless the consumer has ended; False if it has."""
-        while not ended.is_set():
-            try:
-                waiting.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        return _put_unless(waiting, item, ended)
 
     thread = threading.Thread(target=run, name="classsr-consumer", daemon=True)
     thread.start()
