@@ -745,3 +745,107 @@ def test_snapshots_of_a_ledger_average_into_a_ledger_that_assembles(tmp_path):
     ):
         result = CliRunner().invoke(app, ["train", "average", *map(str, arguments), "--out", str(target)])
         assert result.exit_code == 2 and message in result.output and len(result.output.splitlines()) <= 2
+
+
+def test_zero_mean_filters_make_the_class_module_blind_to_brightness_and_train_so(data, tmp_path):
+    """`--zero-mean-filters`: the Class-Module's first-layer kernels stay zero-mean per colour channel
+    through training (projected after every update), so a brightness change or colour cast leaves its
+    logits unchanged; a Class-Module from scratch behind a trained model's branches (`train assemble
+    MODEL`); stage 1 refuses the option."""
+    from classsr_cli.models.classifier import ClassModule
+
+    torch.manual_seed(0)
+    module = ClassModule(3)
+    with torch.no_grad():  # weights as a trained module's, not the small ones it starts from
+        for layer in module.CondNet[::2]:
+            layer.weight.mul_(10)
+            layer.bias.normal_(0, 0.1)
+    x = torch.rand(4, 3, 32, 32) * 0.5
+    cast = x + torch.tensor([0.2, -0.1, 0.3]).view(1, 3, 1, 1)
+    assert (module(x) - module(cast)).abs().max() > 1e-2  # the paper's kernels see the cast
+    module.center_input_filters_()
+    assert (module(x) - module(cast)).abs().max() < 1e-5
+
+    torch.manual_seed(0)
+    trained = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "trained.safetensors", "fsrcnn")
+    run = tmp_path / "run"
+    assembled = run_cli("train", "assemble", str(trained), "-m", "fsrcnn", "--out", str(run))
+    stage1 = load_weights(assembled["weights"]).model
+    source = load_weights(trained).model
+    for mine, theirs in zip(stage1.branches, source.branches, strict=True):
+        pairs = zip(mine.state_dict().values(), theirs.state_dict().values(), strict=True)
+        assert all(torch.equal(a, b) for a, b in pairs)
+    assert read_metadata(run / "stage1.safetensors")["branches_from"] == str(trained)
+    args = ["--data", str(data), "--out", str(run), "--iters", "3", "--batch-size", "4", *QUICK]
+    run_cli("train", "classifier", *args, "--w-label", "1", "--zero-mean-filters", "--lr", "1e-2")
+    first = load_weights(run / "stage2.safetensors").model.classifier.CondNet[0].weight
+    fresh = stage1.classifier.CondNet[0].weight
+    assert not torch.allclose(first, fresh - fresh.mean(dim=(2, 3), keepdim=True), atol=1e-6)  # it trained
+    assert first.mean(dim=(2, 3)).abs().max() < 1e-6
+    refused = CliRunner().invoke(
+        app,
+        ["train", "branches", "-m", "fsrcnn", "--widths", "4", "--all-data", *args, "--zero-mean-filters"],
+    )
+    assert refused.exit_code == 2 and "no such option" in refused.output.lower()
+
+
+def test_calibration_to_a_psnr_tolerance_takes_the_cheapest_shift_that_holds_it(data, tmp_path):
+    """`train calibrate --tolerance`: on a relabelled folder, the cheapest shift on its grid whose routing
+    keeps the mean PSNR over the photos (from the sub-images' branch errors) within the tolerance."""
+    from classsr_cli.data.dataset import load_index
+    from classsr_cli.engine.routing import plan_for
+    from classsr_cli.train.calibration import tolerance_shift
+
+    torch.manual_seed(0)
+    source = save_model(create("fsrcnn", [4, 8, 12]), tmp_path / "stage1.safetensors", "fsrcnn")
+    relabelled = tmp_path / "relabelled"
+    run_cli("train", "relabel", str(source), "--data", str(data), "--out", str(relabelled), "--engine")
+    model = load_weights(source).model
+    errors, index = np.load(relabelled / "branch_errors.npy"), load_index(relabelled)
+    photo = np.unique(np.stack([index["image"], index["scale"]], 1), axis=0, return_inverse=True)[1].ravel()
+    plan = plan_for(model)
+    cost = (np.array(plan.branch_flops) + plan.classifier_flops) / plan.base_flops
+    from classsr_cli.data.dataset import SPLITS, SubImageDataset
+
+    logits = np.zeros((len(index), 3), np.float32)
+    with torch.no_grad():
+        for split, code in SPLITS.items():
+            rows = np.flatnonzero(index["split"] == code)
+            images = SubImageDataset(relabelled, split, augment=False)
+            lr = torch.stack([images[i][0] for i in range(len(rows))])
+            logits[rows] = model.classifier(lr).numpy()
+
+    def drop_and_flops(shift):
+        classes = np.argmax(logits + shift * np.arange(3), axis=1)
+
+        def psnr(chosen):
+            return np.mean([10 * np.log10(1 / chosen[photo == p].mean()) for p in np.unique(photo)])
+
+        return psnr(errors[:, 2]) - psnr(errors[np.arange(len(errors)), classes]), cost[classes].mean()
+
+    for tolerance in (0.0, 0.3, 5.0):
+        found = tolerance_shift(model, relabelled, tolerance)
+        drop, flops = drop_and_flops(found["shift"])
+        assert drop <= tolerance + 1e-9 and flops == pytest.approx(found["flops_ratio"])
+        assert found["psnr_drop"] == pytest.approx(drop, abs=1e-9) and found["photos"] == len(set(photo))
+        for other in np.arange(-200, 201) * 0.05:  # no shift on the grid is cheaper and holds it
+            d, f = drop_and_flops(other)
+            assert d > tolerance + 1e-9 or f >= found["flops_ratio"] - 1e-9
+    out = tmp_path / "calibrated.safetensors"
+    summary = run_cli(
+        "train", "calibrate", str(source), "--data", str(relabelled), "--out", str(out), "--tolerance", "0.3"
+    )
+    assert summary["shift"] == pytest.approx(tolerance_shift(model, relabelled, 0.3)["shift"], abs=1e-4)
+    assert summary["subimage_psnr_drop"] <= 0.3 and read_metadata(out)["routing_shift"]
+    both = CliRunner().invoke(
+        app,
+        ["train", "calibrate", str(source), "--data", str(relabelled), "--out", str(tmp_path / "y"),
+         "--shift", "1", "--tolerance", "0.1"],
+    )  # fmt: skip
+    assert both.exit_code == 2 and "not both" in both.output
+    bare = CliRunner().invoke(
+        app,
+        ["train", "calibrate", str(source), "--data", str(data), "--out", str(tmp_path / "z"),
+         "--tolerance", "0.1"],
+    )  # fmt: skip
+    assert bare.exit_code == 2 and "branch errors" in bare.output

@@ -121,6 +121,12 @@ def train_stage(
         help="Share of each batch from synthetic smooth colour fields: smooth gradients then come back "
         "without a faint 4-pixel pattern (default 0).",
     ),
+    zero_mean_filters: bool = typer.Option(
+        None,
+        "--zero-mean-filters/--paper-filters",
+        help="Keep the Class-Module's first-layer kernels zero-mean: it routes by detail, not brightness "
+        "(off: the paper's).",
+    ),
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ) -> None:
@@ -148,6 +154,7 @@ def train_stage(
         "noise_sigma": noise_sigma,
         "clean_fraction": clean_fraction,
         "smooth_fraction": smooth_fraction,
+        "zero_mean_filters": zero_mean_filters,
     }
     # the settings a command does not take are None here, as if not given
     options = {name: value for name, value in settings.items() if value is not None}
@@ -161,7 +168,14 @@ def train_stage(
 
 
 # stage 1 trains single networks: no loss weights; stages 2 and 3 train ClassSR: no stage-1 choices
-SINGLE_NETWORKS = {"w_image": None, "w_classes": None, "w_average": None, "w_labels": None, "w_cost": None}
+SINGLE_NETWORKS = {
+    "w_image": None,
+    "w_classes": None,
+    "w_average": None,
+    "w_labels": None,
+    "w_cost": None,
+    "zero_mean_filters": None,
+}
 CLASSSR = {"branch": None, "all_data": False, "clean_fraction": None, "smooth_fraction": None}
 branches = command(
     train_stage,
@@ -187,7 +201,8 @@ joint = command(
 def train_assemble_command(
     networks: list[Path] = typer.Argument(
         ...,
-        help="Trained single networks, simple -> hard (2 to 5), or one slimmable run's ledger folder.",
+        help="Trained single networks, simple -> hard (2 to 5), one slimmable run's ledger folder, or one "
+        "ClassSR model (its branches, for a new Class-Module).",
     ),
     out: Path = TRAIN_OUT,
     model: str = TRAIN_MODEL,
@@ -223,7 +238,10 @@ def train_assemble_command(
             }
         )
         return
-    source = f"the ledger {networks[0]} at step {step}" if step else f"{len(networks)} networks"
+    if step:
+        source = f"the ledger {networks[0]} at step {step}"
+    else:
+        source = f"the branches of {networks[0]}" if len(networks) == 1 else f"{len(networks)} networks"
     say(f"stage 1 assembled from {source}, Class-Module {routing} -> {written}")
 
 
@@ -262,6 +280,13 @@ def train_calibrate_command(
     shift: float = typer.Option(
         None, "--shift", help="Shift by this much per class instead (one chosen on a PSNR-FLOPs curve)."
     ),
+    tolerance: float = typer.Option(
+        None,
+        "--tolerance",
+        min=0.0,
+        help="Instead: the cheapest shift keeping the photos of DATA, relabelled by `train relabel`, "
+        "within this many dB of the hardest branch.",
+    ),
     crop: int = typer.Option(
         0, "--val-crop", min=0, help="Only central NxN LR crops of the held-out photos."
     ),
@@ -272,13 +297,24 @@ def train_calibrate_command(
     """Shift routing towards harder branches until the held-out photos cost --flops-ratio of the base."""
     from classsr_cli.train.calibration import calibrate_file
 
-    summary = calibrate_file(weights, data, out, flops_ratio, crop, overwrite=overwrite, shift=shift)
+    if shift is not None and tolerance is not None:
+        raise typer.BadParameter("give --shift or --tolerance, not both")
+    summary = calibrate_file(
+        weights, data, out, flops_ratio, crop, overwrite=overwrite, shift=shift, tolerance=tolerance
+    )
     if as_json:
         print_json(summary)
         return
+    held = ""
+    if tolerance is not None:
+        held = (
+            f" ({summary['subimage_psnr_drop']:.3f} dB below the hardest branch at "
+            f"{summary['subimage_flops_ratio']:.1%} on the sub-images of {summary['subimage_photos']} photos)"
+        )
     say(
-        f"routing shifted by {summary['shift']} per class: FLOPs {summary['flops_ratio_before']:.1%} -> "
-        f"{summary['flops_ratio_after']:.1%} of the base on {summary['tiles']} held-out tiles -> {out}"
+        f"routing shifted by {summary['shift']} per class{held}: FLOPs "
+        f"{summary['flops_ratio_before']:.1%} -> {summary['flops_ratio_after']:.1%} of the base on "
+        f"{summary['tiles']} held-out tiles -> {out}"
     )
 
 

@@ -1,5 +1,6 @@
 """The Class-Module: a tiny CNN that scores how hard a 32x32 LR sub-image is to restore."""
 
+import torch
 from torch import nn
 
 
@@ -28,6 +29,20 @@ class ClassModule(nn.Module):
                 nn.init.kaiming_normal_(module.weight, a=0.1, nonlinearity="leaky_relu")
                 module.weight.data.mul_(0.1)
                 nn.init.zeros_(module.bias)
+
+    def center_input_filters_(self) -> None:
+        """Make each first-layer kernel zero-mean over its 4x4 window, per colour channel, in place.
+
+        The Class-Module then sees only each 4x4 block's deviations from its own mean: a change of
+        brightness or a colour cast leaves its output as it was, and it ranks sub-images by their local
+        detail, as the branches' extra error on them goes. Trained without it (the paper), our
+        Class-Modules also learned the training photos' brightness, which did not carry over to other
+        photos (docs/training.md). Training with `zero_mean_filters` calls this after every update
+        (projected gradient descent); the saved weights are then a plain convolution like any other.
+        """
+        with torch.no_grad():
+            weight = self.CondNet[0].weight
+            weight -= weight.mean(dim=(2, 3), keepdim=True)
 
     def forward(self, x):
         return self.lastOut(self.CondNet(x).mean(dim=(2, 3)))

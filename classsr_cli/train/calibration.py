@@ -8,6 +8,10 @@ argmax and needs no setting at inference. Only the Class-Module runs while searc
 
 A shift can also be given as is (`shift`): one chosen elsewhere, e.g. from a curve of PSNR against FLOPs on
 held-out photos (benchmarks/routing_curve.py), where a FLOPs target is not what is being held.
+
+Or chosen to hold PSNR (`tolerance_shift`): on a folder relabelled by `train relabel`, whose branch errors
+are known for every sub-image of every photo in it, the cheapest shift that keeps the mean PSNR over those
+photos within a tolerance of the hardest branch's.
 """
 
 from dataclasses import dataclass
@@ -88,6 +92,55 @@ def calibrate_routing(
     return Calibration(shift, before, _routing_flops_ratio(logits, shift, branch_cost), len(logits))
 
 
+def tolerance_shift(model: ClassSR, data: Path, tolerance: float, step: float = 0.05) -> dict:
+    """The cheapest shift, on a grid of `step`, at which routing the sub-images of the relabelled folder
+    `data` (both splits) by `model`'s Class-Module keeps the mean PSNR over its photos within `tolerance`
+    dB of the hardest branch run everywhere.
+
+    Each sub-image counts the error of the branch it is routed to over its central cell (the
+    `branch_errors.npy` of `train relabel`), and a photo's PSNR (one per prepared image and scale) comes
+    from the sum over its sub-images (overlapping at the prepared stride, so each pixel counts about as
+    often as any other); sub-images are routed one by one, not planned into the engine's pieces. FLOPs
+    are the paper's convention, the Class-Module included. Returns the shift, the PSNR drop and FLOPs
+    there and the photo count; DataError for a folder without branch errors."""
+    from classsr_cli.data.dataset import SPLITS, SubImageDataset, load_index
+    from classsr_cli.errors import DataError
+
+    path = Path(data) / "branch_errors.npy"
+    if not path.is_file():
+        raise DataError(f"{data} holds no branch errors: `classsr train relabel` writes them")
+    index, errors = load_index(Path(data)), np.load(path)
+    logits = np.zeros((len(index), model.num_classes), dtype=np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for split, code in SPLITS.items():  # a split's sub-images come in index order
+            rows = np.flatnonzero(index["split"] == code)
+            if len(rows) == 0:
+                continue
+            subimages = SubImageDataset(Path(data), split, augment=False)
+            for start in range(0, len(rows), 1024):
+                batch = torch.stack([subimages[i][0] for i in range(start, min(start + 1024, len(rows)))])
+                logits[rows[start : start + len(batch)]] = model.classifier(batch).float().numpy()
+    _, photo = np.unique(np.stack([index["image"], index["scale"]], axis=1), axis=0, return_inverse=True)
+    photo = photo.reshape(-1)
+    plan = plan_for(model)
+    cost = (np.array(plan.branch_flops) + plan.classifier_flops) / plan.base_flops
+
+    def mean_psnr(chosen: np.ndarray) -> float:  # up to a constant that cancels in differences
+        return float(np.mean(-10 * np.log10(np.bincount(photo, weights=chosen) / np.bincount(photo))))
+
+    base = mean_psnr(errors[:, -1])
+    spread = float(logits.max() - logits.min()) + step
+    best = None
+    for shift in np.arange(-np.ceil(spread / step), np.ceil(spread / step) + 1) * step:
+        classes = np.argmax(logits + shift * np.arange(model.num_classes), axis=1)
+        drop = base - mean_psnr(errors[np.arange(len(errors)), classes])
+        flops = float(cost[classes].mean())
+        if drop <= tolerance and (best is None or flops < best["flops_ratio"] - 1e-12):
+            best = {"shift": round(float(shift), 6), "psnr_drop": drop, "flops_ratio": flops}
+    return {**best, "photos": int(photo.max()) + 1, "subimages": len(index)}
+
+
 def calibrate_file(
     source: Path,
     data: Path,
@@ -96,10 +149,12 @@ def calibrate_file(
     crop: int,
     overwrite: bool = False,
     shift: float | None = None,
+    tolerance: float | None = None,
 ) -> dict:
     """Calibrate the ClassSR weights in `source` on the held-out photos of `data` (or shift them by
-    `shift`, measuring the FLOPs there); write them to `target` (WeightsError where it exists and
-    `overwrite` is off). Returns the summary `train calibrate` prints."""
+    `shift`, or by the `tolerance_shift` of the relabelled folder `data` for `tolerance` dB, measuring the
+    FLOPs on the held-out photos); write them to `target` (WeightsError where it exists and `overwrite`
+    is off). Returns the summary `train calibrate` prints."""
     from classsr_cli.data.dataset import input_noise
     from classsr_cli.train.validation import load_val_photos
     from classsr_cli.weights import load_weights, save_model
@@ -113,6 +168,10 @@ def calibrate_file(
     if not photos:
         raise ModelError(f"{data} has no held-out photos to calibrate on (prepare-data with a val fraction)")
     tiles = held_out_tiles([photo.lr for photo in photos])
+    held = None
+    if tolerance is not None:
+        held = tolerance_shift(loaded.model, Path(data), tolerance)
+        shift = held["shift"]
     result = calibrate_routing(loaded.model, tiles, flops_ratio, shift=shift)
     save_model(loaded.model, target, loaded.family, stage="calibrated", routing_shift=f"{result.shift:.4f}")
     return {
@@ -123,4 +182,14 @@ def calibrate_file(
         "shift": round(result.shift, 4),
         "flops_ratio_before": round(result.flops_ratio_before, 4),
         "flops_ratio_after": round(result.flops_ratio_after, 4),
+        **(
+            {
+                "tolerance": tolerance,
+                "subimage_photos": held["photos"],
+                "subimage_psnr_drop": round(held["psnr_drop"], 4),
+                "subimage_flops_ratio": round(held["flops_ratio"], 4),
+            }
+            if held
+            else {}
+        ),
     }

@@ -275,6 +275,14 @@ class _StageRun:
         if settings.smooth_fraction and stage.classify:
             raise ModelError("--smooth-fraction is for single networks: smooth fields have no class to learn")
         self.smooth = torch.Generator(device=device) if settings.smooth_fraction else None
+        if settings.zero_mean_filters and not stage.classify:
+            raise ModelError("--zero-mean-filters is for the Class-Module: stages 2 and 3")
+        self.center_filters()
+
+    def center_filters(self) -> None:
+        """With `zero_mean_filters`, project the Class-Module's first-layer kernels back to zero mean."""
+        if self.settings.zero_mean_filters:
+            self.model.classifier.center_input_filters_()
 
     def training_seconds(self) -> float:
         """Wall seconds spent on this stage so far, over every resumed session."""
@@ -354,7 +362,7 @@ class _StageRun:
 
     def step(self, low_res: torch.Tensor, high_res: torch.Tensor, classes, iteration: int) -> tuple:
         low_res, high_res = self.batch(low_res, high_res, iteration)
-        return training_step(
+        result = training_step(
             self.net,
             self.optimizer,
             low_res,
@@ -365,6 +373,8 @@ class _StageRun:
             self.autocast,
             classes.to(self.device, non_blocking=True) if self.stage.classify else None,
         )
+        self.center_filters()
+        return result
 
     def log_window(self, iteration: int, lr_now: float) -> None:
         """One "train" line in the log: the window's mean losses and class fractions; warn on collapse."""

@@ -48,6 +48,9 @@ class Settings:
     # the share of each batch replaced by synthetic smooth fields (`train/smooth.py`): smooth input should
     # come back smooth, without the faint pattern of the scale's period that photos alone leave
     smooth_fraction: float = 0.0
+    # stages 2 and 3: the Class-Module's first-layer kernels kept zero-mean (after every update,
+    # `ClassModule.center_input_filters_`), so that it routes by detail, not brightness; False: the paper's
+    zero_mean_filters: bool = False
 
     def to_record(self) -> dict:
         record = asdict(self)

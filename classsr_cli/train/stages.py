@@ -277,7 +277,8 @@ def assemble_networks(
     branches were fine-tuned one by one (`train branches --branch K --init MODEL`); or, as the one path,
     the folder of a slimmable run's ledger (`train slimmable`), whose network is cut at the widths it
     trained (`ledger_networks`), its step and recipe kept in the file's metadata (`family` None: the
-    ledger's).
+    ledger's); or one ClassSR model, whose branches are taken as they are (to train another Class-Module
+    for them from scratch).
     Raises WeightsError where the networks' widths or the Class-Module's class count do not fit, or where
     RUN/stage1.safetensors exists and `overwrite` is off; OutputError for a ledger holding no weights.
     """
@@ -301,6 +302,10 @@ def assemble_networks(
             "iterations": str(run_state["iteration"]),
             "ledger": json.dumps(run_state),
         }
+    elif len(paths) == 1:  # one ClassSR model: its branches (a new Class-Module for trained branches)
+        source = load_weights(paths[0], kind="classsr", family=family)
+        loaded = list(source.model.branches)
+        provenance = {"branches_from": str(paths[0])}
     else:
         loaded = [load_weights(path, kind="base", family=family).model for path in paths]  # one-line errors
     found = [network.width for network in loaded]
