@@ -842,7 +842,13 @@ def test_calibration_to_a_psnr_tolerance_takes_the_cheapest_shift_that_holds_it(
         ["train", "calibrate", str(source), "--data", str(relabelled), "--out", str(tmp_path / "y"),
          "--shift", "1", "--tolerance", "0.1"],
     )  # fmt: skip
-    assert both.exit_code == 2 and "not both" in both.output
+    assert both.exit_code == 2 and "one of" in both.output
+    ratio = CliRunner().invoke(
+        app,
+        ["train", "calibrate", str(source), "--data", str(relabelled), "--out", str(tmp_path / "y"),
+         "--flops-ratio", "0.5", "--tolerance", "0.1"],
+    )  # fmt: skip
+    assert ratio.exit_code == 2 and "one of" in ratio.output and not (tmp_path / "y").exists()
     bare = CliRunner().invoke(
         app,
         ["train", "calibrate", str(source), "--data", str(data), "--out", str(tmp_path / "z"),

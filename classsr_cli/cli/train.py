@@ -276,7 +276,11 @@ def train_calibrate_command(
     ),
     data: Path = TRAIN_DATA,
     out: Path = typer.Option(..., "--out", help="Calibrated weights file to write.", show_default=False),
-    flops_ratio: float = typer.Option(0.7, "--flops-ratio", help="FLOPs to spend, as a share of the base's."),
+    flops_ratio: float = typer.Option(
+        None,
+        "--flops-ratio",
+        help="FLOPs to spend, as a share of the base's (0.7 unless --shift or --tolerance).",
+    ),
     shift: float = typer.Option(
         None, "--shift", help="Shift by this much per class instead (one chosen on a PSNR-FLOPs curve)."
     ),
@@ -284,8 +288,8 @@ def train_calibrate_command(
         None,
         "--tolerance",
         min=0.0,
-        help="Instead: the cheapest shift keeping the photos of DATA, relabelled by `train relabel`, "
-        "within this many dB of the hardest branch.",
+        help="Instead: the cheapest shift keeping every photo of DATA (both splits; a folder written by "
+        "`train relabel`) within this many dB of the hardest branch, on average.",
     ),
     crop: int = typer.Option(
         0, "--val-crop", min=0, help="Only central NxN LR crops of the held-out photos."
@@ -294,11 +298,14 @@ def train_calibrate_command(
     as_json: bool = JSON_OPTION,
     debug: bool = DEBUG_OPTION,
 ):
-    """Shift routing towards harder branches until the held-out photos cost --flops-ratio of the base."""
+    """Shift routing between the classes: until the held-out photos cost --flops-ratio of the base, by
+    --shift, or to the cheapest routing within --tolerance dB of the hardest branch."""
     from classsr_cli.train.calibration import calibrate_file
 
-    if shift is not None and tolerance is not None:
-        raise typer.BadParameter("give --shift or --tolerance, not both")
+    if sum(value is not None for value in (flops_ratio, shift, tolerance)) > 1:
+        raise typer.BadParameter("give one of --flops-ratio, --shift and --tolerance")
+    if flops_ratio is None and shift is None and tolerance is None:
+        flops_ratio = 0.7
     summary = calibrate_file(
         weights, data, out, flops_ratio, crop, overwrite=overwrite, shift=shift, tolerance=tolerance
     )
@@ -309,12 +316,13 @@ def train_calibrate_command(
     if tolerance is not None:
         held = (
             f" ({summary['subimage_psnr_drop']:.3f} dB below the hardest branch at "
-            f"{summary['subimage_flops_ratio']:.1%} on the sub-images of {summary['subimage_photos']} photos)"
+            f"{summary['subimage_flops_ratio']:.1%} of the FLOPs on the sub-images of "
+            f"{summary['subimage_photos']} photos, both splits)"
         )
     say(
-        f"routing shifted by {summary['shift']} per class{held}: FLOPs "
-        f"{summary['flops_ratio_before']:.1%} -> {summary['flops_ratio_after']:.1%} of the base on "
-        f"{summary['tiles']} held-out tiles -> {out}"
+        f"routing shifted by {summary['shift']} per class{held}; on {summary['tiles']} tiles of the held-out "
+        f"photos: FLOPs {summary['flops_ratio_before']:.1%} -> {summary['flops_ratio_after']:.1%} of the "
+        f"base -> {out}"
     )
 
 
