@@ -302,10 +302,6 @@ def train_calibrate_command(
     --shift, or to the cheapest routing within --tolerance dB of the hardest branch."""
     from classsr_cli.train.calibration import calibrate_file
 
-    if sum(value is not None for value in (flops_ratio, shift, tolerance)) > 1:
-        raise typer.BadParameter("give one of --flops-ratio, --shift and --tolerance")
-    if flops_ratio is None and shift is None and tolerance is None:
-        flops_ratio = 0.7
     summary = calibrate_file(
         weights, data, out, flops_ratio, crop, overwrite=overwrite, shift=shift, tolerance=tolerance
     )

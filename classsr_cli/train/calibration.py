@@ -25,6 +25,8 @@ from classsr_cli.engine.tiling import PATCH, pad_to_tile, tile_starts
 from classsr_cli.errors import OVERWRITE_HINT, ModelError, WeightsError
 from classsr_cli.models import ClassSR
 
+DEFAULT_FLOPS_RATIO = 0.7  # of the base network's FLOPs, where no other target is given
+
 
 @dataclass
 class Calibration:
@@ -45,10 +47,21 @@ def held_out_tiles(lr_images: list[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
 
 
+def _routed(logits: np.ndarray, shift: float) -> np.ndarray:
+    """The class of each row under argmax routing with class j's logit raised by j x shift."""
+    return np.argmax(logits + shift * np.arange(logits.shape[1]), axis=1)
+
+
+def _branch_cost(model: ClassSR) -> np.ndarray:
+    """Per-tile cost of each class relative to the base network, the Class-Module included (as the engine
+    counts it)."""
+    plan = plan_for(model)
+    return (np.array(plan.branch_flops) + plan.classifier_flops) / plan.base_flops
+
+
 def _routing_flops_ratio(logits: np.ndarray, shift: float, branch_cost: np.ndarray) -> float:
     """Mean cost per tile, relative to the base network, of argmax routing with the shift applied."""
-    classes = np.argmax(logits + shift * np.arange(logits.shape[1]), axis=1)
-    return float(branch_cost[classes].mean())
+    return float(branch_cost[_routed(logits, shift)].mean())
 
 
 def calibrate_routing(
@@ -62,9 +75,7 @@ def calibrate_routing(
     `shift` itself where given (then `flops_ratio` is not used; the ratios are still measured on `tiles`)."""
     if not isinstance(model, ClassSR):
         raise ModelError("calibration needs a ClassSR model (RUN/stage2.safetensors), not a single network")
-    plan = plan_for(model)
-    # per-tile cost relative to the base network, the Class-Module included (as the engine counts it)
-    branch_cost = (np.array(plan.branch_flops) + plan.classifier_flops) / plan.base_flops
+    branch_cost = _branch_cost(model)
     if shift is None and not branch_cost[0] <= flops_ratio <= branch_cost[-1]:
         raise ModelError(
             f"--flops-ratio must lie between {branch_cost[0]:.3f} (every tile on branch 1) and "
@@ -123,8 +134,7 @@ def tolerance_shift(model: ClassSR, data: Path, tolerance: float, step: float = 
                 logits[rows[start : start + len(batch)]] = model.classifier(batch).float().numpy()
     _, photo = np.unique(np.stack([index["image"], index["scale"]], axis=1), axis=0, return_inverse=True)
     photo = photo.reshape(-1)
-    plan = plan_for(model)
-    cost = (np.array(plan.branch_flops) + plan.classifier_flops) / plan.base_flops
+    cost = _branch_cost(model)
 
     def mean_psnr(chosen: np.ndarray) -> float:  # up to a constant that cancels in differences
         return float(np.mean(-10 * np.log10(np.bincount(photo, weights=chosen) / np.bincount(photo))))
@@ -133,7 +143,7 @@ def tolerance_shift(model: ClassSR, data: Path, tolerance: float, step: float = 
     spread = float(logits.max() - logits.min()) + step
     best = None
     for shift in np.arange(-np.ceil(spread / step), np.ceil(spread / step) + 1) * step:
-        classes = np.argmax(logits + shift * np.arange(model.num_classes), axis=1)
+        classes = _routed(logits, shift)
         drop = base - mean_psnr(errors[np.arange(len(errors)), classes])
         flops = float(cost[classes].mean())
         if drop <= tolerance and (best is None or flops < best["flops_ratio"] - 1e-12):
@@ -151,13 +161,19 @@ def calibrate_file(
     shift: float | None = None,
     tolerance: float | None = None,
 ) -> dict:
-    """Calibrate the ClassSR weights in `source` on the held-out photos of `data` (or shift them by
-    `shift`, or by the `tolerance_shift` of the relabelled folder `data` for `tolerance` dB, measuring the
-    FLOPs on the held-out photos); write them to `target` (WeightsError where it exists and `overwrite`
-    is off). Returns the summary `train calibrate` prints."""
+    """Calibrate the ClassSR weights in `source` on the held-out photos of `data` to `flops_ratio` (0.7
+    when nothing is given), or shift them by `shift`, or by the `tolerance_shift` of the relabelled folder
+    `data` for `tolerance` dB, measuring the FLOPs on the held-out photos; write them to `target`
+    (WeightsError where it exists and `overwrite` is off; ModelError where more than one of the three is
+    given). Returns the summary `train calibrate` prints."""
     from classsr_cli.data.dataset import input_noise
     from classsr_cli.train.validation import load_val_photos
     from classsr_cli.weights import load_weights, save_model
+
+    if sum(value is not None for value in (flops_ratio, shift, tolerance)) > 1:
+        raise ModelError("give one of --flops-ratio, --shift and --tolerance")
+    if flops_ratio is None and shift is None and tolerance is None:
+        flops_ratio = DEFAULT_FLOPS_RATIO
 
     if Path(target).exists() and not overwrite:
         raise WeightsError(f"{target} exists: {OVERWRITE_HINT} to replace it")
